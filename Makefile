@@ -1,0 +1,43 @@
+# The newcomer's commands: `make demo` and `make test` set everything up themselves.
+PY       ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed-stamp
+SAMPLE   ?= captures/call_policed.pcap
+
+.PHONY: venv demo test test-fast bench tools clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# tshark is the reference the metrics tests compare against; tcpdump and iproute2 serve the
+# real-kernel testbed. Installed from Debian's packages when missing and we are root.
+tools:
+	@if ! command -v tshark >/dev/null || ! command -v tcpdump >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing tshark, tcpdump, iproute2 from Debian packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark tcpdump iproute2 >/dev/null; \
+	  else \
+	    echo "note: tshark/tcpdump missing and not root: tests that need them will skip"; \
+	  fi; \
+	fi
+
+demo: venv
+	$(BIN)/throttledetect analyze $(SAMPLE)
+
+test: venv tools
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -x -m "not slow"
+
+bench: venv
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+from throttledetect.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""Command line: parse options, call the library, render. No analysis logic lives here."""
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import json
+import sys
+
+import click
+
+from throttledetect import __version__
+from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S, build_flows
+from throttledetect.read import CaptureError, read_capture
+from throttledetect.report import document
+from throttledetect.report.text import table
+
+EXIT_NOTHING_READABLE = 2
+
+
+def _parse_local(values: tuple[str, ...]):
+    nets = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                nets.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise click.BadParameter(f"{part!r} is not an address or CIDR", param_hint="--local")
+    return nets or None
+
+
+def _read_all(files, idle_timeout, local):
+    """Read each file; a file with nothing readable is reported and skipped, not fatal to others."""
+    results, failed = [], 0
+    for path in files:
+        try:
+            cap = read_capture(path)
+        except CaptureError as e:
+            click.echo(f"throttledetect: error: {e}", err=True)
+            failed += 1
+            continue
+        for w in cap.warnings:
+            click.echo(f"throttledetect: warning: {path}: {w}", err=True)
+        skipped = cap.skipped_summary()
+        if skipped:
+            click.echo(f"throttledetect: note: {path}: not decoded: {skipped}", err=True)
+        results.append((cap, build_flows(cap, idle_timeout=idle_timeout, local_nets=local)))
+    return results, failed
+
+
+def _emit(text: str, output) -> None:
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+_common = [
+    click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False)),
+    click.option("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, show_default=True,
+                 help="Seconds of silence after which a 5-tuple starts a new flow."),
+    click.option("--local", "local", multiple=True, metavar="CIDR",
+                 help="Address range(s) of the capturing host's side (repeatable or comma-separated). "
+                      "Default: private, CGNAT, link-local and loopback ranges."),
+    click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file instead of stdout."),
+]
+
+
+def common_options(fn):
+    for deco in reversed(_common):
+        fn = deco(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="throttledetect")
+def cli():
+    """Tell from a packet capture whether voice and video calls are being throttled, and how.
+
+    FILES are pcap or pcapng captures, optionally compressed (.gz, .xz, .bz2).
+    Exit status: 0 results (warnings go to stderr), 2 nothing readable in any file.
+    """
+
+
+@cli.command()
+@common_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def flows(files, idle_timeout, local, output, fmt):
+    """List the bidirectional flows of each capture (a = the side that sent first)."""
+    results, failed = _read_all(files, idle_timeout, _parse_local(local))
+    entries = [document.flow_entry(ft, i, ci) for ci, (cap, ft) in enumerate(results) for i in range(len(ft))]
+    if fmt == "json":
+        doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _ in results], "flows": entries}
+        _emit(json.dumps(doc, indent=2) + "\n", output)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        cols = ["id", "capture", "transport", "a", "b", "local", "packets_ab", "packets_ba", "bytes_ab", "bytes_ba",
+                "first_ts", "last_ts"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(entries)
+        _emit(buf.getvalue(), output)
+    else:
+        parts = []
+        for ci, (cap, ft) in enumerate(results):
+            rows = [[e["id"], e["transport"], e["a"], e["b"], e["local"] or "", e["packets_ab"], e["packets_ba"],
+                     e["bytes_ab"], e["bytes_ba"], round(e["last_ts"] - e["first_ts"], 3)]
+                    for e in entries if e["capture"] == ci]
+            parts.append(f"{cap.path}: {len(cap.packets)} packets, {len(ft)} flows ({cap.format})\n"
+                         + table(["id", "proto", "a", "b", "local", "pkts a>b", "pkts b>a", "bytes a>b", "bytes b>a",
+                                  "dur s"], rows))
+        _emit("\n\n".join(parts) + "\n", output)
+    if not results and failed:
+        sys.exit(EXIT_NOTHING_READABLE)
+
+
+@cli.command()
+@common_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def analyze(files, idle_timeout, local, output, fmt):
+    """Read captures, reassemble flows, and report per flow and per protocol."""
+    results, failed = _read_all(files, idle_timeout, _parse_local(local))
+    doc = {
+        "schema": document.SCHEMA,
+        "captures": [document.capture_entry(c) for c, _ in results],
+        "flows": [document.flow_entry(ft, i, ci) for ci, (_, ft) in enumerate(results) for i in range(len(ft))],
+    }
+    if fmt == "json":
+        _emit(json.dumps(doc, indent=2) + "\n", output)
+    else:
+        lines = []
+        for c in doc["captures"]:
+            n = sum(1 for f in doc["flows"] if f["capture"] == doc["captures"].index(c))
+            lines.append(f"{c['path']}: {c['packets']} packets, {c['bytes']} bytes, {n} flows, "
+                         f"{(c['last_ts'] or 0) - (c['first_ts'] or 0):.1f} s")
+        _emit("\n".join(lines) + "\n", output)
+    if not results and failed:
+        sys.exit(EXIT_NOTHING_READABLE)
+
+
+def main() -> None:
+    """Entry point: any unexpected failure becomes one line on stderr, never a traceback."""
+    import os
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("throttledetect: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:  # noqa: BLE001 - the promise is "never a traceback"
+        if os.environ.get("THROTTLEDETECT_DEBUG"):
+            raise
+        click.echo(f"throttledetect: internal error: {type(e).__name__}: {e} "
+                   "(set THROTTLEDETECT_DEBUG=1 for the traceback)", err=True)
+        sys.exit(3)

@@ -1,0 +1,285 @@
+"""read_capture: a capture file in, a Capture (PacketTable + what was skipped and why) out."""
+from __future__ import annotations
+
+import bz2
+import lzma
+import mmap
+import os
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from throttledetect.read import decode, framing
+from throttledetect.read.table import PacketTable
+
+DEFAULT_PREFIX = 48
+_DECOMPRESS_CHUNK = 1 << 16
+# A compressed file may not expand without bound (a "zip bomb" must not eat the machine).
+MAX_DECOMPRESSED = int(os.environ.get("THROTTLEDETECT_MAX_DECOMPRESSED", str(16 << 30)))
+
+PCAP_MAGICS = {
+    # magic as read little-endian -> (swap to big-endian?, nanosecond?)
+    0xA1B2C3D4: (False, False),
+    0xD4C3B2A1: (True, False),
+    0xA1B23C4D: (False, True),
+    0x4D3CB2A1: (True, True),
+}
+PCAPNG_SHB_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+
+class CaptureError(Exception):
+    """Nothing readable: the message is one line naming the file and the byte offset."""
+
+
+@dataclass
+class ReadWarning:
+    offset: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"byte {self.offset}: {self.message}"
+
+
+@dataclass
+class Capture:
+    path: str
+    format: str                 # "pcap" or "pcapng", with "+gzip"/"+xz"/"+bzip2" when compressed
+    buffer: np.ndarray = field(repr=False)   # uint8 bytes of the (decompressed) file
+    packets: PacketTable = field(repr=False)
+    linktypes: list[int]
+    warnings: list[ReadWarning]
+    stats: dict
+    status: np.ndarray = field(repr=False)    # decode.STATUS_* per record
+
+    def payload(self, i: int) -> bytes:
+        """Captured transport payload of packet i (empty when it has none)."""
+        off = int(self.packets.payload_off[i])
+        if off < 0:
+            return b""
+        return self.buffer[off:off + int(self.packets.payload_len[i])].tobytes()
+
+    def skipped_summary(self) -> str:
+        """One sentence on what was not decoded, for users ('' when everything was)."""
+        parts = [f"{n} {decode.STATUS_TEXT[s]}" for s, n in self.stats["skipped"].items() if n]
+        return ", ".join(parts)
+
+
+def _open_bytes(path: str) -> tuple[np.ndarray, str, list[ReadWarning], object]:
+    """Map or decompress the file. Returns (bytes as uint8 array, compression, warnings, keepalive)."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot open: {e.strerror or e}") from None
+    with f:
+        head = f.read(6)
+        if head[:2] == b"\x1f\x8b":
+            f.seek(0)
+            data, warns = _decompress(f, path, "gzip")
+            return np.frombuffer(data, dtype=np.uint8), "gzip", warns, data
+        if head == b"\xfd7zXZ\x00":
+            f.seek(0)
+            data, warns = _decompress(f, path, "xz")
+            return np.frombuffer(data, dtype=np.uint8), "xz", warns, data
+        if head[:3] == b"BZh":
+            f.seek(0)
+            data, warns = _decompress(f, path, "bzip2")
+            return np.frombuffer(data, dtype=np.uint8), "bzip2", warns, data
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return np.zeros(0, dtype=np.uint8), "", [], None
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(mm, dtype=np.uint8), "", [], mm
+
+
+def _new_decompressor(kind: str):
+    if kind == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if kind == "xz":
+        return lzma.LZMADecompressor()
+    return bz2.BZ2Decompressor()
+
+
+def _decompress(f, path: str, kind: str) -> tuple[bytes, list[ReadWarning]]:
+    """Stream-decompress, keeping everything produced before damage or a cut-off end.
+
+    Small input chunks bound how far one step can overshoot the size limit (a "bomb").
+    Concatenated streams (gzip -c a >> b) are one capture to a reader.
+    """
+    out = bytearray()
+    warns: list[ReadWarning] = []
+    dec = None
+    consumed = 0
+    while len(out) < MAX_DECOMPRESSED:
+        chunk = f.read(_DECOMPRESS_CHUNK)
+        if not chunk:
+            break
+        data = chunk
+        while data:
+            if dec is None:
+                if not data.strip(b"\0"):
+                    break  # zero padding after the last stream
+                dec = _new_decompressor(kind)
+            try:
+                out += dec.decompress(data)
+            except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError) as e:
+                warns.append(ReadWarning(consumed, f"{kind} data corrupt ({e}); using the {len(out)} bytes before it"))
+                return _finish(out, warns, path, kind, consumed)
+            data = dec.unused_data if dec.eof else b""
+            if dec.eof:
+                dec = None
+        consumed += len(chunk)
+    else:
+        warns.append(ReadWarning(consumed, f"decompressed size limit reached ({MAX_DECOMPRESSED} bytes, "
+                                           "THROTTLEDETECT_MAX_DECOMPRESSED); the rest is ignored"))
+        return _finish(out, warns, path, kind, consumed)
+    if dec is not None:
+        warns.append(ReadWarning(consumed, f"{kind} stream ends early (file cut short); "
+                                           f"using the {len(out)} bytes it yielded"))
+    return _finish(out, warns, path, kind, consumed)
+
+
+def _finish(out: bytearray, warns: list[ReadWarning], path: str, kind: str, consumed: int):
+    if not out:
+        detail = f": {warns[0].message}" if warns else ""
+        raise CaptureError(f"{path}: byte {consumed}: {kind} stream yielded no data{detail}")
+    return bytes(out), warns
+
+
+def _warnings_from(warn: np.ndarray, nwarn: int, base_offset: int = 0) -> list[ReadWarning]:
+    out = []
+    for off, code, arg in warn[: min(nwarn, len(warn))]:
+        out.append(ReadWarning(int(off) + base_offset, framing.WARNING_TEXT[int(code)].format(arg=int(arg))))
+    if nwarn > len(warn):
+        out.append(ReadWarning(int(warn[-1, 0]), f"... and {nwarn - len(warn)} more warnings like these"))
+    return out
+
+
+def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
+    """Read a pcap or pcapng file (optionally gzip/xz/bzip2 compressed) into a Capture.
+
+    Damaged records are skipped with a warning naming their byte offset, and reading resumes at
+    the next plausible record; CaptureError is raised only when nothing at all is readable.
+    """
+    path = os.fspath(path)
+    buf, compression, warns, keep = _open_bytes(path)
+    n = len(buf)
+    head = bytes(buf[:4])
+    where = f" (in the {compression}-decompressed data)" if compression else ""
+    if n < 4:
+        raise CaptureError(f"{path}: byte 0: too short to be a capture ({n} bytes){where}")
+    magic = int.from_bytes(head, "little")
+    warn = np.zeros((framing.MAX_WARNINGS, 3), dtype=np.int64)
+    if magic in PCAP_MAGICS:
+        fmt = "pcap"
+        swap, nano = PCAP_MAGICS[magic]
+        if n < 24:
+            raise CaptureError(f"{path}: byte {n}: pcap file header cut short ({n} of 24 bytes){where}")
+        order = "big" if swap else "little"
+        snaplen = int.from_bytes(bytes(buf[16:20]), order)
+        linktype = int.from_bytes(bytes(buf[20:24]), order) & 0x0FFFFFFF  # upper bits: FCS info
+        dummy64 = np.zeros(0, dtype=np.int64)
+        dummy32 = np.zeros(0, dtype=np.uint32)
+        count, _ = framing.walk_pcap(buf, swap, nano, snaplen, False, dummy64, dummy32, dummy32, dummy64, warn)
+        rec_off = np.empty(count, dtype=np.int64)
+        caplen = np.empty(count, dtype=np.uint32)
+        wirelen = np.empty(count, dtype=np.uint32)
+        ts = np.empty(count, dtype=np.int64)
+        count, nwarn = framing.walk_pcap(buf, swap, nano, snaplen, True, rec_off, caplen, wirelen, ts, warn)
+        iface = np.zeros(count, dtype=np.uint16)
+        lt = np.full(count, linktype, dtype=np.uint16)
+        linktypes = [linktype]
+    elif head == PCAPNG_SHB_MAGIC:
+        fmt = "pcapng"
+        dummy64 = np.zeros(0, dtype=np.int64)
+        dummy32 = np.zeros(0, dtype=np.uint32)
+        dummy16 = np.zeros(0, dtype=np.uint16)
+        iface_lt = np.zeros(framing.MAX_IFACES, dtype=np.int32)
+        count, _, _ = framing.walk_pcapng(buf, False, dummy64, dummy32, dummy32, dummy64, dummy16, iface_lt, warn)
+        rec_off = np.empty(count, dtype=np.int64)
+        caplen = np.empty(count, dtype=np.uint32)
+        wirelen = np.empty(count, dtype=np.uint32)
+        ts = np.empty(count, dtype=np.int64)
+        iface = np.empty(count, dtype=np.uint16)
+        count, nwarn, nif = framing.walk_pcapng(buf, True, rec_off, caplen, wirelen, ts, iface, iface_lt, warn)
+        lt = iface_lt[iface].astype(np.uint16)
+        linktypes = sorted(set(int(x) for x in iface_lt[:nif]))
+    else:
+        raise CaptureError(f"{path}: byte 0: not a pcap or pcapng capture (starts with {head.hex(' ')}){where}")
+
+    warns += _warnings_from(warn, nwarn)
+    if count == 0:
+        detail = f"; {warns[0]}" if warns else ""
+        off = warns[0].offset if warns else (24 if fmt == "pcap" else 0)
+        raise CaptureError(f"{path}: byte {off}: no readable packet in this {fmt} file{detail}{where}")
+
+    table = PacketTable.empty(count, prefix_len)
+    table.ts_ns[:] = ts
+    table.frame_off[:] = rec_off
+    table.caplen[:] = caplen
+    table.wirelen[:] = wirelen
+    table.iface[:] = iface
+    table.linktype[:] = lt
+    status = np.zeros(count, dtype=np.uint8)
+    decode.decode_records(buf, rec_off, caplen, lt, prefix_len,
+                          status, table.l3, table.proto, table.src_hi, table.src_lo, table.dst_hi, table.dst_lo,
+                          table.sport, table.dport, table.ttl, table.ip_id, table.frag,
+                          table.tcp_seq, table.tcp_ack, table.tcp_flags, table.tcp_win,
+                          table.l4_off, table.payload_off, table.payload_len, table.payload_wirelen,
+                          table.prefix)
+    _assign_fragment_ports(table, status)
+
+    counts = np.bincount(status, minlength=len(decode.STATUS_TEXT) + 1)
+    unsupported = sorted(set(int(x) for x in np.unique(lt[status == decode.STATUS_LINKTYPE])))
+    if unsupported:
+        warns.append(ReadWarning(0, f"unsupported link type(s) {unsupported}: "
+                                    f"{int(counts[decode.STATUS_LINKTYPE])} packets not decoded"))
+    stats = {
+        "records": count,
+        "bytes": int(table.wirelen.sum(dtype=np.int64)),
+        "file_bytes": n,
+        "decoded": int(counts[decode.STATUS_OK]),
+        "skipped": {s: int(counts[s]) for s in decode.STATUS_TEXT},
+        "fragments": int(np.count_nonzero(table.frag)),
+        "fragments_reassigned": int(np.count_nonzero(table.frag & 4)),
+    }
+    cap = Capture(path=path, format=fmt + (f"+{compression}" if compression else ""), buffer=buf,
+                  packets=table, linktypes=linktypes, warnings=warns, stats=stats, status=status)
+    cap._keepalive = keep  # the mmap or bytes behind `buffer`
+    return cap
+
+
+def _assign_fragment_ports(table: PacketTable, status: np.ndarray) -> None:
+    """Give later IP fragments the ports of their first fragment, so they join its flow.
+
+    Fragments belong together by (src, dst, protocol, IP id) (RFC 791 / RFC 8200); a later
+    fragment whose first fragment is not in the capture keeps ports 0 and stays a fragment.
+    """
+    later = np.flatnonzero(table.frag == 2)
+    if len(later) == 0:
+        return
+    first = np.flatnonzero(table.frag == 1)
+    if len(first) == 0:
+        return
+    def key(idx):
+        k = (table.src_lo[idx] * np.uint64(0x9E3779B97F4A7C15)) ^ table.dst_lo[idx]
+        k = k * np.uint64(0xBF58476D1CE4E5B9) ^ table.src_hi[idx] ^ (table.dst_hi[idx] << np.uint64(1))
+        k = k * np.uint64(0x94D049BB133111EB) ^ (table.ip_id[idx].astype(np.uint64) << np.uint64(8)) \
+            ^ table.proto[idx].astype(np.uint64)
+        return k
+    kf, kl = key(first), key(later)
+    order = np.argsort(kf, kind="stable")
+    kf_sorted = kf[order]
+    pos = np.searchsorted(kf_sorted, kl, side="right") - 1
+    ok = pos >= 0
+    pos = np.where(ok, pos, 0)
+    cand = first[order[pos]]
+    # The latest first-fragment with that key that precedes the later fragment; verify exactly.
+    ok &= (kf_sorted[pos] == kl) & (cand < later)
+    for col in ("src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "ip_id"):
+        c = getattr(table, col)
+        ok &= c[cand] == c[later]
+    sel, src = later[ok], cand[ok]
+    table.sport[sel] = table.sport[src]
+    table.dport[sel] = table.dport[src]
+    table.frag[sel] |= 4

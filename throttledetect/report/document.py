@@ -1,0 +1,53 @@
+"""The JSON output contract (schema "throttledetect/1", see docs/DESIGN.md): plain dicts from results."""
+from __future__ import annotations
+
+from throttledetect.flows import FlowTable, transport_name
+from throttledetect.read import Capture
+
+SCHEMA = "throttledetect/1"
+
+
+def capture_entry(cap: Capture) -> dict:
+    ts = cap.packets.ts_ns
+    skipped = {k: v for k, v in ((_status_key(s), n) for s, n in cap.stats["skipped"].items()) if v}
+    return {
+        "path": cap.path,
+        "format": cap.format,
+        "packets": int(cap.stats["records"]),
+        "bytes": int(cap.stats["bytes"]),
+        "first_ts": float(ts.min()) / 1e9 if len(ts) else None,
+        "last_ts": float(ts.max()) / 1e9 if len(ts) else None,
+        "linktype": cap.linktypes[0] if len(cap.linktypes) == 1 else cap.linktypes,
+        "skipped": skipped,
+        "warnings": [str(w) for w in cap.warnings],
+    }
+
+
+def _status_key(status: int) -> str:
+    from throttledetect.read import decode
+    return {
+        decode.STATUS_LINKTYPE: "unsupported_linktype",
+        decode.STATUS_NOT_IP: "not_ip",
+        decode.STATUS_TRUNCATED_LINK: "truncated_link",
+        decode.STATUS_BAD_IP: "bad_ip",
+        decode.STATUS_TRUNCATED_L4: "truncated_transport",
+        decode.STATUS_FRAGMENT: "unmatched_fragments",
+    }[status]
+
+
+def flow_entry(ft: FlowTable, i: int, capture_index: int) -> dict:
+    local = "a" if ft.a_local[i] and not ft.b_local[i] else "b" if ft.b_local[i] and not ft.a_local[i] else None
+    return {
+        "id": f"{capture_index}:{i}",
+        "capture": capture_index,
+        "transport": transport_name(ft.proto[i]),
+        "a": ft.endpoint(i, "a"),
+        "b": ft.endpoint(i, "b"),
+        "local": local,
+        "packets_ab": int(ft.packets_ab[i]),
+        "packets_ba": int(ft.packets_ba[i]),
+        "bytes_ab": int(ft.bytes_ab[i]),
+        "bytes_ba": int(ft.bytes_ba[i]),
+        "first_ts": int(ft.first_ns[i]) / 1e9,
+        "last_ts": int(ft.last_ns[i]) / 1e9,
+    }

@@ -37,7 +37,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
 bench: venv
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .hypothesis

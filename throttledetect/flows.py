@@ -155,10 +155,12 @@ def _in_nets(hi: np.ndarray, lo: np.ndarray, nets) -> np.ndarray:
     return out
 
 
-def build_flows(source: Capture | PacketTable, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+def build_flows(source: Capture | PacketTable, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
                 local_nets=None) -> FlowTable:
     """Group packets into bidirectional flows.
 
+    `idle_timeout`: seconds of silence that end a flow; None or math.inf never splits (what
+    nDPI's reader does with files).
     `local_nets`: CIDRs (strings or ip_network) of the capturing host's side; by default the
     private, CGNAT, link-local and loopback ranges.
     """
@@ -204,9 +206,9 @@ def build_flows(source: Capture | PacketTable, *, idle_timeout: float = DEFAULT_
         new_key[1:] = np.any(ks[:, 1:] != ks[:, :-1], axis=0)
 
     tss = ts[perm]
-    timeout_ns = int(idle_timeout * 1e9)
     new_flow = new_key.copy()
-    if len(tss) > 1:
+    if len(tss) > 1 and idle_timeout is not None and np.isfinite(idle_timeout):
+        timeout_ns = int(idle_timeout * 1e9)
         new_flow[1:] |= (tss[1:] - tss[:-1]) > timeout_ns
     seg_start = np.flatnonzero(new_flow)
     nflows = len(seg_start)
@@ -248,5 +250,6 @@ def build_flows(source: Capture | PacketTable, *, idle_timeout: float = DEFAULT_
         proto=t.proto[firsts], a_hi=a_hi, a_lo=a_lo, a_port=a_port, b_hi=b_hi, b_lo=b_lo, b_port=b_port,
         first_ns=t.ts_ns[firsts], last_ns=t.ts_ns[lasts] if nflows else t.ts_ns[:0],
         packets_ab=packets_ab, packets_ba=packets_ba, bytes_ab=bytes_ab, bytes_ba=bytes_ba,
-        a_local=_in_nets(a_hi, a_lo, nets), b_local=_in_nets(b_hi, b_lo, nets), idle_timeout=idle_timeout,
+        a_local=_in_nets(a_hi, a_lo, nets), b_local=_in_nets(b_hi, b_lo, nets),
+        idle_timeout=float('inf') if idle_timeout is None else float(idle_timeout),
     )

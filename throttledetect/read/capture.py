@@ -226,7 +226,7 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
                           table.sport, table.dport, table.ttl, table.ip_id, table.frag,
                           table.tcp_seq, table.tcp_ack, table.tcp_flags, table.tcp_win,
                           table.l4_off, table.payload_off, table.payload_len, table.payload_wirelen,
-                          table.prefix)
+                          table.prefix, table.tunnel)
     _assign_fragment_ports(table, status)
 
     counts = np.bincount(status, minlength=len(decode.STATUS_TEXT) + 1)
@@ -242,6 +242,7 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
         "skipped": {s: int(counts[s]) for s in decode.STATUS_TEXT},
         "fragments": int(np.count_nonzero(table.frag)),
         "fragments_reassigned": int(np.count_nonzero(table.frag & 4)),
+        "tunnelled": int(np.count_nonzero(table.tunnel)),
     }
     cap = Capture(path=path, format=fmt + (f"+{compression}" if compression else ""), buffer=buf,
                   packets=table, linktypes=linktypes, warnings=warns, stats=stats, status=status)
@@ -252,34 +253,26 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
 def _assign_fragment_ports(table: PacketTable, status: np.ndarray) -> None:
     """Give later IP fragments the ports of their first fragment, so they join its flow.
 
-    Fragments belong together by (src, dst, protocol, IP id) (RFC 791 / RFC 8200); a later
-    fragment whose first fragment is not in the capture keeps ports 0 and stays a fragment.
+    Fragments belong together by (src, dst, protocol, IP id) (RFC 791 / RFC 8200); ids recur
+    over a long capture, so each later fragment takes the latest first fragment *before* it.
+    A later fragment whose first fragment is not in the capture keeps ports 0 and no flow.
     """
-    later = np.flatnonzero(table.frag == 2)
-    if len(later) == 0:
+    rows = np.flatnonzero((table.frag == 1) | (table.frag == 2))
+    if not np.any(table.frag[rows] == 2):
         return
-    first = np.flatnonzero(table.frag == 1)
-    if len(first) == 0:
-        return
-    def key(idx):
-        k = (table.src_lo[idx] * np.uint64(0x9E3779B97F4A7C15)) ^ table.dst_lo[idx]
-        k = k * np.uint64(0xBF58476D1CE4E5B9) ^ table.src_hi[idx] ^ (table.dst_hi[idx] << np.uint64(1))
-        k = k * np.uint64(0x94D049BB133111EB) ^ (table.ip_id[idx].astype(np.uint64) << np.uint64(8)) \
-            ^ table.proto[idx].astype(np.uint64)
-        return k
-    kf, kl = key(first), key(later)
-    order = np.argsort(kf, kind="stable")
-    kf_sorted = kf[order]
-    pos = np.searchsorted(kf_sorted, kl, side="right") - 1
-    ok = pos >= 0
-    pos = np.where(ok, pos, 0)
-    cand = first[order[pos]]
-    # The latest first-fragment with that key that precedes the later fragment; verify exactly.
-    ok &= (kf_sorted[pos] == kl) & (cand < later)
-    for col in ("src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "ip_id"):
-        c = getattr(table, col)
-        ok &= c[cand] == c[later]
-    sel, src = later[ok], cand[ok]
-    table.sport[sel] = table.sport[src]
-    table.dport[sel] = table.dport[src]
-    table.frag[sel] |= 4
+    cols = [getattr(table, c)[rows] for c in ("src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "ip_id")]
+    order = np.lexsort([rows] + cols[::-1])       # exact tuple first, file order last
+    r = rows[order]
+    same = np.ones(len(r), dtype=bool)            # same tuple as the previous row in sort order
+    same[0] = False
+    for c in cols:
+        cs = c[order]
+        same[1:] &= cs[1:] == cs[:-1]
+    group_start = np.maximum.accumulate(np.where(~same, np.arange(len(r)), 0))
+    is_first = table.frag[r] == 1
+    latest_first = np.maximum.accumulate(np.where(is_first, np.arange(len(r)), -1))
+    ok = (table.frag[r] == 2) & (latest_first >= group_start)
+    later, first = r[ok], r[latest_first[ok]]
+    table.sport[later] = table.sport[first]
+    table.dport[later] = table.dport[first]
+    table.frag[later] |= 4

@@ -49,6 +49,9 @@ IPV6_NO_NEXT = 59
 MAX_IPV6_EXT = 8
 MAX_VLAN_TAGS = 4
 MAX_MPLS_LABELS = 8
+MAX_TUNNEL_DEPTH = 1
+GTPU_PORT = 2152
+TUNNEL_GTPU = 1
 
 IPV4_MAPPED = np.uint64(0x0000FFFF00000000)
 
@@ -172,165 +175,214 @@ def _link(buf, o, end, lt):
 def decode_records(buf, rec_off, rec_caplen, rec_linktype, prefix_len,
                    status, l3, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, ttl, ip_id, frag,
                    tcp_seq, tcp_ack, tcp_flags, tcp_win, l4_off, payload_off, payload_len, payload_wirelen,
-                   prefix):
+                   prefix, tunnel):
     """Fill the network/transport columns of every framed record. Pure function of the bytes."""
     n = rec_off.shape[0]
     for i in range(n):
         o = rec_off[i]
         end = o + np.int64(rec_caplen[i])
-        l4_off[i] = -1
-        payload_off[i] = -1
         et, p, st = _link(buf, o, end, np.int64(rec_linktype[i]))
         if st != STATUS_OK:
             status[i] = st
+            l4_off[i] = -1
+            payload_off[i] = -1
             continue
-        if et == ETH_IPV4:
-            if p + 20 > end or (buf[p] >> 4) != 4:
-                status[i] = STATUS_BAD_IP
-                continue
-            ihl = np.int64(buf[p] & 0x0F) * 4
-            total = _be16(buf, p + 2)
-            if ihl < 20 or p + ihl > end:
-                status[i] = STATUS_BAD_IP
-                continue
-            if total == 0:
-                total = end - p  # TSO/GSO super-packets captured on the sending host say 0
-            if total < ihl:
-                status[i] = STATUS_BAD_IP
-                continue
-            l3[i] = 4
-            ttl[i] = buf[p + 8]
-            ip_id[i] = _be16(buf, p + 4)
-            pr = np.int64(buf[p + 9])
-            proto[i] = pr
-            src_hi[i] = 0
-            dst_hi[i] = 0
-            src_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 12))
-            dst_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 16))
-            ip_end = p + total
-            q = p + ihl
-            fo = _be16(buf, p + 6)
-            if fo & 0x1FFF:
-                frag[i] = 2
-                status[i] = STATUS_FRAGMENT
-                payload_wirelen[i] = total - ihl
-                continue
-            if fo & 0x2000:
-                frag[i] = 1
-        elif et == ETH_IPV6:
-            if p + 40 > end or (buf[p] >> 4) != 6:
-                status[i] = STATUS_BAD_IP
-                continue
-            l3[i] = 6
-            ttl[i] = buf[p + 7]
-            plen = _be16(buf, p + 4)
-            src_hi[i] = _be64u(buf, p + 8)
-            src_lo[i] = _be64u(buf, p + 16)
-            dst_hi[i] = _be64u(buf, p + 24)
-            dst_lo[i] = _be64u(buf, p + 32)
-            ip_end = p + 40 + plen if plen > 0 else end  # 0: jumbogram, length in hop-by-hop
-            nh = np.int64(buf[p + 6])
-            q = p + 40
-            later_fragment = False
-            bad = False
-            for _ in range(MAX_IPV6_EXT):
-                generic = False
-                for e in _IPV6_EXT_GENERIC:
-                    if nh == e:
-                        generic = True
-                if generic:
-                    if q + 2 > end:
-                        bad = True
-                        break
-                    nxt = np.int64(buf[q])
-                    q += (np.int64(buf[q + 1]) + 1) * 8
-                    nh = nxt
-                elif nh == IPV6_FRAGMENT:
-                    if q + 8 > end:
-                        bad = True
-                        break
-                    nxt = np.int64(buf[q])
-                    fo = _be16(buf, q + 2)
-                    ip_id[i] = _be32(buf, q + 4)
-                    q += 8
-                    nh = nxt
-                    if fo & 0xFFF8:
-                        later_fragment = True
-                        break
-                    if fo & 1:
-                        frag[i] = 1
-                elif nh == IPV6_AH:
-                    if q + 2 > end:
-                        bad = True
-                        break
-                    nxt = np.int64(buf[q])
-                    q += (np.int64(buf[q + 1]) + 2) * 4
-                    nh = nxt
-                else:
-                    break
-            proto[i] = nh
-            if bad or q > end:
-                status[i] = STATUS_TRUNCATED_L4
-                continue
-            if later_fragment:
-                frag[i] = 2
-                status[i] = STATUS_FRAGMENT
-                payload_wirelen[i] = max(ip_end - q, 0)
-                continue
-        else:
-            status[i] = STATUS_NOT_IP
-            continue
-
-        pr = np.int64(proto[i])
-        cap_end = min(ip_end, end)  # Ethernet padding lies beyond ip_end; the snapshot may cut before it
-        l4_off[i] = q
-        if pr == 6:
-            if q + 20 > cap_end:
-                status[i] = STATUS_TRUNCATED_L4
-                continue
-            sport[i] = _be16(buf, q)
-            dport[i] = _be16(buf, q + 2)
-            tcp_seq[i] = _be32(buf, q + 4)
-            tcp_ack[i] = _be32(buf, q + 8)
-            doff = (np.int64(buf[q + 12]) >> 4) * 4
-            tcp_flags[i] = buf[q + 13]
-            tcp_win[i] = _be16(buf, q + 14)
-            if doff < 20:
-                status[i] = STATUS_TRUNCATED_L4
-                continue
-            start = q + doff
-            declared = ip_end - start
-        elif pr == 17 or pr == 136:  # UDP, UDP-Lite
-            if q + 8 > cap_end:
-                status[i] = STATUS_TRUNCATED_L4
-                continue
-            sport[i] = _be16(buf, q)
-            dport[i] = _be16(buf, q + 2)
-            ulen = _be16(buf, q + 4)
-            start = q + 8
-            declared = ip_end - start
-            if pr == 17 and 8 <= ulen and q + ulen <= ip_end:
-                declared = ulen - 8
-                cap_end = min(cap_end, q + ulen)
-        elif pr == 132:  # SCTP: ports like TCP/UDP
-            if q + 12 > cap_end:
-                status[i] = STATUS_TRUNCATED_L4
-                continue
-            sport[i] = _be16(buf, q)
-            dport[i] = _be16(buf, q + 2)
-            start = q + 12
-            declared = ip_end - start
-        else:
-            # ICMP and others: the whole transport message is the payload (type/code come first).
-            start = q
-            declared = ip_end - start
-        payload_off[i] = start
-        have = cap_end - start
-        if have < 0:
-            have = 0
-        payload_len[i] = have
-        payload_wirelen[i] = declared if declared > 0 else 0
-        k = min(have, prefix_len)
-        for j in range(k):
-            prefix[i, j] = buf[start + j]
+        for depth in range(MAX_TUNNEL_DEPTH + 1):
+            st, inner = _decode_ip(buf, i, et, p, end, prefix_len, l3, proto, src_hi, src_lo, dst_hi, dst_lo,
+                                   sport, dport, ttl, ip_id, frag, tcp_seq, tcp_ack, tcp_flags, tcp_win,
+                                   l4_off, payload_off, payload_len, payload_wirelen, prefix)
+            if inner < 0 or depth == MAX_TUNNEL_DEPTH:
+                break
+            et = _ethertype_from_version(buf, inner, end)
+            if et < 0:
+                break
+            # GTP-U: decode the user's packet inside; the outer frame's length stays the packet's size.
+            p = inner
+            tunnel[i] = TUNNEL_GTPU
+            for j in range(prefix_len):
+                prefix[i, j] = 0
+        status[i] = st
     return 0
+
+
+@njit
+def _gtpu_inner(buf, start, end):
+    """Offset of the IP packet inside a GTPv1-U T-PDU (3GPP TS 29.281 section 5), or -1."""
+    if start + 8 > end:
+        return -1
+    flags = np.int64(buf[start])
+    if (flags >> 5) != 1 or buf[start + 1] != 0xFF:
+        return -1
+    q = start + 8
+    if flags & 0x07:           # E, S or PN: the optional 4-byte field is present
+        q += 4
+        if flags & 0x04:       # extension headers: length in 4-byte units, last byte = next type
+            if q > end:
+                return -1
+            nxt = np.int64(buf[q - 1])
+            hops = 0
+            while nxt != 0:
+                if hops >= 8 or q >= end:
+                    return -1
+                ln = np.int64(buf[q]) * 4
+                if ln == 0 or q + ln > end:
+                    return -1
+                nxt = np.int64(buf[q + ln - 1])
+                q += ln
+                hops += 1
+    if q >= end:
+        return -1
+    return q
+
+
+@njit
+def _decode_ip(buf, i, et, p, end, prefix_len, l3, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, ttl,
+               ip_id, frag, tcp_seq, tcp_ack, tcp_flags, tcp_win, l4_off, payload_off, payload_len,
+               payload_wirelen, prefix):
+    """Decode the IP packet at p into row i. Returns (status, offset of a GTP-tunnelled packet or -1)."""
+    l4_off[i] = -1
+    payload_off[i] = -1
+    frag[i] = 0
+    sport[i] = 0
+    dport[i] = 0
+    if et == ETH_IPV4:
+        if p + 20 > end or (buf[p] >> 4) != 4:
+            return STATUS_BAD_IP, -1
+        ihl = np.int64(buf[p] & 0x0F) * 4
+        total = _be16(buf, p + 2)
+        if ihl < 20 or p + ihl > end:
+            return STATUS_BAD_IP, -1
+        if total == 0:
+            total = end - p  # TSO/GSO super-packets captured on the sending host say 0
+        if total < ihl:
+            return STATUS_BAD_IP, -1
+        l3[i] = 4
+        ttl[i] = buf[p + 8]
+        ip_id[i] = _be16(buf, p + 4)
+        proto[i] = buf[p + 9]
+        src_hi[i] = 0
+        dst_hi[i] = 0
+        src_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 12))
+        dst_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 16))
+        ip_end = p + total
+        q = p + ihl
+        fo = _be16(buf, p + 6)
+        if fo & 0x1FFF:
+            frag[i] = 2
+            payload_wirelen[i] = total - ihl
+            return STATUS_FRAGMENT, -1
+        if fo & 0x2000:
+            frag[i] = 1
+    elif et == ETH_IPV6:
+        if p + 40 > end or (buf[p] >> 4) != 6:
+            return STATUS_BAD_IP, -1
+        l3[i] = 6
+        ttl[i] = buf[p + 7]
+        plen = _be16(buf, p + 4)
+        src_hi[i] = _be64u(buf, p + 8)
+        src_lo[i] = _be64u(buf, p + 16)
+        dst_hi[i] = _be64u(buf, p + 24)
+        dst_lo[i] = _be64u(buf, p + 32)
+        ip_end = p + 40 + plen if plen > 0 else end  # 0: jumbogram, length in hop-by-hop
+        nh = np.int64(buf[p + 6])
+        q = p + 40
+        later_fragment = False
+        bad = False
+        for _ in range(MAX_IPV6_EXT):
+            generic = False
+            for e in _IPV6_EXT_GENERIC:
+                if nh == e:
+                    generic = True
+            if generic:
+                if q + 2 > end:
+                    bad = True
+                    break
+                nxt = np.int64(buf[q])
+                q += (np.int64(buf[q + 1]) + 1) * 8
+                nh = nxt
+            elif nh == IPV6_FRAGMENT:
+                if q + 8 > end:
+                    bad = True
+                    break
+                nxt = np.int64(buf[q])
+                fo = _be16(buf, q + 2)
+                ip_id[i] = _be32(buf, q + 4)
+                q += 8
+                nh = nxt
+                if fo & 0xFFF8:
+                    later_fragment = True
+                    break
+                if fo & 1:
+                    frag[i] = 1
+            elif nh == IPV6_AH:
+                if q + 2 > end:
+                    bad = True
+                    break
+                nxt = np.int64(buf[q])
+                q += (np.int64(buf[q + 1]) + 2) * 4
+                nh = nxt
+            else:
+                break
+        proto[i] = nh
+        if bad or q > end:
+            return STATUS_TRUNCATED_L4, -1
+        if later_fragment:
+            frag[i] = 2
+            payload_wirelen[i] = max(ip_end - q, 0)
+            return STATUS_FRAGMENT, -1
+    else:
+        return STATUS_NOT_IP, -1
+
+    pr = np.int64(proto[i])
+    cap_end = min(ip_end, end)  # Ethernet padding lies beyond ip_end; the snapshot may cut before it
+    l4_off[i] = q
+    if pr == 6:
+        if q + 20 > cap_end:
+            return STATUS_TRUNCATED_L4, -1
+        sport[i] = _be16(buf, q)
+        dport[i] = _be16(buf, q + 2)
+        tcp_seq[i] = _be32(buf, q + 4)
+        tcp_ack[i] = _be32(buf, q + 8)
+        doff = (np.int64(buf[q + 12]) >> 4) * 4
+        tcp_flags[i] = buf[q + 13]
+        tcp_win[i] = _be16(buf, q + 14)
+        if doff < 20:
+            return STATUS_TRUNCATED_L4, -1
+        start = q + doff
+        declared = ip_end - start
+    elif pr == 17 or pr == 136:  # UDP, UDP-Lite
+        if q + 8 > cap_end:
+            return STATUS_TRUNCATED_L4, -1
+        sport[i] = _be16(buf, q)
+        dport[i] = _be16(buf, q + 2)
+        ulen = _be16(buf, q + 4)
+        start = q + 8
+        declared = ip_end - start
+        if pr == 17 and 8 <= ulen and q + ulen <= ip_end:
+            declared = ulen - 8
+            cap_end = min(cap_end, q + ulen)
+    elif pr == 132:  # SCTP: ports like TCP/UDP
+        if q + 12 > cap_end:
+            return STATUS_TRUNCATED_L4, -1
+        sport[i] = _be16(buf, q)
+        dport[i] = _be16(buf, q + 2)
+        start = q + 12
+        declared = ip_end - start
+    else:
+        # ICMP and others: the whole transport message is the payload (type/code come first).
+        start = q
+        declared = ip_end - start
+    payload_off[i] = start
+    have = cap_end - start
+    if have < 0:
+        have = 0
+    payload_len[i] = have
+    payload_wirelen[i] = declared if declared > 0 else 0
+    if pr == 17 and (sport[i] == GTPU_PORT or dport[i] == GTPU_PORT):
+        inner = _gtpu_inner(buf, start, cap_end)
+        if inner >= 0:
+            return STATUS_OK, inner
+    k = min(have, prefix_len)
+    for j in range(k):
+        prefix[i, j] = buf[start + j]
+    return STATUS_OK, -1

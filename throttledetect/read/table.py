@@ -49,6 +49,7 @@ COLUMNS = {
     "ttl": np.uint8,          # IPv4 TTL or IPv6 hop limit
     "ip_id": np.uint32,       # IPv4 identification, or IPv6 fragment identification
     "frag": np.uint8,         # FRAG_* bits; 0 for unfragmented packets
+    "tunnel": np.uint8,       # 0, or 1 when the columns describe the packet inside a GTP-U tunnel
     "tcp_seq": np.uint32,
     "tcp_ack": np.uint32,
     "tcp_flags": np.uint8,
@@ -81,6 +82,7 @@ class PacketTable:
     ttl: np.ndarray
     ip_id: np.ndarray
     frag: np.ndarray
+    tunnel: np.ndarray
     tcp_seq: np.ndarray
     tcp_ack: np.ndarray
     tcp_flags: np.ndarray

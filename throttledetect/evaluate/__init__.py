@@ -1,0 +1,1 @@
+"""Evaluation helpers: reading reference labels (nDPI) and scoring our results against them."""

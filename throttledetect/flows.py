@@ -2,9 +2,9 @@
 
 A flow is every packet between two (address, port) endpoints over one transport, split where
 the flow stays idle longer than `idle_timeout`. Side "a" is whichever endpoint sent the flow's
-first packet. Everything is computed with whole-array numpy operations: one stable sort of a
-64-bit key hash groups the packets, and an exact comparison afterwards guards against hash
-collisions (which would merge two flows silently otherwise).
+first packet. One compiled pass over the packets in time order assigns flows through an
+open-addressing table keyed by the exact unordered 5-tuple (no hash collision can merge two
+flows), and a counting sort groups each flow's packets without a comparison sort.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from throttledetect.jit import njit
 from throttledetect.read.capture import Capture
 from throttledetect.read.decode import STATUS_OK, STATUS_TRUNCATED_L4
 from throttledetect.read.table import FRAG_REASSIGNED, PacketTable, format_endpoint, halves_to_address
@@ -26,18 +27,10 @@ TRANSPORT_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 13
 DEFAULT_LOCAL_NETS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
                       "127.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128")
 
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
 
 
 def transport_name(proto: int) -> str:
     return TRANSPORT_NAMES.get(int(proto), f"ip{int(proto)}")
-
-
-def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
-    h = (h ^ v.astype(np.uint64)) * _M1
-    return h ^ (h >> np.uint64(29))
 
 
 @dataclass
@@ -155,101 +148,175 @@ def _in_nets(hi: np.ndarray, lo: np.ndarray, nets) -> np.ndarray:
     return out
 
 
+_EMPTY = -1
+
+
+@njit
+def _slot_hash(lh, ll, lp, hh, hl, hp, pr):
+    h = np.uint64(0x2545F4914F6CDD1D)
+    for v in (lh, ll, np.uint64(lp), hh, hl, np.uint64(hp), np.uint64(pr)):
+        h = (h ^ v) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+@njit
+def _assign(rows, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ts_ns, timeout_ns, flow_of, dir_of):
+    """One pass over packets in time order: an open-addressing table maps each unordered
+    5-tuple to its current flow; a gap longer than timeout_ns starts a new flow for the key.
+
+    Returns (number of flows, first row of each flow) and fills flow_of/dir_of per row.
+    """
+    cap = 1 << 12
+    key_lh = np.zeros(cap, np.uint64)
+    key_ll = np.zeros(cap, np.uint64)
+    key_hh = np.zeros(cap, np.uint64)
+    key_hl = np.zeros(cap, np.uint64)
+    key_p = np.zeros(cap, np.int64)       # lo port | hi port << 16 | proto << 32
+    slot_flow = np.full(cap, _EMPTY, np.int64)
+    fcap = 1 << 12
+    last_ts = np.empty(fcap, np.int64)
+    a_is_lo = np.empty(fcap, np.bool_)
+    first_row = np.empty(fcap, np.int64)
+    nflows = 0
+    used = 0
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        sh, sl, sp = src_hi[r], src_lo[r], np.int64(sport[r])
+        dh, dl, dp = dst_hi[r], dst_lo[r], np.int64(dport[r])
+        swap = sh > dh or (sh == dh and (sl > dl or (sl == dl and sp > dp)))
+        if swap:
+            lh, ll, lp, hh, hl, hp = dh, dl, dp, sh, sl, sp
+        else:
+            lh, ll, lp, hh, hl, hp = sh, sl, sp, dh, dl, dp
+        pk = lp | (hp << 16) | (np.int64(proto[r]) << 32)
+        mask = cap - 1
+        j = np.int64(_slot_hash(lh, ll, lp, hh, hl, hp, proto[r]) & np.uint64(mask))
+        while slot_flow[j] != _EMPTY and not (key_p[j] == pk and key_ll[j] == ll and key_hl[j] == hl
+                                              and key_lh[j] == lh and key_hh[j] == hh):
+            j = (j + 1) & mask
+        f = slot_flow[j]
+        t = ts_ns[r]
+        if f == _EMPTY or t - last_ts[f] > timeout_ns:
+            if f == _EMPTY:
+                key_lh[j], key_ll[j], key_hh[j], key_hl[j], key_p[j] = lh, ll, hh, hl, pk
+                used += 1
+            if nflows == fcap:
+                fcap *= 2
+                last_ts = _grow(last_ts, fcap)
+                a_is_lo = _grow(a_is_lo, fcap)
+                first_row = _grow(first_row, fcap)
+            f = nflows
+            nflows += 1
+            slot_flow[j] = f
+            a_is_lo[f] = not swap
+            first_row[f] = r
+            last_ts[f] = t
+        elif t > last_ts[f]:
+            last_ts[f] = t
+        flow_of[r] = f
+        dir_of[r] = 0 if a_is_lo[f] == (not swap) else 1
+        if used * 2 > cap:
+            cap *= 2
+            key_lh, key_ll, key_hh, key_hl, key_p, slot_flow = _rehash(
+                key_lh, key_ll, key_hh, key_hl, key_p, slot_flow, cap)
+    return nflows, first_row[:nflows]
+
+
+@njit
+def _grow(a, n):
+    b = np.empty(n, a.dtype)
+    b[:a.shape[0]] = a
+    return b
+
+
+@njit
+def _rehash(key_lh, key_ll, key_hh, key_hl, key_p, slot_flow, cap):
+    n_lh = np.zeros(cap, np.uint64)
+    n_ll = np.zeros(cap, np.uint64)
+    n_hh = np.zeros(cap, np.uint64)
+    n_hl = np.zeros(cap, np.uint64)
+    n_p = np.zeros(cap, np.int64)
+    n_f = np.full(cap, _EMPTY, np.int64)
+    mask = cap - 1
+    for i in range(slot_flow.shape[0]):
+        if slot_flow[i] == _EMPTY:
+            continue
+        pk = key_p[i]
+        j = np.int64(_slot_hash(key_lh[i], key_ll[i], pk & 0xFFFF, key_hh[i], key_hl[i], (pk >> 16) & 0xFFFF,
+                                pk >> 32) & np.uint64(mask))
+        while n_f[j] != _EMPTY:
+            j = (j + 1) & mask
+        n_lh[j], n_ll[j], n_hh[j], n_hl[j], n_p[j], n_f[j] = key_lh[i], key_ll[i], key_hh[i], key_hl[i], pk, slot_flow[i]
+    return n_lh, n_ll, n_hh, n_hl, n_p, n_f
+
+
+@njit
+def _group(rows, flow_of, dir_of, wirelen, ts_ns, nflows, order, start, packets_ab, packets_ba, bytes_ab,
+           bytes_ba, first_ns, last_ns):
+    """Counting sort of rows by flow (time order kept within a flow) and per-flow totals."""
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        f = flow_of[r]
+        start[f + 1] += 1
+        if dir_of[r] == 0:
+            packets_ab[f] += 1
+            bytes_ab[f] += wirelen[r]
+        else:
+            packets_ba[f] += 1
+            bytes_ba[f] += wirelen[r]
+    for f in range(nflows):
+        start[f + 1] += start[f]
+    fill = start[:nflows].copy()
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        f = flow_of[r]
+        order[fill[f]] = r
+        fill[f] += 1
+    for f in range(nflows):
+        first_ns[f] = ts_ns[order[start[f]]]
+        last_ns[f] = ts_ns[order[start[f + 1] - 1]]
+
+
 def build_flows(source: Capture | PacketTable, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
                 local_nets=None) -> FlowTable:
-    """Group packets into bidirectional flows.
+    """Group packets into bidirectional flows, numbered by their first packet.
 
     `idle_timeout`: seconds of silence that end a flow; None or math.inf never splits (what
-    nDPI's reader does with files).
-    `local_nets`: CIDRs (strings or ip_network) of the capturing host's side; by default the
-    private, CGNAT, link-local and loopback ranges.
+    nDPI's reader does with files). `local_nets`: CIDRs (strings or ip_network) of the capturing
+    host's side; by default the private, CGNAT, link-local and loopback ranges.
     """
     if isinstance(source, Capture):
         t, status = source.packets, source.status
     else:
         t, status = source, None
     n = len(t)
-    idx = _flow_members(t, status)
+    rows = _flow_members(t, status)
+    ts = t.ts_ns[rows]
+    if len(ts) > 1 and not np.all(ts[1:] >= ts[:-1]):
+        rows = rows[np.argsort(ts, kind="stable")]   # merged or reordered captures: time order
+    timeout_ns = np.iinfo(np.int64).max if idle_timeout is None or not np.isfinite(idle_timeout) \
+        else int(idle_timeout * 1e9)
+    flow_of = np.full(n, -1, dtype=np.int32)
+    dir_of = np.zeros(n, dtype=np.uint8)
+    nflows, firsts = _assign(rows, t.src_hi, t.src_lo, t.dst_hi, t.dst_lo, t.sport, t.dport, t.proto, t.ts_ns,
+                             timeout_ns, flow_of, dir_of)
+    order = np.empty(len(rows), dtype=np.int64)
+    start = np.zeros(nflows + 1, dtype=np.int64)
+    counts = [np.zeros(nflows, dtype=np.int64) for _ in range(4)]
+    first_ns = np.empty(nflows, dtype=np.int64)
+    last_ns = np.empty(nflows, dtype=np.int64)
+    _group(rows, flow_of, dir_of, t.wirelen, t.ts_ns, nflows, order, start, *counts, first_ns, last_ns)
+    packets_ab, packets_ba, bytes_ab, bytes_ba = counts
 
-    s_hi, s_lo, sp = t.src_hi[idx], t.src_lo[idx], t.sport[idx]
-    d_hi, d_lo, dp = t.dst_hi[idx], t.dst_lo[idx], t.dport[idx]
-    proto = t.proto[idx]
-    swap = (s_hi > d_hi) | ((s_hi == d_hi) & ((s_lo > d_lo) | ((s_lo == d_lo) & (sp > dp))))
-    lo_hi, lo_lo, lo_p = np.where(swap, d_hi, s_hi), np.where(swap, d_lo, s_lo), np.where(swap, dp, sp)
-    hi_hi, hi_lo, hi_p = np.where(swap, s_hi, d_hi), np.where(swap, s_lo, d_lo), np.where(swap, sp, dp)
-
-    h = np.full(len(idx), 0x2545F4914F6CDD1D, dtype=np.uint64)
-    for col in (lo_hi, lo_lo, lo_p, hi_hi, hi_lo, hi_p, proto):
-        h = _mix(h, col)
-    h = (h ^ (h >> np.uint64(31))) * _M2
-
-    ts = t.ts_ns[idx]
-    if len(ts) < 2 or np.all(ts[1:] >= ts[:-1]):
-        perm = np.argsort(h, kind="stable")
-    else:
-        perm = np.lexsort((ts, h))   # out-of-order captures (merged interfaces): time order within a key
-    hs = h[perm]
-    new_key = np.ones(len(perm), dtype=bool)
-    new_key[1:] = hs[1:] != hs[:-1]
-    # Exact check: a hash collision would put two different 5-tuples in one group.
-    key_start = np.flatnonzero(new_key)
-    group_first = perm[key_start[np.cumsum(new_key) - 1]]
-    same = np.ones(len(perm), dtype=bool)
-    for col in (lo_hi, lo_lo, lo_p, hi_hi, hi_lo, hi_p, proto):
-        same &= col[perm] == col[group_first]
-    if not same.all():
-        key = np.stack([lo_hi, lo_lo, hi_hi, hi_lo, lo_p.astype(np.uint64), hi_p.astype(np.uint64),
-                        proto.astype(np.uint64)])
-        perm = np.lexsort((ts,) + tuple(key))
-        ks = key[:, perm]
-        new_key = np.ones(len(perm), dtype=bool)
-        new_key[1:] = np.any(ks[:, 1:] != ks[:, :-1], axis=0)
-
-    tss = ts[perm]
-    new_flow = new_key.copy()
-    if len(tss) > 1 and idle_timeout is not None and np.isfinite(idle_timeout):
-        timeout_ns = int(idle_timeout * 1e9)
-        new_flow[1:] |= (tss[1:] - tss[:-1]) > timeout_ns
-    seg_start = np.flatnonzero(new_flow)
-    nflows = len(seg_start)
-    seg_len = np.diff(np.append(seg_start, len(perm)))
-
-    # Number flows by their first packet, as a user reading the capture would.
-    first_row = idx[perm[seg_start]]
-    rank = np.argsort(first_row, kind="stable")
-    new_len = seg_len[rank]
-    new_start = np.zeros(nflows + 1, dtype=np.int64)
-    np.cumsum(new_len, out=new_start[1:])
-    pos = np.repeat(seg_start[rank], new_len) + (np.arange(len(perm)) - np.repeat(new_start[:-1], new_len))
-    sorted_members = perm[pos]                 # positions into idx, grouped by new flow id
-    order = idx[sorted_members]
-    fid = np.repeat(np.arange(nflows, dtype=np.int32), new_len)
-
-    firsts = order[new_start[:-1]]
-    lasts = order[new_start[1:] - 1] if nflows else order[:0]
     a_hi, a_lo, a_port = t.src_hi[firsts], t.src_lo[firsts], t.sport[firsts]
     b_hi, b_lo, b_port = t.dst_hi[firsts], t.dst_lo[firsts], t.dport[firsts]
-    is_a = (t.src_hi[order] == a_hi[fid]) & (t.src_lo[order] == a_lo[fid]) & (t.sport[order] == a_port[fid])
-    dirs = (~is_a).astype(np.uint8)
-
-    flow_of = np.full(n, -1, dtype=np.int32)
-    flow_of[order] = fid
-    dir_of = np.zeros(n, dtype=np.uint8)
-    dir_of[order] = dirs
-
-    wl = t.wirelen[order].astype(np.int64)
-    ab = dirs == 0
-    packets_ab = np.bincount(fid[ab], minlength=nflows).astype(np.int64)
-    packets_ba = np.bincount(fid[~ab], minlength=nflows).astype(np.int64)
-    bytes_ab = np.bincount(fid[ab], weights=wl[ab], minlength=nflows).astype(np.int64)
-    bytes_ba = np.bincount(fid[~ab], weights=wl[~ab], minlength=nflows).astype(np.int64)
-
     nets = DEFAULT_LOCAL_NETS if local_nets is None else local_nets
     return FlowTable(
-        packets=t, flow_of=flow_of, dir_of=dir_of, order=order, start=new_start,
+        packets=t, flow_of=flow_of, dir_of=dir_of, order=order, start=start,
         proto=t.proto[firsts], a_hi=a_hi, a_lo=a_lo, a_port=a_port, b_hi=b_hi, b_lo=b_lo, b_port=b_port,
-        first_ns=t.ts_ns[firsts], last_ns=t.ts_ns[lasts] if nflows else t.ts_ns[:0],
+        first_ns=first_ns, last_ns=last_ns,
         packets_ab=packets_ab, packets_ba=packets_ba, bytes_ab=bytes_ab, bytes_ba=bytes_ba,
         a_local=_in_nets(a_hi, a_lo, nets), b_local=_in_nets(b_hi, b_lo, nets),
-        idle_timeout=float('inf') if idle_timeout is None else float(idle_timeout),
+        idle_timeout=float("inf") if idle_timeout is None else float(idle_timeout),
     )

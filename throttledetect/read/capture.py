@@ -146,6 +146,11 @@ def _finish(out: bytearray, warns: list[ReadWarning], path: str, kind: str, cons
     return bytes(out), warns
 
 
+def _index_arrays(bound: int):
+    return (np.empty(bound, dtype=np.int64), np.empty(bound, dtype=np.uint32),
+            np.empty(bound, dtype=np.uint32), np.empty(bound, dtype=np.int64))
+
+
 def _warnings_from(warn: np.ndarray, nwarn: int, base_offset: int = 0) -> list[ReadWarning]:
     out = []
     for off, code, arg in warn[: min(nwarn, len(warn))]:
@@ -178,30 +183,23 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
         order = "big" if swap else "little"
         snaplen = int.from_bytes(bytes(buf[16:20]), order)
         linktype = int.from_bytes(bytes(buf[20:24]), order) & 0x0FFFFFFF  # upper bits: FCS info
-        dummy64 = np.zeros(0, dtype=np.int64)
-        dummy32 = np.zeros(0, dtype=np.uint32)
-        count, _ = framing.walk_pcap(buf, swap, nano, snaplen, False, dummy64, dummy32, dummy32, dummy64, warn)
-        rec_off = np.empty(count, dtype=np.int64)
-        caplen = np.empty(count, dtype=np.uint32)
-        wirelen = np.empty(count, dtype=np.uint32)
-        ts = np.empty(count, dtype=np.int64)
+        # One pass: arrays sized for the most records the file could hold. np.empty leaves the
+        # untouched tail unbacked by memory, so the bound costs address space, not RAM.
+        bound = max(0, (n - 24) // 16)
+        rec_off, caplen, wirelen, ts = _index_arrays(bound)
         count, nwarn = framing.walk_pcap(buf, swap, nano, snaplen, True, rec_off, caplen, wirelen, ts, warn)
+        rec_off, caplen, wirelen, ts = rec_off[:count], caplen[:count], wirelen[:count], ts[:count]
         iface = np.zeros(count, dtype=np.uint16)
         lt = np.full(count, linktype, dtype=np.uint16)
         linktypes = [linktype]
     elif head == PCAPNG_SHB_MAGIC:
         fmt = "pcapng"
-        dummy64 = np.zeros(0, dtype=np.int64)
-        dummy32 = np.zeros(0, dtype=np.uint32)
-        dummy16 = np.zeros(0, dtype=np.uint16)
         iface_lt = np.zeros(framing.MAX_IFACES, dtype=np.int32)
-        count, _, _ = framing.walk_pcapng(buf, False, dummy64, dummy32, dummy32, dummy64, dummy16, iface_lt, warn)
-        rec_off = np.empty(count, dtype=np.int64)
-        caplen = np.empty(count, dtype=np.uint32)
-        wirelen = np.empty(count, dtype=np.uint32)
-        ts = np.empty(count, dtype=np.int64)
-        iface = np.empty(count, dtype=np.uint16)
+        bound = max(0, n // 16)   # the smallest packet block (simple, empty) is 16 bytes
+        rec_off, caplen, wirelen, ts = _index_arrays(bound)
+        iface = np.empty(bound, dtype=np.uint16)
         count, nwarn, nif = framing.walk_pcapng(buf, True, rec_off, caplen, wirelen, ts, iface, iface_lt, warn)
+        rec_off, caplen, wirelen, ts, iface = rec_off[:count], caplen[:count], wirelen[:count], ts[:count], iface[:count]
         lt = iface_lt[iface].astype(np.uint16)
         linktypes = sorted(set(int(x) for x in iface_lt[:nif]))
     else:

@@ -32,6 +32,11 @@ def _parse_local(values: tuple[str, ...]):
     return nets or None
 
 
+def _classified(results):
+    from throttledetect.classify import classify
+    return [(cap, ft, classify(cap, ft)) for cap, ft in results]
+
+
 def _read_all(files, idle_timeout, local):
     """Read each file; a file with nothing readable is reported and skipped, not fatal to others."""
     results, failed = [], 0
@@ -113,6 +118,41 @@ def flows(files, idle_timeout, local, output, fmt):
             parts.append(f"{cap.path}: {len(cap.packets)} packets, {len(ft)} flows ({cap.format})\n"
                          + table(["id", "proto", "a", "b", "local", "pkts a>b", "pkts b>a", "bytes a>b", "bytes b>a",
                                   "dur s"], rows))
+        _emit("\n\n".join(parts) + "\n", output)
+    if not results and failed:
+        sys.exit(EXIT_NOTHING_READABLE)
+
+
+@cli.command("classify")
+@common_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--all/--calls", "show_all", default=True, show_default=True,
+              help="Table: every flow, or only the call flows and the apps' chat flows.")
+def classify_cmd(files, idle_timeout, local, output, fmt, show_all):
+    """Label each flow by protocol/app, with a confidence and the sign that matched."""
+    from throttledetect.classify.labels import APP_CHAT, is_call
+    results, failed = _read_all(files, idle_timeout, _parse_local(local))
+    triples = _classified(results)
+    entries = []
+    for ci, (cap, ft, cl) in enumerate(triples):
+        for i in range(len(ft)):
+            e = document.flow_entry(ft, i, ci)
+            e.update(protocol=cl.labels[i], confidence=round(float(cl.confidence[i]), 3), reason=cl.reasons[i])
+            entries.append(e)
+    if fmt == "json":
+        doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _, _ in triples],
+               "flows": entries, "protocols": document.protocol_summary(entries)}
+        _emit(json.dumps(doc, indent=2) + "\n", output)
+    else:
+        parts = []
+        for ci, (cap, ft, cl) in enumerate(triples):
+            rows = [[e["id"], e["transport"], e["a"], e["b"], e["protocol"], e["confidence"],
+                     e["packets_ab"] + e["packets_ba"], e["reason"]]
+                    for e in entries if e["capture"] == ci
+                    and (show_all or is_call(e["protocol"]) or e["protocol"] in APP_CHAT)]
+            calls = sum(1 for e in entries if e["capture"] == ci and is_call(e["protocol"]))
+            parts.append(f"{cap.path}: {len(ft)} flows, {calls} call flows\n"
+                         + table(["id", "proto", "a", "b", "protocol", "conf", "pkts", "reason"], rows, max_width=60))
         _emit("\n\n".join(parts) + "\n", output)
     if not results and failed:
         sys.exit(EXIT_NOTHING_READABLE)

@@ -299,8 +299,9 @@ def build_flows(source: Capture | PacketTable, *, idle_timeout: float | None = D
         else int(idle_timeout * 1e9)
     flow_of = np.full(n, -1, dtype=np.int32)
     dir_of = np.zeros(n, dtype=np.uint8)
-    nflows, firsts = _assign(rows, t.src_hi, t.src_lo, t.dst_hi, t.dst_lo, t.sport, t.dport, t.proto, t.ts_ns,
-                             timeout_ns, flow_of, dir_of)
+    with np.errstate(over="ignore"):   # the hash multiplies wrap by design (interpreted runs warn)
+        nflows, firsts = _assign(rows, t.src_hi, t.src_lo, t.dst_hi, t.dst_lo, t.sport, t.dport, t.proto,
+                                 t.ts_ns, timeout_ns, flow_of, dir_of)
     order = np.empty(len(rows), dtype=np.int64)
     start = np.zeros(nflows + 1, dtype=np.int64)
     counts = [np.zeros(nflows, dtype=np.int64) for _ in range(4)]

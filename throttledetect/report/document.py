@@ -51,3 +51,14 @@ def flow_entry(ft: FlowTable, i: int, capture_index: int) -> dict:
         "first_ts": int(ft.first_ns[i]) / 1e9,
         "last_ts": int(ft.last_ns[i]) / 1e9,
     }
+
+
+def protocol_summary(entries: list[dict]) -> list[dict]:
+    """Per protocol: how many flows, packets and bytes (detectors add verdicts)."""
+    out: dict[str, dict] = {}
+    for e in entries:
+        p = out.setdefault(e["protocol"], {"protocol": e["protocol"], "flows": 0, "packets": 0, "bytes": 0})
+        p["flows"] += 1
+        p["packets"] += e["packets_ab"] + e["packets_ba"]
+        p["bytes"] += e["bytes_ab"] + e["bytes_ba"]
+    return sorted(out.values(), key=lambda p: (-p["bytes"], p["protocol"]))

@@ -1,0 +1,34 @@
+"""models/domains.json: DNS/SNI name suffixes per app, loaded as data and checked strictly."""
+from __future__ import annotations
+
+import json
+
+from throttledetect.classify.labels import ALL_LABELS
+from throttledetect.classify.tables import ModelError, model_file
+
+SCHEMA = "throttledetect/domains/1"
+
+
+def load_domains(path=None) -> dict:
+    source = model_file("domains.json") if path is None else path
+    name = str(source)
+    try:
+        doc = json.loads(source.read_text(encoding="utf-8") if hasattr(source, "read_text") else open(source).read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{name}: $: not readable as JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ModelError(f"{name}: $.schema: expected {SCHEMA!r}")
+    apps = doc.get("apps")
+    if not isinstance(apps, dict):
+        raise ModelError(f"{name}: $.apps: expected an object")
+    for app, entry in apps.items():
+        where = f"$.apps.{app}"
+        if not isinstance(entry, dict):
+            raise ModelError(f"{name}: {where}: expected an object")
+        for key in ("call", "chat"):
+            if entry.get(key) is not None and entry[key] not in ALL_LABELS:
+                raise ModelError(f"{name}: {where}.{key}: unknown label {entry[key]!r}")
+        sfx = entry.get("suffixes")
+        if not isinstance(sfx, list) or not sfx or not all(isinstance(s, str) and "." in s for s in sfx):
+            raise ModelError(f"{name}: {where}.suffixes: expected a list of domain names")
+    return apps

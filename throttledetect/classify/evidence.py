@@ -1,0 +1,405 @@
+"""Evidence per flow: which signatures its packets carry, gathered for the whole capture at once.
+
+Whole-capture numpy prefilters pick the few packets worth a full parse (STUN by its magic
+cookie, SIP by its start line, TLS/DTLS/QUIC handshakes, DNS by port, the first packets of each
+flow for app framings); the scalar parsers of throttledetect.wire run only on those. RTP and
+RTCP are recognised fully vectorised over every UDP packet, per (flow, direction, SSRC).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from throttledetect.flows import FlowTable
+from throttledetect.read import Capture
+from throttledetect.wire import apps as appwire
+from throttledetect.wire import dns as dnswire
+from throttledetect.wire import dtls as dtlswire
+from throttledetect.wire import quic as quicwire
+from throttledetect.wire import sip as sipwire
+from throttledetect.wire import stun as stunwire
+from throttledetect.wire import tls as tlswire
+from throttledetect.wire.rtp import classify_rtp_or_rtcp, rtp_fields
+
+FIRST_PACKETS = 12          # per flow and direction, parsed for handshakes and app framings
+MAX_STUN_PER_FLOW = 400     # STUN keeps coming (ICE consent every few seconds); enough to count answers
+MIN_RTP_RUN = 3             # packets of one SSRC with advancing sequence numbers (nDPI needs 3 too)
+RTP_SEQ_STEP_MAX = 64       # a sequence step larger than this is not "advancing" (loss bursts are shorter)
+DNS_PORTS = (53, 5353, 5355)
+SIP_PORTS = (5060, 5061)
+_SIP_STARTS = tuple(m.encode() + b" " for m in sipwire.METHODS) + (b"SIP/2.0 ",)
+STUN_COOKIE = bytes.fromhex("2112a442")
+AGORA_SNI = b"\x04SNI"     # Agora SD-RTN edge request: byte 6 = 0x21, then a length-prefixed "SNI" tag
+
+# Where an RTP header sits inside encapsulations recognised by their first bytes.
+ENCAP_PLAIN, ENCAP_CHANNEL, ENCAP_MSTURN, ENCAP_ZOOM, ENCAP_TCP = 0, 1, 2, 3, 4
+
+
+@dataclass
+class StunSummary:
+    messages: int = 0
+    requests_ab: int = 0           # binding/allocate requests sent by side a
+    requests_ba: int = 0
+    responses_ab: int = 0          # success or error responses sent by side a
+    responses_ba: int = 0
+    apps: Counter = field(default_factory=Counter)     # app hint -> messages naming it
+    realms: set = field(default_factory=set)
+    software: set = field(default_factory=set)
+    peers: set = field(default_factory=set)            # (ip, port) from XOR-PEER / XOR-RELAYED
+    turn: bool = False
+    relayed_media: Counter = field(default_factory=Counter)  # 'rtp'/'rtcp'/'dtls' inside TURN DATA attributes
+
+
+@dataclass
+class FlowEvidence:
+    """What the packets of one flow say about it. Filled by gather(); read by the rules."""
+
+    stun: StunSummary = field(default_factory=StunSummary)
+    rtp_packets: int = 0           # packets in valid RTP runs (both directions)
+    rtp_packets_ab: int = 0
+    rtp_packets_ba: int = 0
+    rtp_pts: Counter = field(default_factory=Counter)
+    rtp_ssrcs: int = 0
+    rtp_encap: str | None = None   # 'plain', 'turn-channel', 'ms-turn', 'zoom', 'tcp'
+    rtcp_packets: int = 0
+    dtls: int = 0
+    dtls_client_hello: bool = False
+    sip: list = field(default_factory=list)           # SipMessage
+    tls_sni: str | None = None
+    tls_alpn: tuple = ()
+    tls_records: int = 0
+    quic: str | None = None        # version name
+    dns_messages: int = 0
+    apps: Counter = field(default_factory=Counter)     # app framing hits: 'zoom', 'telegram', 'discord', ...
+    zoom_media: int = 0
+    http: bool = False
+    first_payload: bytes | None = None   # first bytes of the first packet that carried any
+
+    @property
+    def has_rtp(self) -> bool:
+        return self.rtp_packets >= MIN_RTP_RUN
+
+
+@dataclass
+class CaptureEvidence:
+    flows: list                    # FlowEvidence per flow
+    dns_names: dict                # ip string -> set of names it was resolved from
+    rtp_encap_of: np.ndarray       # per packet row: ENCAP_* where an RTP header was found, else -1
+    rtp_offset_of: np.ndarray      # per packet row: byte offset of that RTP header in the payload
+
+
+def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
+    t = cap.packets
+    flows = [FlowEvidence() for _ in range(len(ft))]
+    dns_names: dict[str, set] = {}
+    rank = _rank_in_flow_direction(ft)
+    member = ft.flow_of >= 0
+    pre = t.prefix
+    udp = member & (t.proto == 17)
+    tcp = member & (t.proto == 6)
+    has_payload = t.payload_len > 0
+
+    # --- rows worth a scalar parse -----------------------------------------------------------
+    b0 = pre[:, 0]
+    cookie_at4 = (pre[:, 4] == 0x21) & (pre[:, 5] == 0x12) & (pre[:, 6] == 0xA4) & (pre[:, 7] == 0x42)
+    cookie_at6 = (pre[:, 6] == 0x21) & (pre[:, 7] == 0x12) & (pre[:, 8] == 0xA4) & (pre[:, 9] == 0x42)
+    stun_rows = member & has_payload & (((b0 < 4) & cookie_at4) | (tcp & cookie_at6 & (pre[:, 2] < 4)))
+    classic_stun = udp & has_payload & (b0 < 2) & ~cookie_at4 & (rank < FIRST_PACKETS)
+    wrapped = udp & has_payload & (((b0 >= 0x40) & (b0 <= 0x4F)) | ((b0 == 0xFF) & (pre[:, 1] == 0x10))) \
+        & (rank < FIRST_PACKETS)
+    port_in = lambda ports: np.isin(t.sport, ports) | np.isin(t.dport, ports)  # noqa: E731
+    dns_rows = member & has_payload & port_in(DNS_PORTS)
+    first = member & has_payload & (rank < FIRST_PACKETS)
+    rows = np.flatnonzero(stun_rows | classic_stun | wrapped | dns_rows | first)
+    _cap_stun_rows(rows, stun_rows, ft)
+
+    for r in rows.tolist():
+        f = int(ft.flow_of[r])
+        ev = flows[f]
+        data = cap.payload(r)
+        side_a = ft.dir_of[r] == 0
+        is_tcp = t.proto[r] == 6
+        sport, dport = int(t.sport[r]), int(t.dport[r])
+        if dns_rows[r]:
+            msg = dnswire.parse_dns(data, tcp=bool(is_tcp))
+            if msg is not None:
+                ev.dns_messages += 1
+                if msg.is_response:
+                    _learn_dns(msg, dns_names)
+                continue
+        if stun_rows[r] or classic_stun[r] or wrapped[r]:
+            msg = _stun_in(data, bool(is_tcp))
+            if msg is not None:
+                _note_stun(ev.stun, msg, side_a)
+                continue
+        if not first[r]:
+            continue
+        if ev.first_payload is None:
+            ev.first_payload = data[:64]
+        _note_first_packet(ev, data, bool(is_tcp), sport, dport)
+
+    rtp_encap_of, rtp_offset_of = _note_rtp(cap, ft, flows, udp, tcp)
+    return CaptureEvidence(flows=flows, dns_names=dns_names, rtp_encap_of=rtp_encap_of, rtp_offset_of=rtp_offset_of)
+
+
+def _rank_in_flow_direction(ft: FlowTable) -> np.ndarray:
+    """Per packet row: its index among its flow's packets in the same direction (-1 outside flows)."""
+    n = len(ft.flow_of)
+    rank = np.full(n, -1, dtype=np.int64)
+    order = ft.order
+    if len(order) == 0:
+        return rank
+    key = ft.flow_of[order].astype(np.int64) * 2 + ft.dir_of[order]
+    # order is grouped by flow and time-ordered within; a stable sort by (flow, dir) keeps time order.
+    perm = np.argsort(key, kind="stable")
+    ks = key[perm]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    pos = np.arange(len(ks)) - np.repeat(starts, np.diff(np.r_[starts, len(ks)]))
+    rank[order[perm]] = pos
+    return rank
+
+
+def _cap_stun_rows(rows: np.ndarray, stun_rows: np.ndarray, ft: FlowTable) -> None:
+    """Keep at most MAX_STUN_PER_FLOW STUN rows per flow: a long ICE session must not cost a parse per check."""
+    idx = np.flatnonzero(stun_rows)
+    if len(idx) <= MAX_STUN_PER_FLOW:
+        return
+    f = ft.flow_of[idx]
+    perm = np.argsort(f, kind="stable")
+    fs = f[perm]
+    starts = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
+    pos = np.arange(len(fs)) - np.repeat(starts, np.diff(np.r_[starts, len(fs)]))
+    stun_rows[idx[perm[pos >= MAX_STUN_PER_FLOW]]] = False
+
+
+def _stun_in(data: bytes, is_tcp: bool):
+    msg = stunwire.parse_stun(data, tcp=is_tcp)
+    if msg is not None:
+        return msg
+    if is_tcp:
+        return None
+    cd = stunwire.parse_channel_data(data)
+    if cd is not None:
+        return stunwire.parse_stun(cd.payload)
+    ms = stunwire.parse_ms_turn(data)
+    if ms is not None:
+        return stunwire.parse_stun(ms.payload)
+    return None
+
+
+def _note_stun(s: StunSummary, msg, side_a: bool) -> None:
+    s.messages += 1
+    if msg.cls == 0:          # request
+        if side_a:
+            s.requests_ab += 1
+        else:
+            s.requests_ba += 1
+    elif msg.cls in (2, 3):   # success / error response
+        if side_a:
+            s.responses_ab += 1
+        else:
+            s.responses_ba += 1
+    hint = appwire.stun_app_hint(msg)
+    if hint:
+        s.apps[hint] += 1
+    if msg.realm:
+        s.realms.add(msg.realm)
+    if msg.software:
+        s.software.add(msg.software)
+    if msg.is_turn:
+        s.turn = True
+        inner = msg.attribute(stunwire.DATA_ATTRIBUTE)
+        if inner:
+            kind = classify_rtp_or_rtcp(inner)
+            if kind is None and dtlswire.parse_dtls(inner) is not None:
+                kind = "dtls"
+            if kind:
+                s.relayed_media[kind] += 1
+    for addr in msg.xor_peer_addresses:
+        s.peers.add((addr.ip, addr.port))
+    relayed = msg.xor_relayed_address
+    if relayed is not None:
+        s.peers.add((relayed.ip, relayed.port))
+
+
+def _learn_dns(msg, names: dict) -> None:
+    """Every address in an answer inherits the question and every CNAME on the way to it."""
+    chain = {n.lower().rstrip(".") for n in ([msg.qname] if msg.qname else [])}
+    for rec in msg.answers:
+        if rec.rtype == dnswire.CNAME and isinstance(rec.value, str):
+            chain.add(rec.name.lower().rstrip("."))
+            chain.add(rec.value.lower().rstrip("."))
+    for rec in msg.answers:
+        if rec.rtype in (dnswire.A, dnswire.AAAA) and isinstance(rec.value, str):
+            names.setdefault(rec.value, set()).update(chain | {rec.name.lower().rstrip(".")})
+
+
+def _note_first_packet(ev: FlowEvidence, data: bytes, is_tcp: bool, sport: int, dport: int) -> None:
+    if data.startswith(_SIP_STARTS) or (data[:3].isalpha() and (sport in SIP_PORTS or dport in SIP_PORTS)):
+        msg = sipwire.parse_sip(data)
+        if msg is not None:
+            ev.sip.append(msg)
+            return
+    if data[:4] in (b"GET ", b"POST", b"HTTP", b"HEAD", b"PUT "):
+        ev.http = True
+        return
+    if is_tcp:
+        if data[:1] == b"\x16" and data[1:2] == b"\x03":
+            ev.tls_records += 1
+            hello = tlswire.parse_client_hello(data)
+            if hello is not None and hello.sni and not ev.tls_sni:
+                ev.tls_sni = hello.sni.lower()
+                ev.tls_alpn = hello.alpn
+            return
+        if data[:1] in (b"\x17", b"\x14", b"\x15") and data[1:2] == b"\x03":
+            ev.tls_records += 1
+            return
+        if appwire.parse_whatsapp_preamble(data) is not None:
+            ev.apps["whatsapp_chat"] += 1
+        elif appwire.is_viber_packet(data, tcp=True):
+            ev.apps["viber"] += 1
+        return
+    b0 = data[0] if data else -1
+    if 20 <= b0 <= 63:
+        rec = dtlswire.parse_dtls(data)
+        if rec is not None:
+            ev.dtls += 1
+            if getattr(rec, "is_client_hello", False):
+                ev.dtls_client_hello = True
+            return
+    if b0 >= 0x80 and (sport == 443 or dport == 443 or quicwire.is_quic_initial(data)):
+        hdr = quicwire.parse_quic_long_header(data)
+        if hdr is not None:
+            ev.quic = quicwire.version_name(hdr.version)
+            return
+        g = quicwire.gquic_version(data)
+        if g:
+            ev.quic = g
+            return
+    zoom = appwire.parse_zoom_media(data)
+    # Only the server header on Zoom's ports counts here: the P2P header is a single byte, which
+    # random payloads match; P2P media is confirmed by RTP streams found inside it (rtp_encap).
+    if zoom is not None and zoom.via_server and (8801 <= sport <= 8810 or 8801 <= dport <= 8810):
+        ev.zoom_media += 1
+        return
+    if len(data) >= 18 and data[6] == 0x21 and data[12:16] == AGORA_SNI:
+        ev.apps["agora"] += 1
+        return
+    if data.startswith(appwire.ZOOM_P2P_HELLO_PREFIX) and appwire.parse_zoom_p2p_hello(data):
+        ev.apps["zoom"] += 1
+        return
+    if appwire.parse_telegram_reflector(data) is not None:
+        ev.apps["telegram"] += 1
+        return
+    if appwire.parse_discord(data) is not None:
+        ev.apps["discord"] += 1
+        return
+    if appwire.is_line_call_packet(data):
+        ev.apps["line"] += 1
+        return
+    if appwire.is_viber_packet(data):
+        ev.apps["viber"] += 1
+
+
+def _zoom_offsets(pre: np.ndarray) -> np.ndarray:
+    """Per row: the RTP offset inside a Zoom SFU/P2P media packet, or -1 (vectorised)."""
+    table = np.full(256, -1, dtype=np.int64)
+    for media_type, at in appwire._ZOOM_RTP_AT.items():
+        table[media_type] = at
+    sfu = (pre[:, 0] == appwire.ZOOM_SFU_MEDIA)
+    off_sfu = np.where(sfu, table[pre[:, 8]], -1)
+    off_sfu = np.where(off_sfu >= 0, off_sfu + 8, -1)
+    off_p2p = table[pre[:, 0]]
+    return np.where(sfu, off_sfu, off_p2p)
+
+
+def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np.ndarray):
+    """Vectorised RTP/RTCP recognition over every packet of every flow.
+
+    Returns per packet row the encapsulation (ENCAP_*, -1 = no RTP stream) and RTP header offset.
+    """
+    t = cap.packets
+    n = len(t)
+    pre = t.prefix
+    width = pre.shape[1]
+    plen = t.payload_len.astype(np.int64)
+    b0, b1 = pre[:, 0], pre[:, 1]
+    encap = np.full(n, -1, dtype=np.int8)
+    offset = np.full(n, -1, dtype=np.int64)
+
+    plain = udp & ((b0 & 0xC0) == 0x80)
+    channel = udp & (b0 >= 0x40) & (b0 <= 0x4F) & ((pre[:, 4] & 0xC0) == 0x80)
+    msturn = udp & (b0 == 0xFF) & (b1 == 0x10) & ((pre[:, 12] & 0xC0) == 0x80)
+    framed = tcp & ((pre[:, 2] & 0xC0) == 0x80) & (((pre[:, 0].astype(np.int64) << 8) | pre[:, 1]) + 2 == plen)
+    for mask, kind, off in ((plain, ENCAP_PLAIN, 0), (channel, ENCAP_CHANNEL, 4), (msturn, ENCAP_MSTURN, 12),
+                            (framed, ENCAP_TCP, 2)):
+        encap[mask] = kind
+        offset[mask] = off
+    zoff = _zoom_offsets(pre)
+    zoom = udp & (encap < 0) & (zoff >= 0) & (zoff + 12 <= width)
+    encap[zoom] = ENCAP_ZOOM
+    offset[zoom] = zoff[zoom]
+
+    # RTCP: version 2, packet type 192-213, its length inside the datagram (RFC 3550 6.4, RFC 5761 4).
+    rtcp = plain & (b1 >= 192) & (b1 <= 213) & \
+        (((pre[:, 2].astype(np.int64) << 8 | pre[:, 3]) + 1) * 4 <= plen)
+
+    cand = np.flatnonzero((encap >= 0) & ~rtcp)
+    fields = rtp_fields(pre[cand], offset[cand], plen[cand])
+    ok = fields["valid"]
+    cand = cand[ok]
+    seq = fields["seq"][ok].astype(np.int64)
+    ssrc = fields["ssrc"][ok].astype(np.int64)
+    pt = fields["pt"][ok]
+    fl = ft.flow_of[cand].astype(np.int64)
+    dr = ft.dir_of[cand].astype(np.int64)
+
+    good = np.zeros(len(cand), dtype=bool)
+    if len(cand):
+        # Group by (flow, direction, SSRC) in time order: a real stream advances its sequence number.
+        perm = np.lexsort((cand, ssrc, dr, fl))
+        g_fl, g_dr, g_ss, g_seq = fl[perm], dr[perm], ssrc[perm], seq[perm]
+        same = np.r_[False, (g_fl[1:] == g_fl[:-1]) & (g_dr[1:] == g_dr[:-1]) & (g_ss[1:] == g_ss[:-1])]
+        step = np.r_[0, (g_seq[1:] - g_seq[:-1]) % 65536]
+        advancing = same & (step >= 1) & (step <= RTP_SEQ_STEP_MAX)
+        gid = np.cumsum(~same) - 1
+        size = np.bincount(gid)
+        adv = np.bincount(gid, weights=advancing)
+        # Duplicates (step 0: a SPAN port copying each packet twice) count neither way.
+        dup = np.bincount(gid, weights=same & (step == 0))
+        # A stream: at least MIN_RTP_RUN packets, most consecutive distinct pairs advancing.
+        stream = (size - dup >= MIN_RTP_RUN) & (adv >= 0.6 * (size - 1 - dup)) & (adv >= MIN_RTP_RUN - 1)
+        good[perm] = stream[gid]
+    encap_of = np.full(n, -1, dtype=np.int8)
+    offset_of = np.full(n, -1, dtype=np.int16)
+    rows = cand[good]
+    encap_of[rows] = encap[rows]
+    offset_of[rows] = offset[rows]
+
+    nf = len(ft)
+    fg, dg = ft.flow_of[rows], ft.dir_of[rows]
+    per_ab = np.bincount(fg[dg == 0], minlength=nf)
+    per_ba = np.bincount(fg[dg == 1], minlength=nf)
+    rtcp_rows = np.flatnonzero(rtcp & (ft.flow_of >= 0))
+    per_rtcp = np.bincount(ft.flow_of[rtcp_rows], minlength=nf)
+    encap_names = {ENCAP_PLAIN: "plain", ENCAP_CHANNEL: "turn-channel", ENCAP_MSTURN: "ms-turn",
+                   ENCAP_ZOOM: "zoom", ENCAP_TCP: "tcp"}
+    if len(rows):
+        pts = pt[good]
+        ss = ssrc[good]
+        enc = encap[rows]
+        for f in np.unique(fg).tolist():
+            sel = fg == f
+            ev = flows[f]
+            ev.rtp_pts = Counter(pts[sel].tolist())
+            ev.rtp_ssrcs = len(np.unique(ss[sel]))
+            ev.rtp_encap = encap_names[int(np.bincount(enc[sel]).argmax())]
+    for f in np.flatnonzero(per_ab + per_ba + per_rtcp).tolist():
+        ev = flows[f]
+        ev.rtp_packets_ab = int(per_ab[f])
+        ev.rtp_packets_ba = int(per_ba[f])
+        ev.rtp_packets = ev.rtp_packets_ab + ev.rtp_packets_ba
+        ev.rtcp_packets = int(per_rtcp[f])
+    return encap_of, offset_of

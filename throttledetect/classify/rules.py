@@ -1,0 +1,275 @@
+"""Decision rules: evidence + capture context -> (label, confidence, reason) per flow.
+
+Rules run in order of how specific their sign is; the first that fires names the flow.
+Signs inside the packets (SIP, STUN attributes, app framings) beat associations with other flows
+(STUN peers, shared sockets, SDP), which beat addresses and ports. A second pass lets flows
+inherit an app from flows classified in the first pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from throttledetect.classify.evidence import CaptureEvidence, FlowEvidence
+from throttledetect.classify.labels import CALL_OF_CHAT, CHAT_OF_CALL, is_call
+from throttledetect.classify.tables import AddressTable, PortTable
+from throttledetect.flows import FlowTable
+from throttledetect.read.table import halves_to_address
+
+# STUN app hint (throttledetect.wire.apps.stun_app_hint) -> our call label.
+STUN_HINT_LABEL = {
+    "whatsapp": "whatsapp_call", "zoom": "zoom", "teams": "teams", "google": "google_meet",
+    "signal": "signal_call", "telegram": "telegram_call", "viber": "viber_call",
+    # Messenger calls: no label of their own in the contract; they are WebRTC.
+    "facebook": "webrtc",
+}
+# App framing hits (FlowEvidence.apps) -> label, for UDP flows.
+FRAMING_LABEL = {"telegram": "telegram_call", "discord": "discord", "zoom": "zoom", "line": "line_call",
+                 "viber": "viber_call"}
+# Address-range app labels that are call apps: their UDP media gets the app's call label.
+RANGE_CALL_LABEL = {"whatsapp": "whatsapp_call", "telegram": "telegram_call", "signal": "signal_call",
+                    "zoom": "zoom", "teams": "teams", "google_meet": "google_meet", "discord": "discord",
+                    "facetime": "facetime", "viber_call": "viber_call", "line_call": "line_call", "webex": "webex",
+                    "snapchat_call": "snapchat_call", "kakaotalk_call": "kakaotalk_call"}
+# Telephony protocols recognised by their well-known ports plus a byte test (see _telephony).
+IAX_PORT = 4569
+MGCP_PORTS = (2427, 2727)
+MEGACO_PORT = 2944
+H323_PORTS = (1719, 1720)
+SKINNY_PORT = 2000
+TEAMSPEAK_PORTS = (9987, 2010, 2011)
+AGORA_PORTS = (8130, 8443)
+VIBER_TCP_PORTS = (4244, 5242, 5243, 7985)
+# Labels that say what a flow carries but not whose it is: associations may name the app.
+REFINABLE = frozenset({"rtp", "webrtc", "stun", "dtls", "unknown_call", "other"})
+_MGCP_VERBS = (b"EPCF", b"CRCX", b"MDCX", b"DLCX", b"RQNT", b"NTFY", b"AUEP", b"AUCX", b"RSIP")
+
+
+@dataclass
+class Decision:
+    label: str
+    confidence: float
+    reason: str
+
+
+def _suffix_app(name: str, domains: dict) -> str | None:
+    name = name.lower().rstrip(".")
+    for app, entry in domains.items():
+        for suffix in entry["suffixes"]:
+            if name == suffix or name.endswith("." + suffix):
+                return app
+    return None
+
+
+class Rules:
+    def __init__(self, ranges: AddressTable, ports: PortTable, domains: dict):
+        self.ranges = ranges
+        self.ports = ports
+        self.domains = domains
+
+    def decide(self, cap, ft: FlowTable, ev: CaptureEvidence) -> list[Decision]:
+        n = len(ft)
+        remote_is_a = ft.a_local == False  # noqa: E712 - numpy arrays
+        remote_is_a &= ft.b_local
+        r_hi = np.where(remote_is_a, ft.a_hi, ft.b_hi)
+        r_lo = np.where(remote_is_a, ft.a_lo, ft.b_lo)
+        r_port = np.where(remote_is_a, ft.a_port, ft.b_port)
+        l_hi = np.where(remote_is_a, ft.b_hi, ft.a_hi)
+        l_lo = np.where(remote_is_a, ft.b_lo, ft.a_lo)
+        l_port = np.where(remote_is_a, ft.b_port, ft.a_port)
+        idx = self.ranges.lookup(r_hi, r_lo) if n else np.zeros(0, dtype=np.int64)
+        range_label = [self.ranges.apps[i].label if i >= 0 else None for i in idx.tolist()]
+        remote_ip = [str(halves_to_address(h, l)) for h, l in zip(r_hi.tolist(), r_lo.tolist())]
+        local_ip = [str(halves_to_address(h, l)) for h, l in zip(l_hi.tolist(), l_lo.tolist())]
+        sdp_endpoints = self._sdp_endpoints(ev)
+
+        decisions: list[Decision | None] = [None] * n
+        for f in range(n):
+            decisions[f] = self._own_signs(ft, f, ev.flows[f], range_label[f], remote_ip[f], int(r_port[f]),
+                                           ev.dns_names, sdp_endpoints, local_ip[f], int(l_port[f]))
+
+        # Second pass: associations with flows named by their own signs.
+        # Associations carry an app from flows named by strong signs of their own.
+        peer_app: dict = {}
+        socket_app: dict = {}
+        for f in range(n):
+            d = decisions[f]
+            if d is None or d.label in REFINABLE or d.label == "sip" or not is_call(d.label) or d.confidence < 0.9:
+                continue
+            for peer in ev.flows[f].stun.peers:
+                if peer not in peer_app or peer_app[peer][2] < d.confidence:
+                    peer_app[peer] = (d.label, f, d.confidence)
+            if ft.proto[f] == 17:
+                sk = (local_ip[f], int(l_port[f]))
+                if sk not in socket_app or socket_app[sk][2] < d.confidence:
+                    socket_app[sk] = (d.label, f, d.confidence)
+        for f in range(n):
+            d = decisions[f]
+            # App-specific strong signs stand; generic or weak ones may learn their app.
+            own = 0.0 if d is None or d.label in REFINABLE else d.confidence
+            key = (remote_ip[f], int(r_port[f]))
+            if key in peer_app and peer_app[key][1] != f and own < 0.9:
+                label, src, _ = peer_app[key]
+                decisions[f] = Decision(label, 0.9, f"peer address learned from STUN in flow {src}")
+                continue
+            sk = (local_ip[f], int(l_port[f]))
+            if ft.proto[f] == 17 and sk in socket_app and socket_app[sk][1] != f and own < 0.85:
+                label, src, _ = socket_app[sk]
+                decisions[f] = Decision(label, 0.85, f"same local socket {sk[0]}:{sk[1]} as {label} flow {src}")
+        return [d if d is not None else self._fallback(ft, f, ev.flows[f]) for f, d in enumerate(decisions)]
+
+    @staticmethod
+    def _sdp_endpoints(ev: CaptureEvidence) -> dict:
+        found = {}
+        for e in ev.flows:
+            for msg in e.sip:
+                if msg.sdp is None:
+                    continue
+                call_id = msg.header("call-id") or "?"
+                for kind, addr, port in msg.sdp.endpoints():
+                    found[(addr, port)] = (kind, call_id)
+                    found[(addr, port + 1)] = ("rtcp", call_id)
+        return found
+
+    def _own_signs(self, ft, f, e: FlowEvidence, range_label, remote_ip, r_port, dns_names, sdp, local_ip, l_port):
+        proto = int(ft.proto[f])
+        if e.sip:
+            m = e.sip[0]
+            what = m.method if m.is_request else f"response {m.status_code}"
+            return Decision("sip", 0.99, f"SIP {what}")
+        if e.stun.apps:
+            hint, hits = e.stun.apps.most_common(1)[0]
+            return Decision(STUN_HINT_LABEL[hint], 0.97, f"STUN names {hint} ({hits} messages{self._realm(e)})")
+        for end in ((remote_ip, r_port), (local_ip, l_port)):
+            if end in sdp:
+                kind, call_id = sdp[end]
+                return Decision("rtp", 0.97, f"{kind} stream negotiated in SDP (SIP Call-ID {call_id})")
+        if e.zoom_media:
+            return Decision("zoom", 0.95, f"Zoom server media header on its port ({e.zoom_media} packets)")
+        if e.rtp_encap == "zoom":
+            return Decision("zoom", 0.93, f"RTP inside Zoom media encapsulation ({e.rtp_packets} packets)")
+        if proto == 17 and e.apps:
+            app, hits = e.apps.most_common(1)[0]
+            # Viber's and LINE's byte tests are short: believed only towards the app's own addresses.
+            weak = app in ("viber", "line", "telegram") and RANGE_CALL_LABEL.get(range_label) != FRAMING_LABEL[app] \
+                and not self._app_port(FRAMING_LABEL[app], r_port, "udp")
+            # Reflector traffic is encrypted end to end: a flow carrying RTP streams is not it
+            # (G.711 silence is runs of 0xFF, which the reflector test would otherwise see).
+            weak |= app == "telegram" and e.has_rtp
+            if app in FRAMING_LABEL and not weak:
+                return Decision(FRAMING_LABEL[app], 0.93, f"{app} packet framing ({hits} packets)")
+            if app == "agora":
+                return Decision("agora", 0.9, f"Agora SD-RTN edge request ({hits} packets)")
+        if e.quic and e.has_rtp:
+            return Decision("snapchat_call", 0.8, "QUIC and RTP multiplexed on one 5-tuple (Snapchat's call transport)")
+        t = self._telephony(ft, f, e, proto)
+        if t is not None:
+            return t
+        names = dns_names.get(remote_ip, set()) | ({e.tls_sni} if e.tls_sni else set())
+        name_app = next((a for a in (_suffix_app(nm, self.domains) for nm in sorted(names)) if a), None)
+        media = e.has_rtp or e.stun.messages > 0 or e.dtls > 0
+        # WhatsApp keys its SRTP itself: DTLS towards Meta's ranges is some other (web) client.
+        if range_label == "whatsapp" and e.dtls:
+            range_label = None
+        if proto == 17 and media:
+            if range_label in RANGE_CALL_LABEL:
+                # A bare STUN server is shared by many apps (Google's serves every WebRTC app):
+                # weak on its own, so a flow's own app sign on the same socket overrides it.
+                conf = 0.85 if (e.has_rtp or e.dtls) else 0.7
+                return Decision(RANGE_CALL_LABEL[range_label], conf,
+                                f"{self._media_kind(e)} to a {range_label} address ({remote_ip})")
+            if name_app:
+                return Decision(self.domains[name_app]["call"], 0.85,
+                                f"{self._media_kind(e)} to an address resolved from {sorted(names)[0]}")
+        if proto == 17 and self._app_port(range_label, r_port, "udp"):
+            return Decision(RANGE_CALL_LABEL[range_label], 0.8,
+                            f"UDP to a {range_label} address ({remote_ip}) on its media port {r_port}")
+        if e.has_rtp:
+            label = "webrtc" if (e.stun.messages or e.dtls) else "rtp"
+            return Decision(label, 0.9, f"RTP: {e.rtp_packets} packets in {e.rtp_ssrcs} stream(s), "
+                                        f"payload types {sorted(e.rtp_pts)}{' inside ' + e.rtp_encap if e.rtp_encap not in (None, 'plain') else ''}")
+        relayed = sum(e.stun.relayed_media.values())
+        if relayed >= 3:
+            kinds = ", ".join(f"{n} {k.upper()}" for k, n in e.stun.relayed_media.most_common())
+            return Decision("webrtc", 0.85, f"TURN-relayed media: {kinds} inside Send/Data indications")
+        if e.rtcp_packets >= 2:
+            return Decision("rtp", 0.85, f"RTCP only ({e.rtcp_packets} packets)")
+        if e.stun.messages and e.dtls:
+            return Decision("webrtc", 0.85, "STUN connectivity checks and DTLS on one flow (WebRTC)")
+        if proto == 6 or e.quic:
+            chat = self._chat(e, range_label, name_app, names)
+            if chat is not None:
+                return chat
+        return None
+
+    @staticmethod
+    def _realm(e: FlowEvidence) -> str:
+        return f", realm {sorted(e.stun.realms)[0]}" if e.stun.realms else ""
+
+    @staticmethod
+    def _media_kind(e: FlowEvidence) -> str:
+        if e.has_rtp:
+            return f"RTP ({e.rtp_packets} packets)"
+        if e.stun.messages:
+            return f"STUN ({e.stun.messages} messages)"
+        return "DTLS"
+
+    def _app_port(self, label, port: int, transport: str) -> bool:
+        """Is `port` one of the documented ports of the app with this label? Callers supply the
+        rest of the evidence: the remote address is the app's own, or the app's framing was seen."""
+        want = RANGE_CALL_LABEL.get(label, label)
+        if want not in RANGE_CALL_LABEL.values():
+            return False
+        return any(RANGE_CALL_LABEL.get(self.ports.entries[i].label) == want
+                   for i in self.ports.match(transport, np.array([port], dtype=np.int64))[0])
+
+    def _chat(self, e: FlowEvidence, range_label, name_app, names) -> Decision | None:
+        if e.apps.get("whatsapp_chat"):
+            return Decision("whatsapp", 0.95, "WhatsApp Noise prologue")
+        if name_app and self.domains[name_app].get("chat"):
+            return Decision(self.domains[name_app]["chat"], 0.9, f"TLS/DNS name {sorted(names)[0]}")
+        if range_label in CALL_OF_CHAT:
+            return Decision(range_label, 0.8, f"TCP to a {range_label} address")
+        if e.apps.get("viber"):
+            return Decision("viber_call", 0.8, "Viber framing")
+        return None
+
+    @staticmethod
+    def _telephony(ft, f, e: FlowEvidence, proto: int) -> Decision | None:
+        ports = (int(ft.a_port[f]), int(ft.b_port[f]))
+        first = e.first_payload or b""
+        if proto == 17 and IAX_PORT in ports and len(first) >= 12:
+            return Decision("iax", 0.9, f"IAX2 on UDP {IAX_PORT}")
+        if proto == 17 and any(p in MGCP_PORTS for p in ports) and (first[:4] in _MGCP_VERBS or first[:3].isdigit()):
+            return Decision("mgcp", 0.9, "MGCP command")
+        if proto == 17 and MEGACO_PORT in ports and (first[:7].upper() == b"MEGACO/" or first[:1] == b"!"):
+            return Decision("megaco", 0.9, "Megaco/H.248 message")
+        if any(p in H323_PORTS for p in ports) and ((proto == 6 and first[:2] == b"\x03\x00") or proto == 17):
+            return Decision("h323", 0.85, "H.323 (TPKT/Q.931 or RAS port)")
+        # SCCP header: little-endian length, then a header version (0, 0x12, 0x14, 0x16), then message id.
+        if proto == 6 and SKINNY_PORT in ports and len(first) >= 12 and first[5:8] == b"\0\0\0" \
+                and first[4] in (0, 0x12, 0x14, 0x16):
+            return Decision("skinny", 0.85, "Cisco Skinny (SCCP) on TCP 2000")
+        if proto == 17 and any(p in TEAMSPEAK_PORTS for p in ports) and first[:8] == b"TS3INIT1":
+            return Decision("teamspeak", 0.9, "TeamSpeak 3 handshake")
+        if proto == 6 and any(p in VIBER_TCP_PORTS for p in ports) and e.apps.get("viber"):
+            return Decision("viber_call", 0.8, "Viber framing on its TCP port")
+        return None
+
+    @staticmethod
+    def _fallback(ft, f, e: FlowEvidence) -> Decision:
+        proto = int(ft.proto[f])
+        if e.quic:
+            return Decision("quic", 0.9, f"QUIC {e.quic}")
+        if e.tls_sni or e.tls_records:
+            return Decision("tls", 0.9, f"TLS{' to ' + e.tls_sni if e.tls_sni else ''}")
+        if e.dns_messages:
+            return Decision("dns", 0.95, "DNS messages")
+        if e.http:
+            return Decision("http", 0.9, "HTTP request/response")
+        if e.dtls:
+            return Decision("dtls", 0.8, "DTLS records")
+        if e.stun.messages:
+            return Decision("stun", 0.8, f"STUN only ({e.stun.messages} messages, no media seen)")
+        return Decision("other", 0.5 if proto in (6, 17) else 0.9, "no signature matched")

@@ -1,0 +1,1 @@
+"""Media and transport metrics computed over the packets of one stream or flow."""

@@ -182,6 +182,20 @@ def analyze(files, idle_timeout, local, output, fmt):
         sys.exit(EXIT_NOTHING_READABLE)
 
 
+# Commands that live in their own modules (one line each; see docs/CONTRACT.md).
+COMMAND_MODULES = [
+]
+
+
+def _register_commands() -> None:
+    import importlib
+    for name in COMMAND_MODULES:
+        cli.add_command(importlib.import_module(name).command)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point: any unexpected failure becomes one line on stderr, never a traceback."""
     import os

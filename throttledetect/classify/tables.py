@@ -196,7 +196,8 @@ def model_file(filename: str) -> Any:
             _fail(env, "$", f"{ENV_VAR} is set but names no directory")
         if (directory / filename).is_file():
             return directory / filename
-    if (REPO_MODELS_DIR / filename).is_file():
+    # Only inside a source checkout: an installed package's parents[2] is site-packages.
+    if (REPO_MODELS_DIR.parent / "setup.cfg").is_file() and (REPO_MODELS_DIR / filename).is_file():
         return REPO_MODELS_DIR / filename
     try:
         packaged = resources.files("throttledetect").joinpath(PACKAGE_DATA_DIR, filename)

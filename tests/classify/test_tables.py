@@ -134,6 +134,9 @@ def test_lookup_keeps_shape_and_handles_empty_input(addresses):
 
 def reference_lookup(apps: list[AppRanges], address: str) -> int:
     ip = ipaddress.ip_address(address)
+    # The packet table stores IPv4 as IPv4-mapped IPv6: ::ffff:a.b.c.d *is* a.b.c.d to it.
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     best, best_len = -1, -1
     for i, app in enumerate(apps):
         for net in (app.ipv4 if ip.version == 4 else app.ipv6):

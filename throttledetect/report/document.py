@@ -62,3 +62,17 @@ def protocol_summary(entries: list[dict]) -> list[dict]:
         p["packets"] += e["packets_ab"] + e["packets_ba"]
         p["bytes"] += e["bytes_ab"] + e["bytes_ba"]
     return sorted(out.values(), key=lambda p: (-p["bytes"], p["protocol"]))
+
+
+_VERDICT_ORDER = ("blocking", "policing", "shaping", "dropping", "inconclusive", "none")
+
+
+def merge_protocol_verdicts(parts: list[dict]) -> dict:
+    """One protocol seen in several captures: the most severe verdict, kinds united, summaries joined."""
+    verdict = min((p.get("verdict", "none") for p in parts), key=_VERDICT_ORDER.index)
+    kinds = sorted({k for p in parts for k in p.get("kinds", [])})
+    out = {"verdict": verdict, "kinds": kinds, "summary": " ".join(p.get("summary", "") for p in parts).strip()}
+    rates = [p["rate_bps"] for p in parts if p.get("rate_bps")]
+    if rates:
+        out["rate_bps"] = rates[0] if len(rates) == 1 else rates
+    return out

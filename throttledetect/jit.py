@@ -19,8 +19,14 @@ except ImportError:  # pragma: no cover - exercised by THROTTLEDETECT_NO_JIT=1 r
 JIT_ENABLED = _numba is not None
 
 
-def njit(fn):
-    """Compile `fn` in nopython mode with an on-disk cache, or return it unchanged."""
+def njit(fn=None, *, inline: bool = False):
+    """Compile `fn` in nopython mode with an on-disk cache, or return it unchanged.
+
+    inline=True inlines the function into its callers at numba's IR level: for per-packet helpers
+    that take many arrays, a real call would marshal every array argument on every packet.
+    """
+    if fn is None:
+        return lambda f: njit(f, inline=inline)
     if _numba is None:
         return fn
-    return _numba.njit(cache=True, nogil=True)(fn)
+    return _numba.njit(cache=True, nogil=True, inline="always" if inline else "never")(fn)

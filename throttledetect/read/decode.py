@@ -42,7 +42,8 @@ _ETH_VLAN = (0x8100, 0x88A8, 0x9100, 0x9200)
 ETH_PPPOE_SESSION = 0x8864
 ETH_MPLS_UC = 0x8847
 ETH_MPLS_MC = 0x8848
-_IPV6_EXT_GENERIC = (0, 43, 60, 135, 139, 140)  # hop-by-hop, routing, dest opts, mobility, HIP, shim6
+# IPv6 extension headers with the generic (next, length in 8-byte units) layout: hop-by-hop 0,
+# routing 43, destination options 60, mobility 135, HIP 139, shim6 140.
 IPV6_FRAGMENT = 44
 IPV6_AH = 51
 IPV6_NO_NEXT = 59
@@ -87,7 +88,7 @@ def _ethertype_from_version(buf, p, end):
     return -1
 
 
-@njit
+@njit(inline=True)
 def _link(buf, o, end, lt):
     """-> (ethertype or -1 for non-IP, network-layer offset, status)."""
     if lt == 1:
@@ -176,31 +177,181 @@ def decode_records(buf, rec_off, rec_caplen, rec_linktype, prefix_len,
                    status, l3, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, ttl, ip_id, frag,
                    tcp_seq, tcp_ack, tcp_flags, tcp_win, l4_off, payload_off, payload_len, payload_wirelen,
                    prefix, tunnel):
-    """Fill the network/transport columns of every framed record. Pure function of the bytes."""
+    """Fill the network/transport columns of every framed record. Pure function of the bytes.
+
+    One flat loop on purpose: a per-layer helper returning tuples, called per packet with two
+    dozen array arguments, made this three times slower under numba. Early exits set `st` and
+    break out of the tunnel loop; a GTP-U payload sends the loop round once more on the inner packet.
+    """
     n = rec_off.shape[0]
     for i in range(n):
         o = rec_off[i]
         end = o + np.int64(rec_caplen[i])
+        l4_off[i] = -1
+        payload_off[i] = -1
         et, p, st = _link(buf, o, end, np.int64(rec_linktype[i]))
         if st != STATUS_OK:
             status[i] = st
-            l4_off[i] = -1
-            payload_off[i] = -1
             continue
         for depth in range(MAX_TUNNEL_DEPTH + 1):
-            st, inner = _decode_ip(buf, i, et, p, end, prefix_len, l3, proto, src_hi, src_lo, dst_hi, dst_lo,
-                                   sport, dport, ttl, ip_id, frag, tcp_seq, tcp_ack, tcp_flags, tcp_win,
-                                   l4_off, payload_off, payload_len, payload_wirelen, prefix)
-            if inner < 0 or depth == MAX_TUNNEL_DEPTH:
+            st = STATUS_OK
+            if et == ETH_IPV4:
+                if p + 20 > end or (buf[p] >> 4) != 4:
+                    st = STATUS_BAD_IP
+                    break
+                ihl = np.int64(buf[p] & 0x0F) * 4
+                total = _be16(buf, p + 2)
+                if ihl < 20 or p + ihl > end:
+                    st = STATUS_BAD_IP
+                    break
+                if total == 0:
+                    total = end - p  # TSO/GSO super-packets captured on the sending host say 0
+                if total < ihl:
+                    st = STATUS_BAD_IP
+                    break
+                l3[i] = 4
+                ttl[i] = buf[p + 8]
+                ip_id[i] = _be16(buf, p + 4)
+                proto[i] = buf[p + 9]
+                src_hi[i] = 0
+                dst_hi[i] = 0
+                src_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 12))
+                dst_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 16))
+                ip_end = p + total
+                q = p + ihl
+                fo = _be16(buf, p + 6)
+                if fo & 0x1FFF:
+                    frag[i] = 2
+                    payload_wirelen[i] = total - ihl
+                    st = STATUS_FRAGMENT
+                    break
+                frag[i] = 1 if fo & 0x2000 else 0
+            elif et == ETH_IPV6:
+                if p + 40 > end or (buf[p] >> 4) != 6:
+                    st = STATUS_BAD_IP
+                    break
+                l3[i] = 6
+                ttl[i] = buf[p + 7]
+                plen = _be16(buf, p + 4)
+                src_hi[i] = _be64u(buf, p + 8)
+                src_lo[i] = _be64u(buf, p + 16)
+                dst_hi[i] = _be64u(buf, p + 24)
+                dst_lo[i] = _be64u(buf, p + 32)
+                ip_end = p + 40 + plen if plen > 0 else end  # 0: jumbogram, length in hop-by-hop
+                nh = np.int64(buf[p + 6])
+                q = p + 40
+                later_fragment = False
+                bad = False
+                frag[i] = 0
+                for _ in range(MAX_IPV6_EXT):
+                    if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
+                        if q + 2 > end:
+                            bad = True
+                            break
+                        nxt = np.int64(buf[q])
+                        q += (np.int64(buf[q + 1]) + 1) * 8
+                        nh = nxt
+                    elif nh == IPV6_FRAGMENT:
+                        if q + 8 > end:
+                            bad = True
+                            break
+                        nxt = np.int64(buf[q])
+                        fo = _be16(buf, q + 2)
+                        ip_id[i] = _be32(buf, q + 4)
+                        q += 8
+                        nh = nxt
+                        if fo & 0xFFF8:
+                            later_fragment = True
+                            break
+                        if fo & 1:
+                            frag[i] = 1
+                    elif nh == IPV6_AH:
+                        if q + 2 > end:
+                            bad = True
+                            break
+                        nxt = np.int64(buf[q])
+                        q += (np.int64(buf[q + 1]) + 2) * 4
+                        nh = nxt
+                    else:
+                        break
+                proto[i] = nh
+                if bad or q > end:
+                    st = STATUS_TRUNCATED_L4
+                    break
+                if later_fragment:
+                    frag[i] = 2
+                    payload_wirelen[i] = max(ip_end - q, 0)
+                    st = STATUS_FRAGMENT
+                    break
+            else:
+                st = STATUS_NOT_IP
                 break
-            et = _ethertype_from_version(buf, inner, end)
-            if et < 0:
-                break
-            # GTP-U: decode the user's packet inside; the outer frame's length stays the packet's size.
-            p = inner
-            tunnel[i] = TUNNEL_GTPU
-            for j in range(prefix_len):
-                prefix[i, j] = 0
+
+            pr = np.int64(proto[i])
+            cap_end = min(ip_end, end)  # Ethernet padding lies beyond ip_end; the snapshot may cut before it
+            l4_off[i] = q
+            sport[i] = 0
+            dport[i] = 0
+            if pr == 6:
+                if q + 20 > cap_end:
+                    st = STATUS_TRUNCATED_L4
+                    break
+                sport[i] = _be16(buf, q)
+                dport[i] = _be16(buf, q + 2)
+                tcp_seq[i] = _be32(buf, q + 4)
+                tcp_ack[i] = _be32(buf, q + 8)
+                doff = (np.int64(buf[q + 12]) >> 4) * 4
+                tcp_flags[i] = buf[q + 13]
+                tcp_win[i] = _be16(buf, q + 14)
+                if doff < 20:
+                    st = STATUS_TRUNCATED_L4
+                    break
+                start = q + doff
+                declared = ip_end - start
+            elif pr == 17 or pr == 136:  # UDP, UDP-Lite
+                if q + 8 > cap_end:
+                    st = STATUS_TRUNCATED_L4
+                    break
+                sport[i] = _be16(buf, q)
+                dport[i] = _be16(buf, q + 2)
+                ulen = _be16(buf, q + 4)
+                start = q + 8
+                declared = ip_end - start
+                if pr == 17 and 8 <= ulen and q + ulen <= ip_end:
+                    declared = ulen - 8
+                    cap_end = min(cap_end, q + ulen)
+            elif pr == 132:  # SCTP: ports like TCP/UDP
+                if q + 12 > cap_end:
+                    st = STATUS_TRUNCATED_L4
+                    break
+                sport[i] = _be16(buf, q)
+                dport[i] = _be16(buf, q + 2)
+                start = q + 12
+                declared = ip_end - start
+            else:
+                # ICMP and others: the whole transport message is the payload (type/code come first).
+                start = q
+                declared = ip_end - start
+            payload_off[i] = start
+            have = cap_end - start
+            if have < 0:
+                have = 0
+            payload_len[i] = have
+            payload_wirelen[i] = declared if declared > 0 else 0
+            if pr == 17 and depth < MAX_TUNNEL_DEPTH and (sport[i] == GTPU_PORT or dport[i] == GTPU_PORT):
+                inner = _gtpu_inner(buf, start, cap_end)
+                if inner >= 0:
+                    inner_et = _ethertype_from_version(buf, inner, end)
+                    if inner_et >= 0:
+                        # GTP-U: decode the user's packet inside; the outer frame's length stays its size.
+                        et = inner_et
+                        p = inner
+                        tunnel[i] = TUNNEL_GTPU
+                        continue
+            k = min(have, prefix_len)
+            for j in range(k):
+                prefix[i, j] = buf[start + j]
+            break
         status[i] = st
     return 0
 
@@ -233,156 +384,3 @@ def _gtpu_inner(buf, start, end):
     if q >= end:
         return -1
     return q
-
-
-@njit
-def _decode_ip(buf, i, et, p, end, prefix_len, l3, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, ttl,
-               ip_id, frag, tcp_seq, tcp_ack, tcp_flags, tcp_win, l4_off, payload_off, payload_len,
-               payload_wirelen, prefix):
-    """Decode the IP packet at p into row i. Returns (status, offset of a GTP-tunnelled packet or -1)."""
-    l4_off[i] = -1
-    payload_off[i] = -1
-    frag[i] = 0
-    sport[i] = 0
-    dport[i] = 0
-    if et == ETH_IPV4:
-        if p + 20 > end or (buf[p] >> 4) != 4:
-            return STATUS_BAD_IP, -1
-        ihl = np.int64(buf[p] & 0x0F) * 4
-        total = _be16(buf, p + 2)
-        if ihl < 20 or p + ihl > end:
-            return STATUS_BAD_IP, -1
-        if total == 0:
-            total = end - p  # TSO/GSO super-packets captured on the sending host say 0
-        if total < ihl:
-            return STATUS_BAD_IP, -1
-        l3[i] = 4
-        ttl[i] = buf[p + 8]
-        ip_id[i] = _be16(buf, p + 4)
-        proto[i] = buf[p + 9]
-        src_hi[i] = 0
-        dst_hi[i] = 0
-        src_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 12))
-        dst_lo[i] = IPV4_MAPPED | np.uint64(_be32(buf, p + 16))
-        ip_end = p + total
-        q = p + ihl
-        fo = _be16(buf, p + 6)
-        if fo & 0x1FFF:
-            frag[i] = 2
-            payload_wirelen[i] = total - ihl
-            return STATUS_FRAGMENT, -1
-        if fo & 0x2000:
-            frag[i] = 1
-    elif et == ETH_IPV6:
-        if p + 40 > end or (buf[p] >> 4) != 6:
-            return STATUS_BAD_IP, -1
-        l3[i] = 6
-        ttl[i] = buf[p + 7]
-        plen = _be16(buf, p + 4)
-        src_hi[i] = _be64u(buf, p + 8)
-        src_lo[i] = _be64u(buf, p + 16)
-        dst_hi[i] = _be64u(buf, p + 24)
-        dst_lo[i] = _be64u(buf, p + 32)
-        ip_end = p + 40 + plen if plen > 0 else end  # 0: jumbogram, length in hop-by-hop
-        nh = np.int64(buf[p + 6])
-        q = p + 40
-        later_fragment = False
-        bad = False
-        for _ in range(MAX_IPV6_EXT):
-            generic = False
-            for e in _IPV6_EXT_GENERIC:
-                if nh == e:
-                    generic = True
-            if generic:
-                if q + 2 > end:
-                    bad = True
-                    break
-                nxt = np.int64(buf[q])
-                q += (np.int64(buf[q + 1]) + 1) * 8
-                nh = nxt
-            elif nh == IPV6_FRAGMENT:
-                if q + 8 > end:
-                    bad = True
-                    break
-                nxt = np.int64(buf[q])
-                fo = _be16(buf, q + 2)
-                ip_id[i] = _be32(buf, q + 4)
-                q += 8
-                nh = nxt
-                if fo & 0xFFF8:
-                    later_fragment = True
-                    break
-                if fo & 1:
-                    frag[i] = 1
-            elif nh == IPV6_AH:
-                if q + 2 > end:
-                    bad = True
-                    break
-                nxt = np.int64(buf[q])
-                q += (np.int64(buf[q + 1]) + 2) * 4
-                nh = nxt
-            else:
-                break
-        proto[i] = nh
-        if bad or q > end:
-            return STATUS_TRUNCATED_L4, -1
-        if later_fragment:
-            frag[i] = 2
-            payload_wirelen[i] = max(ip_end - q, 0)
-            return STATUS_FRAGMENT, -1
-    else:
-        return STATUS_NOT_IP, -1
-
-    pr = np.int64(proto[i])
-    cap_end = min(ip_end, end)  # Ethernet padding lies beyond ip_end; the snapshot may cut before it
-    l4_off[i] = q
-    if pr == 6:
-        if q + 20 > cap_end:
-            return STATUS_TRUNCATED_L4, -1
-        sport[i] = _be16(buf, q)
-        dport[i] = _be16(buf, q + 2)
-        tcp_seq[i] = _be32(buf, q + 4)
-        tcp_ack[i] = _be32(buf, q + 8)
-        doff = (np.int64(buf[q + 12]) >> 4) * 4
-        tcp_flags[i] = buf[q + 13]
-        tcp_win[i] = _be16(buf, q + 14)
-        if doff < 20:
-            return STATUS_TRUNCATED_L4, -1
-        start = q + doff
-        declared = ip_end - start
-    elif pr == 17 or pr == 136:  # UDP, UDP-Lite
-        if q + 8 > cap_end:
-            return STATUS_TRUNCATED_L4, -1
-        sport[i] = _be16(buf, q)
-        dport[i] = _be16(buf, q + 2)
-        ulen = _be16(buf, q + 4)
-        start = q + 8
-        declared = ip_end - start
-        if pr == 17 and 8 <= ulen and q + ulen <= ip_end:
-            declared = ulen - 8
-            cap_end = min(cap_end, q + ulen)
-    elif pr == 132:  # SCTP: ports like TCP/UDP
-        if q + 12 > cap_end:
-            return STATUS_TRUNCATED_L4, -1
-        sport[i] = _be16(buf, q)
-        dport[i] = _be16(buf, q + 2)
-        start = q + 12
-        declared = ip_end - start
-    else:
-        # ICMP and others: the whole transport message is the payload (type/code come first).
-        start = q
-        declared = ip_end - start
-    payload_off[i] = start
-    have = cap_end - start
-    if have < 0:
-        have = 0
-    payload_len[i] = have
-    payload_wirelen[i] = declared if declared > 0 else 0
-    if pr == 17 and (sport[i] == GTPU_PORT or dport[i] == GTPU_PORT):
-        inner = _gtpu_inner(buf, start, cap_end)
-        if inner >= 0:
-            return STATUS_OK, inner
-    k = min(have, prefix_len)
-    for j in range(k):
-        prefix[i, j] = buf[start + j]
-    return STATUS_OK, -1

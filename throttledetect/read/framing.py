@@ -163,7 +163,9 @@ def walk_pcap(buf, swap, nano, snaplen, fill, out_off, out_caplen, out_wirelen, 
             out_off[count] = o + 16
             out_caplen[count] = incl
             out_wirelen[count] = orig if orig >= incl else incl
-            out_ts[count] = sec * NS_PER_S + (frac % frac_max) * frac_to_ns
+            if frac >= frac_max:   # out-of-range fraction (damaged header): keep it in range
+                frac = frac % frac_max
+            out_ts[count] = sec * NS_PER_S + frac * frac_to_ns
         last_s = sec
         count += 1
         o += 16 + incl

@@ -161,24 +161,53 @@ def classify_cmd(files, idle_timeout, local, output, fmt, show_all):
 @cli.command()
 @common_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def analyze(files, idle_timeout, local, output, fmt):
-    """Read captures, reassemble flows, and report per flow and per protocol."""
-    results, failed = _read_all(files, idle_timeout, _parse_local(local))
-    doc = {
-        "schema": document.SCHEMA,
-        "captures": [document.capture_entry(c) for c, _ in results],
-        "flows": [document.flow_entry(ft, i, ci) for ci, (_, ft) in enumerate(results) for i in range(len(ft))],
-    }
+@click.option("--bin", "bin_s", type=float, default=1.0, show_default=True, help="Rate-series bin width, seconds.")
+@click.option("--alpha", type=float, default=0.01, show_default=True,
+              help="False-discovery rate across the flows tested (Benjamini-Hochberg).")
+def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
+    """Read, classify, measure and test each call flow for throttling; summarise per protocol."""
+    from throttledetect import pipeline
+    from throttledetect.classify.labels import APP_CHAT, is_call
+    analyses, failed = [], 0
+    for path in files:
+        try:
+            cap = read_capture(path)
+        except CaptureError as e:
+            click.echo(f"throttledetect: error: {e}", err=True)
+            failed += 1
+            continue
+        for w in cap.warnings:
+            click.echo(f"throttledetect: warning: {path}: {w}", err=True)
+        skipped = cap.skipped_summary()
+        if skipped:
+            click.echo(f"throttledetect: note: {path}: not decoded: {skipped}", err=True)
+        analyses.append(pipeline.analyze_capture(cap, idle_timeout=idle_timeout, local_nets=_parse_local(local),
+                                                 with_metrics=pipeline.HAVE_METRICS,
+                                                 with_detection=pipeline.HAVE_DETECTORS, bin_s=bin_s, alpha=alpha))
+    doc = pipeline.to_document(analyses)
     if fmt == "json":
         _emit(json.dumps(doc, indent=2) + "\n", output)
     else:
-        lines = []
-        for c in doc["captures"]:
-            n = sum(1 for f in doc["flows"] if f["capture"] == doc["captures"].index(c))
-            lines.append(f"{c['path']}: {c['packets']} packets, {c['bytes']} bytes, {n} flows, "
-                         f"{(c['last_ts'] or 0) - (c['first_ts'] or 0):.1f} s")
-        _emit("\n".join(lines) + "\n", output)
-    if not results and failed:
+        parts = []
+        for ci, c in enumerate(doc["captures"]):
+            flows = [f for f in doc["flows"] if f["capture"] == ci]
+            span = (c["last_ts"] or 0) - (c["first_ts"] or 0)
+            parts.append(f"{c['path']}: {c['packets']} packets, {len(flows)} flows, {span:.1f} s")
+        prot_rows = [[p["protocol"], p["flows"], p["packets"], p["bytes"], p.get("verdict", "-"),
+                      p.get("summary", "")] for p in doc["protocols"]]
+        parts.append("Per protocol:\n" + table(["protocol", "flows", "packets", "bytes", "verdict", "summary"],
+                                                prot_rows, max_width=80))
+        call_rows = [[f["id"], f["a"], f["b"], f["protocol"], f["packets_ab"] + f["packets_ba"],
+                      round(f["last_ts"] - f["first_ts"], 1), f.get("verdict", "-"), f["reason"]]
+                     for f in doc["flows"] if is_call(f["protocol"]) or f["protocol"] in APP_CHAT]
+        if call_rows:
+            parts.append("Call flows and the apps' chat flows:\n"
+                         + table(["id", "a", "b", "protocol", "pkts", "dur s", "verdict", "why this label"],
+                                 call_rows, max_width=60))
+        if not pipeline.HAVE_DETECTORS:
+            parts.append("(throttling detectors are not installed in this build: no verdicts)")
+        _emit("\n\n".join(parts) + "\n", output)
+    if not analyses and failed:
         sys.exit(EXIT_NOTHING_READABLE)
 
 

@@ -11,6 +11,17 @@ from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S, FlowTable, build_flows
 from throttledetect.read import Capture, read_capture
 from throttledetect.report import document
 
+try:  # the metrics and detection stages land separately; the pipeline runs without them
+    from throttledetect.metrics.flow import compute_flow_metrics
+    HAVE_METRICS = True
+except ImportError:
+    HAVE_METRICS = False
+try:
+    from throttledetect.detect import run_detectors
+    HAVE_DETECTORS = True
+except ImportError:
+    HAVE_DETECTORS = False
+
 
 @dataclass
 class CaptureAnalysis:
@@ -31,10 +42,8 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     cl = classify(cap, ft)
     result = CaptureAnalysis(cap, ft, cl)
     if with_metrics:
-        from throttledetect.metrics.flow import compute_flow_metrics
         result.metrics = compute_flow_metrics(cap, ft, cl, bin_s=bin_s)
     if with_detection:
-        from throttledetect.detect import run_detectors
         result.detections = run_detectors(cap, ft, cl, result.metrics, alpha=alpha)
     return result
 

@@ -12,7 +12,7 @@ from throttledetect.read import Capture, read_capture
 from throttledetect.report import document
 
 try:  # the metrics and detection stages land separately; the pipeline runs without them
-    from throttledetect.metrics.flow import compute_flow_metrics
+    from throttledetect.metrics.flow import compute_flow_metrics, flow_metrics_json
     HAVE_METRICS = True
 except ImportError:
     HAVE_METRICS = False
@@ -52,12 +52,13 @@ def to_document(analyses: list[CaptureAnalysis], *, include_metrics: bool = True
     """The JSON output contract (docs/DESIGN.md)."""
     flows = []
     for ci, a in enumerate(analyses):
+        metrics_json = flow_metrics_json(a.metrics) if include_metrics and a.metrics is not None else None
         for i in range(len(a.flows)):
             e = document.flow_entry(a.flows, i, ci)
             e.update(protocol=a.classification.labels[i], confidence=round(float(a.classification.confidence[i]), 3),
                      reason=a.classification.reasons[i])
-            if include_metrics and a.metrics is not None:
-                e["metrics"] = a.metrics[i].to_json()
+            if metrics_json is not None:
+                e["metrics"] = metrics_json[i]
             if a.detections is not None:
                 e.update(a.detections.to_json_for_flow(i))
             flows.append(e)

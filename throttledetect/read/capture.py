@@ -182,7 +182,7 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
             raise CaptureError(f"{path}: byte {n}: pcap file header cut short ({n} of 24 bytes){where}")
         order = "big" if swap else "little"
         snaplen = int.from_bytes(bytes(buf[16:20]), order)
-        linktype = int.from_bytes(bytes(buf[20:24]), order) & 0x0FFFFFFF  # upper bits: FCS info
+        linktype = int.from_bytes(bytes(buf[20:24]), order) & 0xFFFF  # upper 16 bits: FCS length, reserved (libpcap LT_LINKTYPE)
         # One pass: arrays sized for the most records the file could hold. np.empty leaves the
         # untouched tail unbacked by memory, so the bound costs address space, not RAM.
         bound = max(0, (n - 24) // 16)

@@ -71,7 +71,7 @@ class SdpMedia:
 
     @property
     def payload_types(self) -> tuple[int, ...]:
-        return tuple(int(f) for f in self.formats if f.isdigit() and int(f) <= 127)
+        return tuple(int(f) for f in self.formats if f.isascii() and f.isdigit() and len(f) <= 3 and int(f) <= 127)
 
     def rtpmap(self, payload_type: int) -> RtpMap | None:
         """Encoding of a payload type: its a=rtpmap, else the RFC 3551 static assignment."""
@@ -155,7 +155,7 @@ class SipMessage:
     def cseq(self) -> tuple[int, str] | None:
         """(sequence number, method) of the CSeq header; a response names its request's method."""
         parts = (self.header("cseq") or "").split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 10):
             return None
         return int(parts[0]), parts[1]
 
@@ -266,7 +266,7 @@ def _first(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
 
 def _int(value: str | None) -> int | None:
     value = (value or "").strip()
-    return int(value) if value.isdigit() and len(value) <= 9 else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None  # '²'.isdigit()
 
 
 def _media_line(value: str) -> dict | None:

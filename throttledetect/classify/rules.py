@@ -117,7 +117,31 @@ class Rules:
             if ft.proto[f] == 17 and sk in socket_app and socket_app[sk][1] != f and own < 0.85:
                 label, src, _ = socket_app[sk]
                 decisions[f] = Decision(label, 0.85, f"same local socket {sk[0]}:{sk[1]} as {label} flow {src}")
-        return [d if d is not None else self._fallback(ft, f, ev.flows[f]) for f, d in enumerate(decisions)]
+        out = [d if d is not None else self._fallback(ft, f, ev.flows[f]) for f, d in enumerate(decisions)]
+        self._media_pattern(cap, ft, out, range_label, remote_ip)
+        return out
+
+    @staticmethod
+    def _media_pattern(cap, ft, out: list, range_label: list, remote_ip: list) -> None:
+        """UDP flows no rule named: real-time media by packet sizes and timing alone
+        (models/media_model.json, classify/media_model.py). The model never sees ports or
+        addresses; the address only says whose media it is once the pattern has said it is media."""
+        todo = np.array([f for f, d in enumerate(out) if d.label == "other" and ft.proto[f] == 17], dtype=np.int64)
+        if not todo.size:
+            return
+        from throttledetect.classify.media_model import default_media_model, flow_stats
+        model = default_media_model()
+        stats = flow_stats(cap, ft, todo)
+        p = model.score(stats)                          # NaN: cannot tell (< 20 packets, < 1 s)
+        for j, f in enumerate(todo.tolist()):
+            if not p[j] >= model.threshold:
+                continue
+            what = f"real-time media pattern (model p={p[j]:.2f}): {stats.describe(j)}"
+            app = RANGE_CALL_LABEL.get(range_label[f])
+            if app is not None:
+                out[f] = Decision(app, 0.75, f"{what}; remote {remote_ip[f]} is a {range_label[f]} address")
+            else:
+                out[f] = Decision("unknown_call", 0.6, what)
 
     @staticmethod
     def _sdp_endpoints(ev: CaptureEvidence) -> dict:

@@ -1,0 +1,898 @@
+"""Known-truth simulator: apply a known impairment to chosen flows of a real capture.
+
+Real captures of throttled calls are rare and their truth unknown; this module makes them with
+a truth that is known by construction. It takes a capture, its flows and classification,
+drops and re-times packets as one of these models would, and reports what it did (the
+*configured* impairment and the *measured* effect on each flow and direction):
+
+========================  =========================================================  ====================
+impairment                model                                                      expected verdict
+========================  =========================================================  ====================
+Drop(p)                   independent Bernoulli drops with probability p             dropping
+Police(rate, burst)       token bucket (bytes; starts full): a packet arriving when  policing
+                          the bucket holds fewer tokens than its size is dropped;
+                          nothing is delayed
+Shape(rate, queue)        token bucket + FIFO of `queue` bytes: packets wait for      shaping
+                          tokens; a packet that would overflow the queue is
+                          tail-dropped; output times are departure times
+BlockAfter(s)             every packet of the flow from s seconds after the flow's   blocking
+                          first packet on is dropped
+Congest(...)              confounder, ALL flows: a Gilbert-Elliott good/bad process   none
+                          in time shared by every flow (a congested shared link):
+                          queueing delay builds up in bad periods and losses follow
+Jitter(mean_ms)           confounder, ALL flows: independent gamma-distributed        none
+                          extra delay per packet (Wi-Fi-like); packets re-sorted
+========================  =========================================================  ====================
+
+Direction and vantage point. Each packet of a flow is *to-local* (arriving at the capturing
+host) or *from-local* (leaving it). The local side of a flow is the one inside the local
+address ranges (``build_flows(local_nets=...)``); when both or neither side is local, it is the
+endpoint address seen in more flows of the capture (the capturing host is in all of them), and
+side "a" (the first sender) on a tie. A capture on the client sees losses and delays only on
+to-local packets: what it sends is captured before the network. Impairing from-local packets
+produces what a capture at the far end (past the throttling hop) would record for that
+direction; the truth file says so under ``vantage``.
+
+Sizes are link-layer frame bytes (``wirelen``), the unit of ``FlowTable.bytes_*``.
+Token buckets are per flow and direction unless ``shared=True`` (one bucket per link
+direction for all selected flows together, as a policer on a traffic class).
+
+Everything is numpy except the two recurrences (token bucket, shaper FIFO) and the
+Gilbert-Elliott chain, which are compiled loops (throttledetect.jit.njit). Randomness comes
+from ``numpy.random.default_rng(seed)`` only, so a seed fixes the output bytes.
+
+Looping (``loop_capture``) repeats a capture to a given duration keeping every RTP stream's
+sequence numbers and timestamps continuous: the RTP header bytes of each copy are rewritten and
+the UDP checksum is updated incrementally (RFC 1624), for IPv4 and IPv6 alike, so a valid
+checksum stays valid and a zero (absent) IPv4 checksum stays zero. The looped capture is
+written to a temporary pcap, read back with read_capture (memory-mapped) and the file unlinked
+at once: the returned Capture is an ordinary one, usable by build_flows, classify and metrics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Union
+
+import numpy as np
+
+from throttledetect import __version__
+from throttledetect.jit import JIT_ENABLED, njit
+from throttledetect.read import Capture, read_capture
+from throttledetect.write import pcap_header
+
+SCHEMA = "throttledetect-simulate-truth/1"
+TRUTH_SUFFIX = ".truth.json"
+MTU_BYTES = 1500
+POLICE_BURST_S = 0.02      # default policer burst: 20 ms worth at the rate (at least one MTU)
+SHAPE_QUEUE_S = 0.05       # default shaper queue: 50 ms worth at the rate
+
+DIRECTIONS = ("to-local", "from-local", "both")
+
+VANTAGE = {
+    "to-local": "Impaired packets are those arriving at the capturing host (to-local): the output is what a "
+                "capture on this host would record if the path towards it throttled them (missing packets, "
+                "later arrival times).",
+    "from-local": "Impaired packets are those the capturing host sends (from-local). A capture on the sending "
+                  "host records them before the network and would never show this: the output is what a "
+                  "capture at the far end (or anywhere past the throttling hop) would record for this "
+                  "direction, merged with the host's view of the other direction.",
+    "both": "Both directions impaired. To-local packets look as a capture on this host would record them; "
+            "from-local packets as a capture past the throttling hop would (a capture on the sending host "
+            "records its own packets before the network).",
+}
+
+
+# --------------------------------------------------------------------------- impairments
+
+@dataclass(frozen=True)
+class Drop:
+    """Independent (Bernoulli) drops of each impaired packet with probability p."""
+    p: float
+    kind = "drop"
+    verdict = "dropping"
+
+    def __post_init__(self):
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"drop probability {self.p} is not within 0..1")
+
+
+@dataclass(frozen=True)
+class Police:
+    """Token-bucket policer: rate in bit/s, burst (bucket depth) in bytes; over-rate packets dropped.
+
+    A packet larger than the burst never passes (as with a real policer). A small bucket also
+    passes bursty traffic (video frames of several back-to-back packets) at well under the rate:
+    tokens overflow between bursts. That is the model, not a flaw: choose the burst to match."""
+    rate_bps: float
+    burst_bytes: float | None = None   # default max(1500, 20 ms worth at the rate)
+    shared: bool = False               # one bucket for all selected flows (per link direction)
+    kind = "police"
+    verdict = "policing"
+
+    def __post_init__(self):
+        if not self.rate_bps > 0:
+            raise ValueError("policer rate must be positive")
+        if self.burst_bytes is not None and not self.burst_bytes > 0:
+            raise ValueError("policer burst must be positive")
+
+    @property
+    def burst(self) -> float:
+        return float(self.burst_bytes) if self.burst_bytes is not None else \
+            max(float(MTU_BYTES), self.rate_bps / 8 * POLICE_BURST_S)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Token-bucket shaper with a FIFO: rate in bit/s, queue in bytes, bucket depth in bytes.
+
+    The bucket holds at least the largest impaired packet (else it could never leave)."""
+    rate_bps: float
+    queue_bytes: float | None = None   # default 50 ms worth at the rate
+    burst_bytes: float | None = None   # default one MTU (1500)
+    shared: bool = False
+    kind = "shape"
+    verdict = "shaping"
+
+    def __post_init__(self):
+        if not self.rate_bps > 0:
+            raise ValueError("shaper rate must be positive")
+        if self.queue_bytes is not None and self.queue_bytes < 0:
+            raise ValueError("shaper queue must not be negative")
+
+    @property
+    def queue(self) -> float:
+        return float(self.queue_bytes) if self.queue_bytes is not None else self.rate_bps / 8 * SHAPE_QUEUE_S
+
+    @property
+    def burst(self) -> float:
+        return float(self.burst_bytes) if self.burst_bytes is not None else float(MTU_BYTES)
+
+
+@dataclass(frozen=True)
+class BlockAfter:
+    """Everything of the selected flows from `seconds` after each flow's first packet is dropped."""
+    seconds: float
+    kind = "block"
+    verdict = "blocking"
+
+
+@dataclass(frozen=True)
+class Congest:
+    """Congested shared link (confounder, applied to every flow): a Gilbert-Elliott process in time.
+
+    Time is cut in slots of slot_ms; the link is good or bad for a whole slot and switches with
+    probabilities p_gb (good->bad) and p_bg (bad->good) per slot, one process for all flows, so
+    their losses are correlated. In a bad slot the queueing delay rises by delay_ms/3 per slot
+    up to delay_ms; in a good slot it drains at half the wall-clock rate (so no flow is
+    reordered). A packet is lost with probability loss_good in good slots and
+    loss_bad * (queue delay / delay_ms) in bad slots: the delay rises before losses set in.
+    Defaults: bad 9 % of the time in periods of 100 ms mean, about 3 % loss overall.
+    """
+    p_gb: float = 0.01
+    p_bg: float = 0.10
+    loss_bad: float = 0.45
+    loss_good: float = 0.0
+    delay_ms: float = 60.0
+    slot_ms: float = 10.0
+    kind = "congest"
+    verdict = "none"
+
+    def __post_init__(self):
+        for name in ("p_gb", "p_bg", "loss_bad", "loss_good"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"congest {name} must be within 0..1")
+        if not self.slot_ms > 0 or self.delay_ms < 0:
+            raise ValueError("congest slot_ms must be positive and delay_ms not negative")
+
+    @property
+    def expected_loss(self) -> float:
+        bad = self.p_gb / (self.p_gb + self.p_bg) if self.p_gb + self.p_bg > 0 else 0.0
+        return bad * self.loss_bad + (1 - bad) * self.loss_good
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Wi-Fi-like delay (confounder, every flow): gamma(shape) extra delay of mean mean_ms per
+    packet, independent; packets re-sorted by time (so some are reordered); nothing is lost."""
+    mean_ms: float
+    shape: float = 1.0     # 1 = exponential
+    kind = "jitter"
+    verdict = "none"
+
+    def __post_init__(self):
+        if self.mean_ms < 0 or not self.shape > 0:
+            raise ValueError("jitter mean must not be negative and shape must be positive")
+
+
+Impairment = Union[Drop, Police, Shape, BlockAfter, Congest, Jitter]
+CONFOUNDERS = (Congest, Jitter)
+
+
+def impairment_params(imp: Impairment) -> dict:
+    """Configured parameters, defaults resolved (what the truth file records)."""
+    d = asdict(imp)
+    if isinstance(imp, Police):
+        d["burst_bytes"] = imp.burst
+    elif isinstance(imp, Shape):
+        d["queue_bytes"] = imp.queue
+        d["burst_bytes"] = imp.burst
+        d["max_queue_delay_ms"] = imp.queue * 8 / imp.rate_bps * 1000
+    elif isinstance(imp, Congest):
+        d["expected_loss"] = imp.expected_loss
+        d["mean_bad_period_ms"] = imp.slot_ms / imp.p_bg if imp.p_bg > 0 else None
+    return d
+
+
+# --------------------------------------------------------------------------- compiled recurrences
+
+@njit
+def _police(t_ns, size, group, rate_per_ns, burst, keep):
+    """Token bucket over packets sorted by (group, time); bucket full at each group's start."""
+    prev = -1
+    tokens = 0.0
+    last = 0
+    for i in range(len(t_ns)):
+        if group[i] != prev:
+            prev = group[i]
+            tokens = burst
+            last = t_ns[i]
+        tokens = min(burst, tokens + (t_ns[i] - last) * rate_per_ns)
+        last = t_ns[i]
+        if tokens >= size[i]:
+            tokens -= size[i]
+            keep[i] = True
+        else:
+            keep[i] = False
+
+
+@njit
+def _shape(t_ns, size, group, rate_per_ns, burst, qlimit, keep, depart):
+    """Token bucket + FIFO over packets sorted by (group, time).
+
+    A packet departs at max(arrival, previous departure, when the bucket holds its size).
+    Packets that must wait are in the queue until they depart; one that would take the
+    queue past qlimit bytes is dropped (tail drop) and changes nothing.
+    """
+    n = len(t_ns)
+    waiting = np.empty(n, dtype=np.int64)   # indices of queued packets, FIFO
+    head = 0
+    tail = 0
+    qbytes = 0.0
+    prev = -1
+    tokens = 0.0
+    t_tok = 0          # time at which `tokens` was valid
+    d_last = 0         # departure of the previous packet sent
+    for i in range(n):
+        a = t_ns[i]
+        if group[i] != prev:
+            prev = group[i]
+            tokens = burst
+            t_tok = a
+            d_last = a
+            head = 0
+            tail = 0
+            qbytes = 0.0
+        while head < tail and depart[waiting[head]] <= a:
+            qbytes -= size[waiting[head]]
+            head += 1
+        start = a if a > d_last else d_last
+        tok = min(burst, tokens + (start - t_tok) * rate_per_ns)
+        if tok >= size[i]:
+            d = start
+        else:
+            d = start + np.int64(np.ceil((size[i] - tok) / rate_per_ns))
+        if d > a:
+            if qbytes + size[i] > qlimit:
+                keep[i] = False
+                depart[i] = a
+                continue
+            waiting[tail] = i
+            tail += 1
+            qbytes += size[i]
+        keep[i] = True
+        depart[i] = d
+        tokens = min(burst, tok + (d - start) * rate_per_ns) - size[i]
+        t_tok = d
+        d_last = d
+
+
+@njit
+def _gilbert_elliott(u, p_gb, p_bg, rise, drain, qmax, bad, queue):
+    """Slot states (bad[k]) and queueing delay at slot boundaries (queue[k], k = 0..n)."""
+    state = False
+    q = 0.0
+    queue[0] = 0.0
+    for k in range(len(u)):
+        bad[k] = state
+        if state:
+            q = min(qmax, q + rise)
+        else:
+            q = max(0.0, q - drain)
+        queue[k + 1] = q
+        if state:
+            state = not (u[k] < p_bg)
+        else:
+            state = u[k] < p_gb
+
+
+@njit
+def _assemble(buffer, frame_off, caplen, wirelen, ts_ns, starts, out):
+    """Classic-pcap records (nanosecond, little-endian) for the given frames, at `starts` in `out`."""
+    for i in range(len(frame_off)):
+        p = starts[i]
+        sec = ts_ns[i] // 1_000_000_000
+        frac = ts_ns[i] - sec * 1_000_000_000
+        for j in range(4):
+            out[p + j] = (sec >> (8 * j)) & 0xFF
+            out[p + 4 + j] = (frac >> (8 * j)) & 0xFF
+            out[p + 8 + j] = (caplen[i] >> (8 * j)) & 0xFF
+            out[p + 12 + j] = (wirelen[i] >> (8 * j)) & 0xFF
+        src = frame_off[i]
+        for j in range(caplen[i]):
+            out[p + 16 + j] = buffer[src + j]
+
+
+def pcap_records(buffer: np.ndarray, frame_off, caplen, wirelen, ts_ns) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes of classic-pcap records (no file header) and each record's start offset."""
+    caplen = np.asarray(caplen, dtype=np.int64)
+    starts = np.zeros(len(caplen) + 1, dtype=np.int64)
+    np.cumsum(caplen + 16, out=starts[1:])
+    out = np.empty(int(starts[-1]), dtype=np.uint8)
+    frame_off = np.asarray(frame_off, dtype=np.int64)
+    ts_ns = np.asarray(ts_ns, dtype=np.int64)
+    if JIT_ENABLED:
+        _assemble(buffer, frame_off, caplen, np.asarray(wirelen, dtype=np.int64), ts_ns, starts, out)
+        return out, starts[:-1]
+    # interpreted runs (THROTTLEDETECT_NO_JIT=1): the same bytes, gathered with numpy
+    hdr = np.zeros(len(caplen), dtype=[("sec", "<u4"), ("frac", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
+    hdr["sec"] = ts_ns // 1_000_000_000
+    hdr["frac"] = ts_ns % 1_000_000_000
+    hdr["incl"] = caplen
+    hdr["orig"] = wirelen
+    out[(starts[:-1, None] + np.arange(16)).ravel()] = hdr.view(np.uint8)
+    first = np.concatenate(([0], np.cumsum(caplen)[:-1]))
+    total = int(caplen.sum())
+    dst = np.repeat(starts[:-1] + 16 - first, caplen) + np.arange(total)
+    out[dst] = buffer[np.repeat(frame_off - first, caplen) + np.arange(total)]
+    return out, starts[:-1]
+
+
+def write_pcap_rows(cap: Capture, rows: np.ndarray, ts_ns: np.ndarray, path) -> None:
+    """As throttledetect.write.write_rows (same bytes), with the frame copy compiled: no index
+    array per byte, so a 2M-packet capture is written in about a second."""
+    t = cap.packets
+    rows = np.asarray(rows, dtype=np.int64)
+    lts = np.unique(t.linktype[rows])
+    if len(lts) > 1:
+        raise ValueError("rows span several link types; classic pcap holds one")
+    linktype = int(lts[0]) if len(rows) else (cap.linktypes[0] if cap.linktypes else 1)
+    out, _ = pcap_records(cap.buffer, t.frame_off[rows], t.caplen[rows], t.wirelen[rows], ts_ns)
+    with open(path, "wb") as f:
+        f.write(pcap_header(linktype, nano=True))
+        f.write(memoryview(out))
+
+
+# --------------------------------------------------------------------------- selection
+
+def local_side_is_a(ft) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow: is side "a" the capturing host's side, and was that decided by address ranges?
+
+    Address ranges decide when exactly one side is local; otherwise the endpoint address that
+    appears in more flows of the capture is taken as the host (side "a" on a tie).
+    """
+    n = len(ft)
+    a_loc = np.asarray(ft.a_local, dtype=bool)
+    b_loc = np.asarray(ft.b_local, dtype=bool)
+    by_ranges = a_loc != b_loc
+    is_a = a_loc.copy()
+    if n and not by_ranges.all():
+        addrs = np.stack([np.concatenate([ft.a_hi, ft.b_hi]), np.concatenate([ft.a_lo, ft.b_lo])], axis=1)
+        _, inv, counts = np.unique(addrs, axis=0, return_inverse=True, return_counts=True)
+        inv = inv.ravel()
+        ca, cb = counts[inv[:n]], counts[inv[n:]]
+        is_a = np.where(by_ranges, a_loc, ca >= cb)
+    return is_a, by_ranges
+
+
+def select_flows(ft, cl, select) -> np.ndarray:
+    """Flow ids chosen by a selector: "calls", "all", a label or comma-separated labels, comma-
+    separated flow ids ("3,5"), or a sequence of ids. Raises ValueError when nothing matches."""
+    n = len(ft)
+    if select is None:
+        select = "calls"
+    if not isinstance(select, str):
+        ids = np.unique(np.asarray(list(select), dtype=np.int64))
+        bad = ids[(ids < 0) | (ids >= n)]
+        if len(bad):
+            raise ValueError(f"flow id(s) {bad.tolist()} not in 0..{n - 1}")
+        return ids
+    s = select.strip()
+    if s == "all":
+        ids = np.arange(n, dtype=np.int64)
+    elif s == "calls":
+        if cl is None:
+            raise ValueError("selector 'calls' needs the classification")
+        ids = np.array([i for i in range(n) if cl.is_call(i)], dtype=np.int64)
+    elif all(p.strip().isdigit() for p in s.split(",") if p.strip()) and s.replace(",", "").strip():
+        return select_flows(ft, cl, [int(p) for p in s.split(",") if p.strip()])
+    else:
+        if cl is None:
+            raise ValueError("selecting flows by label needs the classification")
+        wanted = {p.strip() for p in s.split(",") if p.strip()}
+        ids = np.array([i for i in range(n) if cl.labels[i] in wanted], dtype=np.int64)
+    if len(ids) == 0:
+        raise ValueError(f"no flow matches the selector {select!r}")
+    return ids
+
+
+def to_local_of(ft, local_is_a: np.ndarray) -> np.ndarray:
+    """Per packet row: True when it travels towards the capturing host (rows in no flow: False)."""
+    fo = ft.flow_of.astype(np.int64)
+    ok = fo >= 0
+    out = np.zeros(len(fo), dtype=bool)
+    # dir 1 (b->a) arrives at a; dir 0 (a->b) arrives at b
+    out[ok] = (ft.dir_of[ok] == 1) == local_is_a[fo[ok]]
+    return out
+
+
+# --------------------------------------------------------------------------- simulation
+
+@dataclass
+class SimulationResult:
+    rows: np.ndarray        # kept packet rows of the input capture, in output (time) order
+    ts_ns: np.ndarray       # their new timestamps
+    delay_ns: np.ndarray    # added delay of each kept row (0 for untouched ones)
+    dropped: np.ndarray     # dropped packet rows, ascending
+    impaired: np.ndarray    # rows the impairment acted on (after onset, selected, direction), ascending
+    truth: dict = field(default_factory=dict)
+
+
+def _sha256_file(path: str) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def _input_identity(cap: Capture) -> dict:
+    loop = getattr(cap, "loop", None)
+    if loop is not None:
+        return dict(loop["source"])
+    return {"path": cap.path, "sha256": _sha256_file(cap.path)}
+
+
+def _r(x, nd=6):
+    return None if x is None else round(float(x), nd)
+
+
+def _measure(n_flows, keys, size, keep, delay_ns, ts_ns, after_onset) -> dict:
+    """Per (flow, direction) counts for the packets of the given flows. keys = flow*2 + dir."""
+    m = 2 * n_flows
+    pin = np.bincount(keys, minlength=m)
+    pout = np.bincount(keys[keep], minlength=m)
+    bin_ = np.bincount(keys, weights=size, minlength=m)
+    bout = np.bincount(keys[keep], weights=size[keep], minlength=m)
+    dsum = np.bincount(keys[keep], weights=delay_ns[keep], minlength=m)
+    dmax = np.zeros(m)
+    np.maximum.at(dmax, keys[keep], delay_ns[keep].astype(np.float64))
+    # rates after onset: bytes / (last - first arrival) in, bytes / (last - first departure) out
+    ao = after_onset
+    na = np.bincount(keys[ao], minlength=m)
+    ba_in = np.bincount(keys[ao], weights=size[ao], minlength=m)
+    ko = ao & keep
+    ba_out = np.bincount(keys[ko], weights=size[ko], minlength=m)
+    t_in, t_out = ts_ns[ao], (ts_ns + delay_ns)[ko]
+    first_in = np.full(m, np.iinfo(np.int64).max)
+    last_in = np.full(m, np.iinfo(np.int64).min)
+    np.minimum.at(first_in, keys[ao], t_in)
+    np.maximum.at(last_in, keys[ao], t_in)
+    first_out = np.full(m, np.iinfo(np.int64).max)
+    last_out = np.full(m, np.iinfo(np.int64).min)
+    np.minimum.at(first_out, keys[ko], t_out)
+    np.maximum.at(last_out, keys[ko], t_out)
+    return dict(pin=pin, pout=pout, bin=bin_, bout=bout, dsum=dsum, dmax=dmax, na=na, ba_in=ba_in, ba_out=ba_out,
+                first_in=first_in, last_in=last_in, first_out=first_out, last_out=last_out)
+
+
+def _dir_entry(M, k, impaired: bool, to_local: bool) -> dict:
+    pin, pout = int(M["pin"][k]), int(M["pout"][k])
+    dropped = pin - pout
+    span_in = (M["last_in"][k] - M["first_in"][k]) / 1e9 if M["na"][k] >= 2 else 0.0
+    span_out = (M["last_out"][k] - M["first_out"][k]) / 1e9 if M["last_out"][k] > M["first_out"][k] else 0.0
+    return {
+        "direction": "to-local" if to_local else "from-local",
+        "impaired": impaired,
+        "packets_in": pin, "packets_out": pout, "dropped": dropped,
+        "drop_fraction": _r(dropped / pin) if pin else 0.0,
+        "bytes_in": int(M["bin"][k]), "bytes_out": int(M["bout"][k]),
+        "delay_ms_mean": _r(M["dsum"][k] / pout / 1e6) if pout else None,
+        "delay_ms_max": _r(M["dmax"][k] / 1e6) if pout else None,
+        "packets_after_onset": int(M["na"][k]),
+        "rate_in_bps_after_onset": _r(M["ba_in"][k] * 8 / span_in, 1) if span_in > 0 else None,
+        "rate_out_bps_after_onset": _r(M["ba_out"][k] * 8 / span_out, 1) if span_out > 0 else None,
+    }
+
+
+def simulate(cap: Capture, ft, cl, impairment: Impairment, *, select="calls", direction: str = "to-local",
+             onset_s: float | None = None, seed: int = 0) -> SimulationResult:
+    """Apply `impairment` to the selected flows (every flow for Congest and Jitter) in `direction`
+    from `onset_s` seconds after the capture's first packet. See the module docstring."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    t = cap.packets
+    n = len(t)
+    rng = np.random.default_rng(seed)
+    ts = t.ts_ns.astype(np.int64)
+    t0 = int(ts.min()) if n else 0
+    onset = float(onset_s or 0.0)
+    if onset < 0:
+        raise ValueError("onset must not be negative")
+    onset_ns = t0 + int(round(onset * 1e9))
+    confounder = isinstance(impairment, CONFOUNDERS)
+    nf = len(ft)
+
+    selected = np.arange(nf, dtype=np.int64) if confounder else select_flows(ft, cl, select)
+    sel_mask = np.zeros(nf, dtype=bool)
+    sel_mask[selected] = True
+    local_is_a, by_ranges = local_side_is_a(ft)
+    to_local = to_local_of(ft, local_is_a)
+    fo = ft.flow_of.astype(np.int64)
+    in_sel = np.zeros(n, dtype=bool)
+    ok = fo >= 0
+    in_sel[ok] = sel_mask[fo[ok]]
+    dir_ok = {"to-local": to_local, "from-local": ~to_local, "both": np.ones(n, dtype=bool)}[direction]
+    after_onset = ts >= onset_ns
+    impaired = np.flatnonzero(in_sel & dir_ok & after_onset)   # ascending rows
+    size = t.wirelen.astype(np.float64)
+
+    keep = np.ones(n, dtype=bool)
+    delay = np.zeros(n, dtype=np.int64)
+    extra: dict = {}
+    m = len(impaired)
+    if isinstance(impairment, Drop):
+        keep[impaired] = rng.random(m) >= impairment.p
+    elif isinstance(impairment, BlockAfter):
+        cut = ft.first_ns.astype(np.int64)[fo[impaired]] + int(round(impairment.seconds * 1e9))
+        keep[impaired] = ts[impaired] < cut
+    elif isinstance(impairment, (Police, Shape)):
+        if impairment.shared:
+            group = to_local[impaired].astype(np.int64)
+        else:
+            group = fo[impaired] * 2 + ft.dir_of[impaired].astype(np.int64)
+        order = np.lexsort((impaired, ts[impaired], group))
+        r = impaired[order]
+        g = group[order]
+        tr = ts[r] - t0
+        sz = size[r]
+        rate = impairment.rate_bps / 8 / 1e9     # bytes per ns
+        k = np.ones(len(r), dtype=np.bool_)
+        if isinstance(impairment, Police):
+            _police(tr, sz, g, rate, impairment.burst, k)
+        else:
+            burst = max(impairment.burst, float(sz.max()) if len(sz) else 0.0)
+            extra["effective_burst_bytes"] = burst
+            dep = np.zeros(len(r), dtype=np.int64)
+            _shape(tr, sz, g, rate, burst, impairment.queue, k, dep)
+            delay[r] = np.where(k, dep - tr, 0)
+        keep[r] = k
+    elif isinstance(impairment, Congest):
+        slot = int(round(impairment.slot_ms * 1e6))
+        rel = ts[impaired] - t0
+        n_slots = int(rel.max() // slot) + 2 if m else 1
+        u = rng.random(n_slots)
+        bad = np.zeros(n_slots, dtype=np.bool_)
+        queue = np.zeros(n_slots + 1)
+        qmax = impairment.delay_ms * 1e6
+        _gilbert_elliott(u, impairment.p_gb, impairment.p_bg, qmax / 3.0, slot / 2.0, qmax, bad, queue)
+        s = rel // slot
+        frac = (rel - s * slot) / slot
+        q = queue[s] + (queue[s + 1] - queue[s]) * frac
+        pb = bad[s]
+        level = np.minimum(1.0, q / qmax) if qmax > 0 else np.ones(m)
+        p_loss = np.where(pb, impairment.loss_bad * level, impairment.loss_good)
+        keep[impaired] = rng.random(m) >= p_loss
+        delay[impaired] = np.round(q).astype(np.int64)
+        extra["bad_time_fraction"] = _r(bad.mean() if n_slots else 0.0)
+        extra["bad_periods"] = int(np.count_nonzero(bad[1:] & ~bad[:-1]) + (1 if n_slots and bad[0] else 0))
+    elif isinstance(impairment, Jitter):
+        if impairment.mean_ms > 0:
+            d = rng.gamma(impairment.shape, impairment.mean_ms * 1e6 / impairment.shape, m)
+            delay[impaired] = np.round(d).astype(np.int64)
+    else:
+        raise TypeError(f"unknown impairment {impairment!r}")
+    delay[~keep] = 0
+
+    kept = np.flatnonzero(keep)
+    new_ts = ts[kept] + delay[kept]
+    if np.any(delay[kept]):
+        order = np.argsort(new_ts, kind="stable")     # ties keep file order
+        kept, new_ts = kept[order], new_ts[order]
+    dropped = np.flatnonzero(~keep)
+
+    # ---- truth
+    reported = np.arange(nf, dtype=np.int64) if confounder else selected
+    rep_mask = np.zeros(nf, dtype=bool)
+    rep_mask[reported] = True
+    prow = np.flatnonzero(ok)
+    prow = prow[rep_mask[fo[prow]]]
+    keys = fo[prow] * 2 + ft.dir_of[prow].astype(np.int64)
+    M = _measure(nf, keys, size[prow], keep[prow], delay[prow], ts[prow], after_onset[prow])
+    imp_dir_local = {"to-local": (True,), "from-local": (False,), "both": (True, False)}[direction]
+    flows = []
+    for f in reported.tolist():
+        entry = {
+            "id": f, "transport": _transport(ft, f), "a": ft.endpoint(f, "a"), "b": ft.endpoint(f, "b"),
+            "label": cl.labels[f] if cl is not None else None,
+            "local_side": "a" if local_is_a[f] else "b",
+            "local_side_from": "address ranges" if by_ranges[f] else "most frequent address (assumed)",
+            "selected": bool(sel_mask[f]),
+        }
+        meas = {}
+        for d, name in ((0, "ab"), (1, "ba")):
+            tl = (d == 1) == bool(local_is_a[f])
+            meas[name] = _dir_entry(M, 2 * f + d, tl in imp_dir_local, tl)
+        entry["impaired_directions"] = [k for k, v in meas.items() if v["impaired"]]
+        entry["measured"] = meas
+        flows.append(entry)
+    tot_in = int(len(impaired))
+    tot_drop = int(np.count_nonzero(~keep[impaired]))
+    dk = delay[impaired][keep[impaired]]
+    truth = {
+        "schema": SCHEMA,
+        "generator": f"throttledetect {__version__} simulate",
+        "input": _input_identity(cap),
+        "loop": getattr(cap, "loop", None),
+        "output": None,
+        "seed": int(seed),
+        "impairment": {"kind": impairment.kind, "params": impairment_params(impairment),
+                       "scope": "all flows (confounder)" if confounder else "selected flows",
+                       **({"effective": extra} if extra else {})},
+        "expected_verdict": impairment.verdict,
+        "onset_s": onset, "onset_epoch": onset_ns / 1e9,
+        "direction": direction,
+        "vantage": VANTAGE[direction],
+        "selector": None if confounder else (select if isinstance(select, str) else [int(x) for x in selected]),
+        "size_unit": "link-layer frame bytes (wirelen)",
+        "capture": {"packets": n, "first_ts": t0 / 1e9,
+                    "duration_s": _r((int(ts.max()) - t0) / 1e9) if n else 0.0},
+        "measured": {
+            "impaired_packets": tot_in, "dropped": tot_drop,
+            "drop_fraction": _r(tot_drop / tot_in) if tot_in else 0.0,
+            "delay_ms_mean": _r(dk.mean() / 1e6) if len(dk) else None,
+            "delay_ms_max": _r(dk.max() / 1e6) if len(dk) else None,
+            "packets_in": n, "packets_out": int(len(kept)),
+        },
+        "flows": flows,
+    }
+    return SimulationResult(rows=kept, ts_ns=new_ts, delay_ns=delay[kept], dropped=dropped, impaired=impaired,
+                            truth=truth)
+
+
+def _transport(ft, f: int) -> str:
+    from throttledetect.flows import transport_name
+    return transport_name(ft.proto[f])
+
+
+def _json_default(x):
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def truth_path(out_path) -> str:
+    """OUT -> OUT.truth.json (the sidecar beside the simulated capture)."""
+    return os.fspath(out_path) + TRUTH_SUFFIX
+
+
+def write(result: SimulationResult, cap: Capture, out_path) -> dict:
+    """Write the simulated capture (nanosecond pcap) and OUT.truth.json; return the truth."""
+    out_path = os.fspath(out_path)
+    write_pcap_rows(cap, result.rows, result.ts_ns, out_path)
+    truth = dict(result.truth)
+    truth["output"] = {"path": out_path, "sha256": _sha256_file(out_path), "packets": int(len(result.rows)),
+                       "truth": truth_path(out_path)}
+    with open(truth_path(out_path), "w", encoding="utf-8") as f:
+        json.dump(truth, f, indent=1, default=_json_default)
+        f.write("\n")
+    result.truth = truth
+    return truth
+
+
+# --------------------------------------------------------------------------- looping
+
+def _ext(values: np.ndarray, first: np.ndarray, modulus: int) -> np.ndarray:
+    """Unwrap counters per group: values sorted by (group, time), first = True at group starts."""
+    v = values.astype(np.int64)
+    half = modulus // 2
+    step = np.zeros(len(v), dtype=np.int64)
+    step[1:] = (np.diff(v) + half) % modulus - half
+    step[first] = 0
+    gid = np.cumsum(first) - 1
+    cs = np.cumsum(step)
+    base = cs[np.flatnonzero(first)]
+    return v[np.flatnonzero(first)][gid] + cs - base[gid]
+
+
+def _be(buf: np.ndarray, pos: np.ndarray, nbytes: int) -> np.ndarray:
+    out = np.zeros(len(pos), dtype=np.int64)
+    for j in range(nbytes):
+        out = (out << 8) | buf[pos + j]
+    return out
+
+
+def _put_be(buf: np.ndarray, pos: np.ndarray, values: np.ndarray, nbytes: int) -> None:
+    v = values.astype(np.int64)
+    for j in range(nbytes - 1, -1, -1):
+        buf[pos + j] = (v & 0xFF).astype(np.uint8)
+        v = v >> 8
+
+
+def _words(buf: np.ndarray, start: np.ndarray, count: int) -> np.ndarray:
+    """Sum of `count` big-endian 16-bit words from each start (int64)."""
+    s = np.zeros(len(start), dtype=np.int64)
+    for j in range(count):
+        s += (buf[start + 2 * j].astype(np.int64) << 8) | buf[start + 2 * j + 1]
+    return s
+
+
+def _fold(s: np.ndarray) -> np.ndarray:
+    for _ in range(4):
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def loop_capture(cap: Capture, ft, cl, seconds: float) -> tuple[Capture, dict]:
+    """Repeat a capture until it lasts at least `seconds`, RTP streams kept continuous.
+
+    Copy k is shifted by k * (capture duration + median inter-packet gap). In every RTP stream
+    found by the classification (cl.evidence.rtp_encap_of / rtp_offset_of: plain RTP, TURN
+    ChannelData, MS-TURN and Zoom framing, all over UDP), copy k's sequence numbers advance by
+    k * (sequence span + 1) mod 2^16 and its timestamps by k * T mod 2^32, where T is the
+    capture's period in clock ticks when the stream's clock rate is known (static payload type
+    or estimated from its timestamps), never less than the timestamp span plus one packet-time,
+    and exactly that span plus one packet-time when the rate is unknown. So arrival time minus
+    RTP timestamp stays level across the joins. UDP checksums are updated incrementally
+    (RFC 1624) for IPv4 and IPv6; a zero IPv4 checksum (none) stays zero. Everything else
+    (other flows, RTCP, RTP over TCP, SRTP authentication tags) repeats byte for byte.
+
+    Returns (the looped Capture, read back from a temporary pcap that is unlinked at once, with
+    ``.loop`` = the info dict also returned).
+    """
+    t = cap.packets
+    n = len(t)
+    if n == 0:
+        raise ValueError("empty capture")
+    lts = np.unique(t.linktype)
+    if len(lts) > 1:
+        raise ValueError("capture mixes link types; a looped classic pcap holds one")
+    ts = t.ts_ns.astype(np.int64)
+    t0, t1 = int(ts.min()), int(ts.max())
+    duration = t1 - t0
+    st = np.sort(ts)
+    gaps = np.diff(st)
+    gaps = gaps[gaps > 0]
+    gap = int(np.median(gaps)) if len(gaps) else 1_000_000
+    period = duration + gap
+    want = int(round(float(seconds) * 1e9))
+    copies = max(1, int(np.ceil((want + gap) / period))) if want > duration else 1
+
+    # the looped records (copy-major, file order within a copy), assembled in one compiled pass
+    nn = n * copies
+    kk = np.repeat(np.arange(copies, dtype=np.int64), n)
+    rows_rep = np.tile(np.arange(n, dtype=np.int64), copies)
+    fo = t.frame_off.astype(np.int64)
+    caplen = t.caplen.astype(np.int64)
+    buf, rec_start = pcap_records(cap.buffer, fo[rows_rep], caplen[rows_rep], t.wirelen[rows_rep],
+                                  ts[rows_rep] + kk * period)
+    del rows_rep, kk
+
+    ev = cl.evidence
+    encap = np.asarray(ev.rtp_encap_of)
+    from throttledetect.classify.evidence import ENCAP_TCP
+    from throttledetect.metrics.rtp import STATIC_CLOCK_RATES, estimate_clock_rate
+    rtp = np.flatnonzero((encap >= 0) & (encap != ENCAP_TCP) & (t.proto == 17) & (ft.flow_of >= 0)
+                         & (t.payload_off >= 0) & (t.l4_off >= 0))
+    # in-frame offsets of the RTP header and the UDP header
+    hdr = (t.payload_off[rtp] - fo[rtp]) + np.asarray(ev.rtp_offset_of)[rtp].astype(np.int64)
+    fits = hdr + 12 <= caplen[rtp]
+    rtp, hdr = rtp[fits], hdr[fits]
+    info = {"seconds_requested": float(seconds), "copies": copies, "period_s": period / 1e9,
+            "gap_s": gap / 1e9, "source_duration_s": duration / 1e9,
+            "looped_duration_s": (duration + (copies - 1) * period) / 1e9,
+            "udp_checksum": "updated incrementally (RFC 1624) for IPv4 and IPv6; zero IPv4 checksums left zero",
+            "rtp_streams": []}
+
+    if copies > 1 and len(rtp):
+        src = cap.buffer
+        base = fo[rtp]
+        seq = _be(src, base + hdr + 2, 2)
+        rts = _be(src, base + hdr + 4, 4)
+        ssrc = _be(src, base + hdr + 8, 4)
+        pt = (src[base + hdr + 1] & 0x7F).astype(np.int64)
+        fl = ft.flow_of[rtp].astype(np.int64)
+        dr = ft.dir_of[rtp].astype(np.int64)
+        order = np.lexsort((rtp, ts[rtp], ssrc, dr, fl))
+        rtp, hdr, base, seq, rts, ssrc, pt, fl, dr = (x[order] for x in (rtp, hdr, base, seq, rts, ssrc, pt, fl, dr))
+        first = np.ones(len(rtp), dtype=bool)
+        first[1:] = (fl[1:] != fl[:-1]) | (dr[1:] != dr[:-1]) | (ssrc[1:] != ssrc[:-1])
+        starts = np.flatnonzero(first)
+        ends = np.append(starts[1:], len(rtp))
+        gid = np.cumsum(first) - 1
+        xseq = _ext(seq, first, 1 << 16)
+        xts = _ext(rts, first, 1 << 32)
+        seq_span = np.maximum.reduceat(xseq, starts) - np.minimum.reduceat(xseq, starts)
+        ts_span = np.maximum.reduceat(xts, starts) - np.minimum.reduceat(xts, starts)
+        # packet-time per stream: median positive timestamp step
+        step = np.zeros(len(rtp), dtype=np.int64)
+        step[1:] = np.diff(xts)
+        step[first] = 0
+        pos = step > 0
+        ptime = np.ones(len(starts), dtype=np.int64)
+        if pos.any():
+            pg, pv = gid[pos], step[pos]
+            o = np.lexsort((pv, pg))
+            pg, pv = pg[o], pv[o]
+            cnt = np.bincount(pg, minlength=len(starts))
+            pstart = np.zeros(len(starts) + 1, dtype=np.int64)
+            np.cumsum(cnt, out=pstart[1:])
+            has = cnt > 0
+            ptime[has] = pv[pstart[:-1][has] + (cnt[has] - 1) // 2]
+        ts_shift = ts_span + ptime
+        for s in range(len(starts)):   # one call per stream, not per packet
+            a, b = starts[s], ends[s]
+            rate = STATIC_CLOCK_RATES.get(int(pt[a])) if pt[a] < 96 else None
+            if rate is None and b - a >= 10:
+                rate = estimate_clock_rate((ts[rtp[a:b]] - ts[rtp[a]]) / 1e9, rts[a:b])
+            if rate:
+                ts_shift[s] = max(int(ts_shift[s]), int(round(period / 1e9 * rate)))
+            info["rtp_streams"].append({
+                "flow": int(fl[a]), "dir": "ab" if dr[a] == 0 else "ba", "ssrc": int(ssrc[a]),
+                "packets": int(b - a), "seq_step_per_copy": int(seq_span[s] + 1),
+                "ts_step_per_copy": int(ts_shift[s]), "clock_rate": int(rate) if rate else None})
+        seq_shift = (seq_span + 1)[gid]
+        ts_shift = ts_shift[gid]
+
+        # UDP checksum: the 16-bit words (aligned to the UDP header) covering RTP bytes 2..7
+        udp = t.l4_off[rtp] - fo[rtp]
+        wstart = udp + ((hdr + 2 - udp) & ~np.int64(1))
+        old_csum = _be(src, base + udp + 6, 2)
+        v4 = t.l3[rtp] == 4
+        upd = np.flatnonzero(~(v4 & (old_csum == 0)) & (wstart + 8 <= caplen[rtp]))
+        m_old = _fold(_words(src, base + wstart, 4))
+        for k in range(1, copies):
+            at = rec_start[k * n + rtp] + 16          # frame start of each RTP row in copy k
+            _put_be(buf, at + hdr + 2, (seq + k * seq_shift) % (1 << 16), 2)
+            _put_be(buf, at + hdr + 4, (rts + k * ts_shift) % (1 << 32), 4)
+            # RFC 1624 eq. 3: HC' = ~(~HC + ~m + m'), m and m' the ones'-complement sums of the
+            # changed words (negating a sum is summing the negations)
+            m_new = _fold(_words(buf, at + wstart, 4))
+            c = ~_fold((~old_csum & 0xFFFF) + (~m_old & 0xFFFF) + m_new) & 0xFFFF
+            c = np.where(c == 0, 0xFFFF, c)            # a computed 0 is sent as all ones (RFC 768)
+            _put_be(buf, at[upd] + udp[upd] + 6, c[upd], 2)
+
+    fd, tmp = tempfile.mkstemp(prefix="throttledetect-loop-", suffix=".pcap")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pcap_header(int(lts[0]), nano=True))
+            f.write(memoryview(buf))
+        del buf
+        looped = read_capture(tmp)
+    finally:
+        os.unlink(tmp)     # the mapping keeps the bytes alive
+    info["source"] = _input_identity(cap)
+    info["packets"] = nn
+    looped.path = f"{cap.path} (looped to {info['looped_duration_s']:.3f} s)"
+    looped.loop = info
+    return looped, info

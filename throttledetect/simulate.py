@@ -170,7 +170,8 @@ class Congest:
     up to delay_ms; in a good slot it drains at half the wall-clock rate (so no flow is
     reordered). A packet is lost with probability loss_good in good slots and
     loss_bad * (queue delay / delay_ms) in bad slots: the delay rises before losses set in.
-    Defaults: bad 9 % of the time in periods of 100 ms mean, about 3 % loss overall.
+    Defaults: bad 9 % of the time in periods of 100 ms mean, about 3 % loss overall (at most
+    loss_upper_bound = 4.1 %, reached if the queue were full throughout every bad period).
     """
     p_gb: float = 0.01
     p_bg: float = 0.10
@@ -189,7 +190,7 @@ class Congest:
             raise ValueError("congest slot_ms must be positive and delay_ms not negative")
 
     @property
-    def expected_loss(self) -> float:
+    def loss_upper_bound(self) -> float:
         bad = self.p_gb / (self.p_gb + self.p_bg) if self.p_gb + self.p_bg > 0 else 0.0
         return bad * self.loss_bad + (1 - bad) * self.loss_good
 
@@ -222,7 +223,7 @@ def impairment_params(imp: Impairment) -> dict:
         d["burst_bytes"] = imp.burst
         d["max_queue_delay_ms"] = imp.queue * 8 / imp.rate_bps * 1000
     elif isinstance(imp, Congest):
-        d["expected_loss"] = imp.expected_loss
+        d["loss_upper_bound"] = imp.loss_upper_bound
         d["mean_bad_period_ms"] = imp.slot_ms / imp.p_bg if imp.p_bg > 0 else None
     return d
 

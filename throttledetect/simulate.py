@@ -62,7 +62,7 @@ import numpy as np
 from throttledetect import __version__
 from throttledetect.jit import JIT_ENABLED, njit
 from throttledetect.read import Capture, read_capture
-from throttledetect.write import pcap_header
+from throttledetect.write import pcap_header, pcap_records, write_rows
 
 SCHEMA = "throttledetect-simulate-truth/1"
 TRUTH_SUFFIX = ".truth.json"
@@ -318,63 +318,6 @@ def _gilbert_elliott(u, p_gb, p_bg, rise, drain, qmax, bad, queue):
             state = not (u[k] < p_bg)
         else:
             state = u[k] < p_gb
-
-
-@njit
-def _assemble(buffer, frame_off, caplen, wirelen, ts_ns, starts, out):
-    """Classic-pcap records (nanosecond, little-endian) for the given frames, at `starts` in `out`."""
-    for i in range(len(frame_off)):
-        p = starts[i]
-        sec = ts_ns[i] // 1_000_000_000
-        frac = ts_ns[i] - sec * 1_000_000_000
-        for j in range(4):
-            out[p + j] = (sec >> (8 * j)) & 0xFF
-            out[p + 4 + j] = (frac >> (8 * j)) & 0xFF
-            out[p + 8 + j] = (caplen[i] >> (8 * j)) & 0xFF
-            out[p + 12 + j] = (wirelen[i] >> (8 * j)) & 0xFF
-        src = frame_off[i]
-        for j in range(caplen[i]):
-            out[p + 16 + j] = buffer[src + j]
-
-
-def pcap_records(buffer: np.ndarray, frame_off, caplen, wirelen, ts_ns) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes of classic-pcap records (no file header) and each record's start offset."""
-    caplen = np.asarray(caplen, dtype=np.int64)
-    starts = np.zeros(len(caplen) + 1, dtype=np.int64)
-    np.cumsum(caplen + 16, out=starts[1:])
-    out = np.empty(int(starts[-1]), dtype=np.uint8)
-    frame_off = np.asarray(frame_off, dtype=np.int64)
-    ts_ns = np.asarray(ts_ns, dtype=np.int64)
-    if JIT_ENABLED:
-        _assemble(buffer, frame_off, caplen, np.asarray(wirelen, dtype=np.int64), ts_ns, starts, out)
-        return out, starts[:-1]
-    # interpreted runs (THROTTLEDETECT_NO_JIT=1): the same bytes, gathered with numpy
-    hdr = np.zeros(len(caplen), dtype=[("sec", "<u4"), ("frac", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
-    hdr["sec"] = ts_ns // 1_000_000_000
-    hdr["frac"] = ts_ns % 1_000_000_000
-    hdr["incl"] = caplen
-    hdr["orig"] = wirelen
-    out[(starts[:-1, None] + np.arange(16)).ravel()] = hdr.view(np.uint8)
-    first = np.concatenate(([0], np.cumsum(caplen)[:-1]))
-    total = int(caplen.sum())
-    dst = np.repeat(starts[:-1] + 16 - first, caplen) + np.arange(total)
-    out[dst] = buffer[np.repeat(frame_off - first, caplen) + np.arange(total)]
-    return out, starts[:-1]
-
-
-def write_pcap_rows(cap: Capture, rows: np.ndarray, ts_ns: np.ndarray, path) -> None:
-    """As throttledetect.write.write_rows (same bytes), with the frame copy compiled: no index
-    array per byte, so a 2M-packet capture is written in about a second."""
-    t = cap.packets
-    rows = np.asarray(rows, dtype=np.int64)
-    lts = np.unique(t.linktype[rows])
-    if len(lts) > 1:
-        raise ValueError("rows span several link types; classic pcap holds one")
-    linktype = int(lts[0]) if len(rows) else (cap.linktypes[0] if cap.linktypes else 1)
-    out, _ = pcap_records(cap.buffer, t.frame_off[rows], t.caplen[rows], t.wirelen[rows], ts_ns)
-    with open(path, "wb") as f:
-        f.write(pcap_header(linktype, nano=True))
-        f.write(memoryview(out))
 
 
 # --------------------------------------------------------------------------- selection
@@ -700,7 +643,7 @@ def truth_path(out_path) -> str:
 def write(result: SimulationResult, cap: Capture, out_path) -> dict:
     """Write the simulated capture (nanosecond pcap) and OUT.truth.json; return the truth."""
     out_path = os.fspath(out_path)
-    write_pcap_rows(cap, result.rows, result.ts_ns, out_path)
+    write_rows(cap, result.rows, result.ts_ns, out_path)
     truth = dict(result.truth)
     truth["output"] = {"path": out_path, "sha256": _sha256_file(out_path), "packets": int(len(result.rows)),
                        "truth": truth_path(out_path)}

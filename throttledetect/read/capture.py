@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from throttledetect.read import decode, framing
+from throttledetect.read import blocks, decode, framing
 from throttledetect.read.table import PacketTable
 
 DEFAULT_PREFIX = 48
@@ -183,15 +183,25 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
         order = "big" if swap else "little"
         snaplen = int.from_bytes(bytes(buf[16:20]), order)
         linktype = int.from_bytes(bytes(buf[20:24]), order) & 0xFFFF  # upper 16 bits: FCS length, reserved (libpcap LT_LINKTYPE)
-        # One pass: arrays sized for the most records the file could hold. np.empty leaves the
-        # untouched tail unbacked by memory, so the bound costs address space, not RAM.
+        # One pass: arrays sized for the most records the file could hold. np.empty/np.zeros leave
+        # the untouched tail unbacked by memory, so the bound costs address space, not RAM.
         bound = max(0, (n - 24) // 16)
         rec_off, caplen, wirelen, ts = _index_arrays(bound)
-        count, nwarn = framing.walk_pcap(buf, swap, nano, snaplen, True, rec_off, caplen, wirelen, ts, warn)
-        rec_off, caplen, wirelen, ts = rec_off[:count], caplen[:count], wirelen[:count], ts[:count]
+        lt = np.empty(bound, dtype=np.uint16)
+        table = PacketTable.empty(bound, prefix_len)
+        status = np.zeros(bound, dtype=np.uint8)
+        count, nwarn = blocks.read_pcap_records(
+            buf, swap, nano, snaplen, linktype, blocks.BLOCK, prefix_len, rec_off, caplen, wirelen, ts, lt, status,
+            table.l3, table.proto, table.src_hi, table.src_lo, table.dst_hi, table.dst_lo, table.sport, table.dport,
+            table.ttl, table.ip_id, table.frag, table.tcp_seq, table.tcp_ack, table.tcp_flags, table.tcp_win,
+            table.l4_off, table.payload_off, table.payload_len, table.payload_wirelen, table.prefix, table.tunnel,
+            warn)
+        table = table.take(slice(0, count))
+        status = status[:count]
+        rec_off, caplen, wirelen, ts, lt = rec_off[:count], caplen[:count], wirelen[:count], ts[:count], lt[:count]
         iface = np.zeros(count, dtype=np.uint16)
-        lt = np.full(count, linktype, dtype=np.uint16)
         linktypes = [linktype]
+        decoded = True
     elif head == PCAPNG_SHB_MAGIC:
         fmt = "pcapng"
         iface_lt = np.zeros(framing.MAX_IFACES, dtype=np.int32)
@@ -202,6 +212,7 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
         rec_off, caplen, wirelen, ts, iface = rec_off[:count], caplen[:count], wirelen[:count], ts[:count], iface[:count]
         lt = iface_lt[iface].astype(np.uint16)
         linktypes = sorted(set(int(x) for x in iface_lt[:nif]))
+        decoded = False
     else:
         raise CaptureError(f"{path}: byte 0: not a pcap or pcapng capture (starts with {head.hex(' ')}){where}")
 
@@ -211,20 +222,21 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
         off = warns[0].offset if warns else (24 if fmt == "pcap" else 0)
         raise CaptureError(f"{path}: byte {off}: no readable packet in this {fmt} file{detail}{where}")
 
-    table = PacketTable.empty(count, prefix_len)
+    if not decoded:
+        table = PacketTable.empty(count, prefix_len)
+        status = np.zeros(count, dtype=np.uint8)
+        decode.decode_records(buf, rec_off, caplen, lt, prefix_len,
+                              status, table.l3, table.proto, table.src_hi, table.src_lo, table.dst_hi, table.dst_lo,
+                              table.sport, table.dport, table.ttl, table.ip_id, table.frag,
+                              table.tcp_seq, table.tcp_ack, table.tcp_flags, table.tcp_win,
+                              table.l4_off, table.payload_off, table.payload_len, table.payload_wirelen,
+                              table.prefix, table.tunnel)
     table.ts_ns[:] = ts
     table.frame_off[:] = rec_off
     table.caplen[:] = caplen
     table.wirelen[:] = wirelen
     table.iface[:] = iface
     table.linktype[:] = lt
-    status = np.zeros(count, dtype=np.uint8)
-    decode.decode_records(buf, rec_off, caplen, lt, prefix_len,
-                          status, table.l3, table.proto, table.src_hi, table.src_lo, table.dst_hi, table.dst_lo,
-                          table.sport, table.dport, table.ttl, table.ip_id, table.frag,
-                          table.tcp_seq, table.tcp_ack, table.tcp_flags, table.tcp_win,
-                          table.l4_off, table.payload_off, table.payload_len, table.payload_wirelen,
-                          table.prefix, table.tunnel)
     _assign_fragment_ports(table, status)
 
     counts = np.bincount(status, minlength=len(decode.STATUS_TEXT) + 1)

@@ -111,6 +111,20 @@ def walk_pcap(buf, swap, nano, snaplen, fill, out_off, out_caplen, out_wirelen, 
 
     Returns (records, warnings). With fill=False only counts; with fill=True writes the index.
     """
+    o, count, nwarn, last_s, done = walk_pcap_block(buf, swap, nano, snaplen, fill, 24, 0, 0, -1,
+                                                    out_off.shape[0] if fill else -1,
+                                                    out_off, out_caplen, out_wirelen, out_ts, warn)
+    return count, nwarn
+
+
+@njit
+def walk_pcap_block(buf, swap, nano, snaplen, fill, o, count, nwarn, last_s, stop_count,
+                    out_off, out_caplen, out_wirelen, out_ts, warn):
+    """Resumable walk: from offset o until `stop_count` records (-1: no limit) or the end.
+
+    Returns (next offset, records, warnings, last timestamp seconds, finished), so a caller can
+    decode each block of records while its bytes are still in the CPU cache.
+    """
     n = buf.shape[0]
     frac_max = 1_000_000_000 if nano else 1_000_000
     frac_to_ns = 1 if nano else 1000
@@ -118,11 +132,9 @@ def walk_pcap(buf, swap, nano, snaplen, fill, out_off, out_caplen, out_wirelen, 
     if maxcap < MAX_SNAPLEN:
         # Writers often set snaplen below what they actually store; only reject truly absurd lengths.
         maxcap = MAX_SNAPLEN
-    o = 24
-    count = 0
-    nwarn = 0
-    last_s = -1
     while o < n:
+        if count == stop_count:
+            return o, count, nwarn, last_s, False
         if o + 16 > n:
             nwarn = _warn(warn, nwarn, o, W_TRUNCATED_RECORD, o + 16 - n)
             break
@@ -169,7 +181,7 @@ def walk_pcap(buf, swap, nano, snaplen, fill, out_off, out_caplen, out_wirelen, 
         last_s = sec
         count += 1
         o += 16 + incl
-    return count, nwarn
+    return o, count, nwarn, last_s, True
 
 
 @njit

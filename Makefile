@@ -5,7 +5,8 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed-stamp
 SAMPLE   ?= captures/call_policed.pcap
 
-.PHONY: venv demo test test-fast bench tools clean
+.PHONY: venv demo test test-fast bench tools clean fuzz
+FUZZ_SECONDS ?= 60
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,5 +40,11 @@ test-fast: venv
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# Coverage-guided fuzzing of the reader, the parsers and flows+classification (atheris, installed on
+# demand: it needs no place in the test environment). Crashes land in fuzz/crashes/.
+fuzz: venv
+	$(BIN)/pip install -q atheris
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
+
 clean:
-	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .hypothesis fuzz/corpus fuzz/seeds fuzz/crashes

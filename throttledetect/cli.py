@@ -58,14 +58,17 @@ def _read_all(files, idle_timeout, local):
 
 def _emit(text: str, output) -> None:
     if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise click.FileError(output, hint=e.strerror or str(e)) from None
     else:
         click.echo(text, nl=not text.endswith("\n"))
 
 
 _common = [
-    click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False)),
+    click.argument("files", nargs=-1, required=True, type=click.Path()),
     click.option("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, show_default=True,
                  help="Seconds of silence after which a 5-tuple starts a new flow."),
     click.option("--local", "local", multiple=True, metavar="CIDR",
@@ -246,8 +249,13 @@ def main() -> None:
     except BrokenPipeError:
         sys.exit(0)
     except Exception as e:  # noqa: BLE001 - the promise is "never a traceback"
+        from throttledetect.classify.tables import ModelError
+        if isinstance(e, ModelError):
+            click.echo(f"throttledetect: error: {e}", err=True)
+            sys.exit(EXIT_NOTHING_READABLE)
         if os.environ.get("THROTTLEDETECT_DEBUG"):
             raise
-        click.echo(f"throttledetect: internal error: {type(e).__name__}: {e} "
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        click.echo(f"throttledetect: internal error: {detail} "
                    "(set THROTTLEDETECT_DEBUG=1 for the traceback)", err=True)
         sys.exit(3)

@@ -296,7 +296,7 @@ def build_flows(source: Capture | PacketTable, *, idle_timeout: float | None = D
     if len(ts) > 1 and not np.all(ts[1:] >= ts[:-1]):
         rows = rows[np.argsort(ts, kind="stable")]   # merged or reordered captures: time order
     timeout_ns = np.iinfo(np.int64).max if idle_timeout is None or not np.isfinite(idle_timeout) \
-        else int(idle_timeout * 1e9)
+        else int(min(idle_timeout, 9e9) * 1e9)   # 9e9 s: beyond any capture, still inside int64 ns
     flow_of = np.full(n, -1, dtype=np.int32)
     dir_of = np.zeros(n, dtype=np.uint8)
     with np.errstate(over="ignore"):   # the hash multiplies wrap by design (interpreted runs warn)

@@ -1,10 +1,10 @@
 """models/domains.json: DNS/SNI name suffixes per app, loaded as data and checked strictly."""
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 from throttledetect.classify.labels import ALL_LABELS
-from throttledetect.classify.tables import ModelError, model_file
+from throttledetect.classify.tables import ModelError, _read_json, model_file
 
 SCHEMA = "throttledetect/domains/1"
 
@@ -12,10 +12,7 @@ SCHEMA = "throttledetect/domains/1"
 def load_domains(path=None) -> dict:
     source = model_file("domains.json") if path is None else path
     name = str(source)
-    try:
-        doc = json.loads(source.read_text(encoding="utf-8") if hasattr(source, "read_text") else open(source).read())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{name}: $: not readable as JSON ({e})") from None
+    doc = _read_json(source if hasattr(source, "open") else Path(source), name)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ModelError(f"{name}: $.schema: expected {SCHEMA!r}")
     apps = doc.get("apps")

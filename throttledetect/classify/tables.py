@@ -54,6 +54,7 @@ PORTS_FILE = "ports.json"
 ENV_VAR = "THROTTLEDETECT_MODELS"
 REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 PACKAGE_DATA_DIR = "models_data"  # inside the throttledetect package
+MAX_MODEL_BYTES = 64 << 20      # the real files are a few hundred kB
 
 # Labels an address range may carry: the app (its chat label for apps that also chat) or a call label.
 ADDRESS_LABELS = frozenset({
@@ -110,9 +111,12 @@ def _reject_constant(name: str) -> NoReturn:
 def _read_json(source: Any, name: str) -> Any:
     """Bytes of `source` (a Path or importlib Traversable) -> JSON value; only JSON is accepted."""
     try:
-        raw = source.read_bytes()
+        with source.open("rb") as f:
+            raw = f.read(MAX_MODEL_BYTES + 1)
     except OSError as exc:
         _fail(name, "$", f"cannot read the file ({exc.strerror or exc})")
+    if len(raw) > MAX_MODEL_BYTES:
+        _fail(name, "$", f"too large for a model file (over {MAX_MODEL_BYTES >> 20} MiB)")
     if raw[:1] == b"\x80":
         _fail(name, "$", "this is a pickle (starts with byte 0x80); model files must be JSON, pickles are never loaded")
     try:
@@ -127,6 +131,8 @@ def _read_json(source: Any, name: str) -> Any:
         _fail(name, "$", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except ValueError as exc:  # NaN / Infinity
         _fail(name, "$", f"not valid JSON: {exc}")
+    except RecursionError:
+        _fail(name, "$", "nested too deeply for a model file")
 
 
 def _object(value: Any, name: str, where: str, required: Iterable[str], optional: Iterable[str] = ()) -> dict:

@@ -16,7 +16,8 @@ from throttledetect.read.table import PacketTable
 DEFAULT_PREFIX = 48
 _DECOMPRESS_CHUNK = 1 << 16
 # A compressed file may not expand without bound (a "zip bomb" must not eat the machine).
-MAX_DECOMPRESSED = int(os.environ.get("THROTTLEDETECT_MAX_DECOMPRESSED", str(16 << 30)))
+_MAX_DECOMPRESSED_RAW = os.environ.get("THROTTLEDETECT_MAX_DECOMPRESSED", "").strip()
+MAX_DECOMPRESSED = int(_MAX_DECOMPRESSED_RAW) if _MAX_DECOMPRESSED_RAW.isdigit() else 16 << 30
 
 PCAP_MAGICS = {
     # magic as read little-endian -> (swap to big-endian?, nanosecond?)
@@ -70,7 +71,7 @@ def _open_bytes(path: str) -> tuple[np.ndarray, str, list[ReadWarning], object]:
     try:
         f = open(path, "rb")
     except OSError as e:
-        raise CaptureError(f"{path}: cannot open: {e.strerror or e}") from None
+        raise CaptureError(f"{path}: byte 0: cannot open: {e.strerror or e}") from None
     with f:
         head = f.read(6)
         if head[:2] == b"\x1f\x8b":
@@ -106,6 +107,9 @@ def _decompress(f, path: str, kind: str) -> tuple[bytes, list[ReadWarning]]:
     Small input chunks bound how far one step can overshoot the size limit (a "bomb").
     Concatenated streams (gzip -c a >> b) are one capture to a reader.
     """
+    if _MAX_DECOMPRESSED_RAW and not _MAX_DECOMPRESSED_RAW.isdigit():
+        raise CaptureError(f"{path}: byte 0: THROTTLEDETECT_MAX_DECOMPRESSED={_MAX_DECOMPRESSED_RAW!r} "
+                           "is not a whole number of bytes")
     out = bytearray()
     warns: list[ReadWarning] = []
     dec = None

@@ -257,3 +257,26 @@ def test_interpreted_and_compiled_decoders_agree(tmp_path):
         out.append(subprocess.run([sys.executable, "-c", code, str(p)], env=env, check=True,
                                   capture_output=True, text=True).stdout)
     assert out[0] == out[1]
+
+
+def test_dense_file_grows_its_arrays(tmp_path):
+    # 200,000 tiny records: far denser than the first allocation assumes, so the arrays must grow.
+    frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2))
+    n = 200_000
+    p = tmp_path / "dense.pcap"
+    write_pcap(p, [frame] * n, [T0 + k for k in range(n)])
+    cap = read_capture(p)
+    assert len(cap.packets) == n and not cap.warnings
+    assert int(cap.packets.ts_ns[-1]) == T0 + n - 1 and (cap.packets.sport == 1).all()
+
+
+def test_record_limit_is_a_warning_not_a_crash(tmp_path):
+    frames = [bytes(Ether() / udp(sport=k + 1)) for k in range(100)]
+    p = tmp_path / "many.pcap"
+    write_pcap(p, frames, [T0 + k for k in range(100)])
+    code = ("import sys; from throttledetect.read import read_capture; c = read_capture(sys.argv[1]);"
+            "print(len(c.packets)); print(c.warnings[-1].message)")
+    env = dict(os.environ, THROTTLEDETECT_MAX_RECORDS="30")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], env=env, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert out[0] == "30" and "record limit reached" in out[1]

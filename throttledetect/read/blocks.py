@@ -14,20 +14,21 @@ BLOCK = 2048   # records per block: a few hundred kB of frames, well inside L2
 
 
 @njit
-def read_pcap_records(buf, swap, nano, snaplen, linktype, block, prefix_len,
+def read_pcap_records(buf, swap, nano, snaplen, linktype, block, prefix_len, o, count, nwarn, last_s, limit,
                       rec_off, caplen, wirelen, ts_ns, lt, status, l3, proto, src_hi, src_lo, dst_hi, dst_lo,
                       sport, dport, ttl, ip_id, frag, tcp_seq, tcp_ack, tcp_flags, tcp_win, l4_off, payload_off,
                       payload_len, payload_wirelen, prefix, tunnel, warn):
-    """Fill the index and decoded columns of every record; returns (records, warnings)."""
-    o = 24
-    count = 0
-    nwarn = 0
-    last_s = -1
+    """Frame and decode records from offset o until `limit` records are filled or the file ends.
+
+    Returns (next offset, records, warnings, last timestamp s, finished): the caller grows the
+    arrays and calls again when the file holds more records than they fit.
+    """
     done = False
-    while not done:
+    while not done and count < limit:
         k0 = count
         o, count, nwarn, last_s, done = walk_pcap_block(buf, swap, nano, snaplen, True, o, count, nwarn, last_s,
-                                                        count + block, rec_off, caplen, wirelen, ts_ns, warn)
+                                                        min(count + block, limit), rec_off, caplen, wirelen,
+                                                        ts_ns, warn)
         k1 = count
         lt[k0:k1] = linktype
         decode_records(buf, rec_off[k0:k1], caplen[k0:k1], lt[k0:k1], prefix_len,
@@ -36,4 +37,4 @@ def read_pcap_records(buf, swap, nano, snaplen, linktype, block, prefix_len,
                        tcp_seq[k0:k1], tcp_ack[k0:k1], tcp_flags[k0:k1], tcp_win[k0:k1], l4_off[k0:k1],
                        payload_off[k0:k1], payload_len[k0:k1], payload_wirelen[k0:k1], prefix[k0:k1],
                        tunnel[k0:k1])
-    return count, nwarn
+    return o, count, nwarn, last_s, done

@@ -15,6 +15,10 @@ from throttledetect.read.table import PacketTable
 
 DEFAULT_PREFIX = 48
 _DECOMPRESS_CHUNK = 1 << 16
+# Packets read from one file at most: about 200 bytes of columns each, so 50 million is ~10 GB.
+# Bounds the memory a decompression bomb of tiny records can claim.
+_MAX_RECORDS_RAW = os.environ.get("THROTTLEDETECT_MAX_RECORDS", "").strip()
+MAX_RECORDS = int(_MAX_RECORDS_RAW) if _MAX_RECORDS_RAW.isdigit() and int(_MAX_RECORDS_RAW) > 0 else 50_000_000
 # A compressed file may not expand without bound (a "zip bomb" must not eat the machine).
 _MAX_DECOMPRESSED_RAW = os.environ.get("THROTTLEDETECT_MAX_DECOMPRESSED", "").strip()
 MAX_DECOMPRESSED = int(_MAX_DECOMPRESSED_RAW) if _MAX_DECOMPRESSED_RAW.isdigit() else 16 << 30
@@ -150,6 +154,30 @@ def _finish(out: bytearray, warns: list[ReadWarning], path: str, kind: str, cons
     return bytes(out), warns
 
 
+class _PcapArrays:
+    """The index and column arrays the compiled pcap reader fills, and how they grow."""
+
+    def __init__(self, size: int, prefix_len: int):
+        self.rec_off, self.caplen, self.wirelen, self.ts = _index_arrays(size)
+        self.lt = np.empty(size, dtype=np.uint16)
+        self.status = np.zeros(size, dtype=np.uint8)
+        self.table = PacketTable.empty(size, prefix_len)
+        self.prefix_len = prefix_len
+
+    def args(self):
+        t = self.table
+        return (self.rec_off, self.caplen, self.wirelen, self.ts, self.lt, self.status, t.l3, t.proto, t.src_hi,
+                t.src_lo, t.dst_hi, t.dst_lo, t.sport, t.dport, t.ttl, t.ip_id, t.frag, t.tcp_seq, t.tcp_ack,
+                t.tcp_flags, t.tcp_win, t.l4_off, t.payload_off, t.payload_len, t.payload_wirelen, t.prefix,
+                t.tunnel)
+
+    def grown(self, size: int, count: int) -> "_PcapArrays":
+        new = _PcapArrays(size, self.prefix_len)
+        for old_a, new_a in zip(self.args(), new.args()):
+            new_a[:count] = old_a[:count]
+        return new
+
+
 def _index_arrays(bound: int):
     return (np.empty(bound, dtype=np.int64), np.empty(bound, dtype=np.uint32),
             np.empty(bound, dtype=np.uint32), np.empty(bound, dtype=np.int64))
@@ -187,33 +215,44 @@ def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
         order = "big" if swap else "little"
         snaplen = int.from_bytes(bytes(buf[16:20]), order)
         linktype = int.from_bytes(bytes(buf[20:24]), order) & 0xFFFF  # upper 16 bits: FCS length, reserved (libpcap LT_LINKTYPE)
-        # One pass: arrays sized for the most records the file could hold. np.empty/np.zeros leave
-        # the untouched tail unbacked by memory, so the bound costs address space, not RAM.
-        bound = max(0, (n - 24) // 16)
-        rec_off, caplen, wirelen, ts = _index_arrays(bound)
-        lt = np.empty(bound, dtype=np.uint16)
-        table = PacketTable.empty(bound, prefix_len)
-        status = np.zeros(bound, dtype=np.uint8)
-        count, nwarn = blocks.read_pcap_records(
-            buf, swap, nano, snaplen, linktype, blocks.BLOCK, prefix_len, rec_off, caplen, wirelen, ts, lt, status,
-            table.l3, table.proto, table.src_hi, table.src_lo, table.dst_hi, table.dst_lo, table.sport, table.dport,
-            table.ttl, table.ip_id, table.frag, table.tcp_seq, table.tcp_ack, table.tcp_flags, table.tcp_win,
-            table.l4_off, table.payload_off, table.payload_len, table.payload_wirelen, table.prefix, table.tunnel,
-            warn)
-        table = table.take(slice(0, count))
-        status = status[:count]
-        rec_off, caplen, wirelen, ts, lt = rec_off[:count], caplen[:count], wirelen[:count], ts[:count], lt[:count]
+        # One compiled pass; arrays start at a typical record density and double when the file
+        # holds more (a damaged or hostile file cannot make us reserve memory for records it lacks).
+        most = max(0, (n - 24) // 16)
+        size = min(most, MAX_RECORDS, max(1 << 16, (n - 24) // 256))
+        arrays = _PcapArrays(size, prefix_len)
+        o, count, nwarn, last_s = 24, 0, 0, -1
+        while True:
+            o, count, nwarn, last_s, done = blocks.read_pcap_records(
+                buf, swap, nano, snaplen, linktype, blocks.BLOCK, prefix_len, o, count, nwarn, last_s, size,
+                *arrays.args(), warn)
+            if done:
+                break
+            if size >= MAX_RECORDS:
+                warns.append(ReadWarning(int(o), f"record limit reached ({MAX_RECORDS} packets, "
+                                                 "THROTTLEDETECT_MAX_RECORDS); the rest of the file is ignored"))
+                break
+            size = min(MAX_RECORDS, max(size * 2, 1))
+            arrays = arrays.grown(size, count)
+        table, status = arrays.table.take(slice(0, count)), arrays.status[:count]
+        rec_off, caplen, wirelen = arrays.rec_off[:count], arrays.caplen[:count], arrays.wirelen[:count]
+        ts, lt = arrays.ts[:count], arrays.lt[:count]
         iface = np.zeros(count, dtype=np.uint16)
         linktypes = [linktype]
         decoded = True
     elif head == PCAPNG_SHB_MAGIC:
         fmt = "pcapng"
+        # Two passes (count, then fill): exact arrays, whatever the block sizes.
         iface_lt = np.zeros(framing.MAX_IFACES, dtype=np.int32)
-        bound = max(0, n // 16)   # the smallest packet block (simple, empty) is 16 bytes
-        rec_off, caplen, wirelen, ts = _index_arrays(bound)
-        iface = np.empty(bound, dtype=np.uint16)
+        none64, none32, none16 = np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint16)
+        count, _, _ = framing.walk_pcapng(buf, False, none64, none32, none32, none64, none16, iface_lt, warn)
+        if count > MAX_RECORDS:
+            warns.append(ReadWarning(0, f"record limit reached ({MAX_RECORDS} of {count} packets, "
+                                        "THROTTLEDETECT_MAX_RECORDS); the rest of the file is ignored"))
+            count = MAX_RECORDS
+        rec_off, caplen, wirelen, ts = _index_arrays(count)
+        iface = np.empty(count, dtype=np.uint16)
+        warn[:] = 0
         count, nwarn, nif = framing.walk_pcapng(buf, True, rec_off, caplen, wirelen, ts, iface, iface_lt, warn)
-        rec_off, caplen, wirelen, ts, iface = rec_off[:count], caplen[:count], wirelen[:count], ts[:count], iface[:count]
         lt = iface_lt[iface].astype(np.uint16)
         linktypes = sorted(set(int(x) for x in iface_lt[:nif]))
         decoded = False

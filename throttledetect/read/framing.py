@@ -315,6 +315,9 @@ def walk_pcapng(buf, fill, out_off, out_caplen, out_wirelen, out_ts, out_iface, 
                     nopt += 1
             else:
                 nwarn = _warn(warn, nwarn, o, W_TOO_MANY_IFACES, gid)
+        elif (btype == PCAPNG_EPB or btype == PCAPNG_PB or btype == PCAPNG_SPB) and fill \
+                and count >= out_off.shape[0]:
+            break   # the arrays are full (record limit): never write past them
         elif btype == PCAPNG_EPB or btype == PCAPNG_PB:
             if btype == PCAPNG_EPB:
                 lid = _u32(buf, body, swap)

@@ -5,7 +5,7 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed-stamp
 SAMPLE   ?= captures/call_policed.pcap
 
-.PHONY: venv demo test test-fast bench tools clean fuzz
+.PHONY: venv demo test test-fast bench tools clean fuzz validate
 FUZZ_SECONDS ?= 60
 
 $(STAMP): setup.cfg pyproject.toml
@@ -39,6 +39,10 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The detectors against known truth: simulator scenarios over the corpus call traces (docs/validation.md).
+validate: venv
+	$(BIN)/throttledetect validate $(VALIDATE_ARGS)
 
 # Coverage-guided fuzzing of the reader, the parsers and flows+classification (atheris, installed on
 # demand: it needs no place in the test environment). Crashes land in fuzz/crashes/.

@@ -219,6 +219,7 @@ COMMAND_MODULES = [
     "throttledetect.commands.capture",
     "throttledetect.commands.simulate",
     "throttledetect.commands.train",
+    "throttledetect.commands.validate",
 ]
 
 

@@ -148,16 +148,17 @@ def _in_nets(hi: np.ndarray, lo: np.ndarray, nets) -> np.ndarray:
     return out
 
 
-_EMPTY = -1
+# Slot layout of the flow table: one 64-byte row per 5-tuple, so a probe touches one cache line.
+_LH, _LL, _HH, _HL, _PK, _FLOW, _LAST, _AISLO = range(8)
+_M1 = 0x9E3779B97F4A7C15
+_M2 = 0xBF58476D1CE4E5B9
+_M3 = 0x94D049BB133111EB
 
 
 @njit
-def _slot_hash(lh, ll, lp, hh, hl, hp, pr):
-    h = np.uint64(0x2545F4914F6CDD1D)
-    for v in (lh, ll, np.uint64(lp), hh, hl, np.uint64(hp), np.uint64(pr)):
-        h = (h ^ v) * np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(29)
-    return h
+def _slot_hash(lh, ll, hh, hl, pk):
+    h = (ll * np.uint64(_M1)) ^ (hl * np.uint64(_M2)) ^ ((lh ^ (hh << np.uint64(1)) ^ pk) * np.uint64(_M3))
+    return h ^ (h >> np.uint64(31))
 
 
 @njit
@@ -168,58 +169,51 @@ def _assign(rows, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ts_ns, ti
     Returns (number of flows, first row of each flow) and fills flow_of/dir_of per row.
     """
     cap = 1 << 12
-    key_lh = np.zeros(cap, np.uint64)
-    key_ll = np.zeros(cap, np.uint64)
-    key_hh = np.zeros(cap, np.uint64)
-    key_hl = np.zeros(cap, np.uint64)
-    key_p = np.zeros(cap, np.int64)       # lo port | hi port << 16 | proto << 32
-    slot_flow = np.full(cap, _EMPTY, np.int64)
+    table = np.zeros((cap, 8), np.uint64)       # _FLOW holds flow id + 1 (0: empty slot)
     fcap = 1 << 12
-    last_ts = np.empty(fcap, np.int64)
-    a_is_lo = np.empty(fcap, np.bool_)
     first_row = np.empty(fcap, np.int64)
     nflows = 0
     used = 0
     for k in range(rows.shape[0]):
         r = rows[k]
-        sh, sl, sp = src_hi[r], src_lo[r], np.int64(sport[r])
-        dh, dl, dp = dst_hi[r], dst_lo[r], np.int64(dport[r])
+        sh, sl, sp = src_hi[r], src_lo[r], np.uint64(sport[r])
+        dh, dl, dp = dst_hi[r], dst_lo[r], np.uint64(dport[r])
         swap = sh > dh or (sh == dh and (sl > dl or (sl == dl and sp > dp)))
         if swap:
             lh, ll, lp, hh, hl, hp = dh, dl, dp, sh, sl, sp
         else:
             lh, ll, lp, hh, hl, hp = sh, sl, sp, dh, dl, dp
-        pk = lp | (hp << 16) | (np.int64(proto[r]) << 32)
+        pk = lp | (hp << np.uint64(16)) | (np.uint64(proto[r]) << np.uint64(32))
         mask = cap - 1
-        j = np.int64(_slot_hash(lh, ll, lp, hh, hl, hp, proto[r]) & np.uint64(mask))
-        while slot_flow[j] != _EMPTY and not (key_p[j] == pk and key_ll[j] == ll and key_hl[j] == hl
-                                              and key_lh[j] == lh and key_hh[j] == hh):
+        j = np.int64(_slot_hash(lh, ll, hh, hl, pk) & np.uint64(mask))
+        while table[j, _FLOW] != 0 and not (table[j, _PK] == pk and table[j, _LL] == ll and table[j, _HL] == hl
+                                             and table[j, _LH] == lh and table[j, _HH] == hh):
             j = (j + 1) & mask
-        f = slot_flow[j]
         t = ts_ns[r]
-        if f == _EMPTY or t - last_ts[f] > timeout_ns:
-            if f == _EMPTY:
-                key_lh[j], key_ll[j], key_hh[j], key_hl[j], key_p[j] = lh, ll, hh, hl, pk
+        fresh = table[j, _FLOW] == 0
+        if fresh or t - np.int64(table[j, _LAST]) > timeout_ns:
+            if fresh:
+                table[j, _LH] = lh
+                table[j, _LL] = ll
+                table[j, _HH] = hh
+                table[j, _HL] = hl
+                table[j, _PK] = pk
                 used += 1
             if nflows == fcap:
                 fcap *= 2
-                last_ts = _grow(last_ts, fcap)
-                a_is_lo = _grow(a_is_lo, fcap)
                 first_row = _grow(first_row, fcap)
-            f = nflows
+            first_row[nflows] = r
             nflows += 1
-            slot_flow[j] = f
-            a_is_lo[f] = not swap
-            first_row[f] = r
-            last_ts[f] = t
-        elif t > last_ts[f]:
-            last_ts[f] = t
-        flow_of[r] = f
-        dir_of[r] = 0 if a_is_lo[f] == (not swap) else 1
+            table[j, _FLOW] = np.uint64(nflows)
+            table[j, _AISLO] = np.uint64(0 if swap else 1)
+            table[j, _LAST] = np.uint64(t)
+        elif t > np.int64(table[j, _LAST]):
+            table[j, _LAST] = np.uint64(t)
+        flow_of[r] = np.int64(table[j, _FLOW]) - 1
+        dir_of[r] = 0 if (table[j, _AISLO] == 1) == (not swap) else 1
         if used * 2 > cap:
             cap *= 2
-            key_lh, key_ll, key_hh, key_hl, key_p, slot_flow = _rehash(
-                key_lh, key_ll, key_hh, key_hl, key_p, slot_flow, cap)
+            table = _rehash(table, cap)
     return nflows, first_row[:nflows]
 
 
@@ -231,24 +225,18 @@ def _grow(a, n):
 
 
 @njit
-def _rehash(key_lh, key_ll, key_hh, key_hl, key_p, slot_flow, cap):
-    n_lh = np.zeros(cap, np.uint64)
-    n_ll = np.zeros(cap, np.uint64)
-    n_hh = np.zeros(cap, np.uint64)
-    n_hl = np.zeros(cap, np.uint64)
-    n_p = np.zeros(cap, np.int64)
-    n_f = np.full(cap, _EMPTY, np.int64)
+def _rehash(table, cap):
+    new = np.zeros((cap, 8), np.uint64)
     mask = cap - 1
-    for i in range(slot_flow.shape[0]):
-        if slot_flow[i] == _EMPTY:
+    for i in range(table.shape[0]):
+        if table[i, _FLOW] == 0:
             continue
-        pk = key_p[i]
-        j = np.int64(_slot_hash(key_lh[i], key_ll[i], pk & 0xFFFF, key_hh[i], key_hl[i], (pk >> 16) & 0xFFFF,
-                                pk >> 32) & np.uint64(mask))
-        while n_f[j] != _EMPTY:
+        j = np.int64(_slot_hash(table[i, _LH], table[i, _LL], table[i, _HH], table[i, _HL], table[i, _PK])
+                     & np.uint64(mask))
+        while new[j, _FLOW] != 0:
             j = (j + 1) & mask
-        n_lh[j], n_ll[j], n_hh[j], n_hl[j], n_p[j], n_f[j] = key_lh[i], key_ll[i], key_hh[i], key_hl[i], pk, slot_flow[i]
-    return n_lh, n_ll, n_hh, n_hl, n_p, n_f
+        new[j, :] = table[i, :]
+    return new
 
 
 @njit

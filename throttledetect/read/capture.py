@@ -15,6 +15,7 @@ from throttledetect.read.table import PacketTable
 
 DEFAULT_PREFIX = 48
 _DECOMPRESS_CHUNK = 1 << 16
+_POPULATE_MAX = 8 << 30
 # Packets read from one file at most: about 200 bytes of columns each, so 50 million is ~10 GB.
 # Bounds the memory a decompression bomb of tiny records can claim.
 _MAX_RECORDS_RAW = os.environ.get("THROTTLEDETECT_MAX_RECORDS", "").strip()
@@ -93,7 +94,11 @@ def _open_bytes(path: str) -> tuple[np.ndarray, str, list[ReadWarning], object]:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return np.zeros(0, dtype=np.uint8), "", [], None
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # MAP_POPULATE maps the (page-cached) file in one go instead of one fault per 4 kB page:
+        # measured 0.40 s steady against 0.38-1.36 s for a 740 MB capture. Not for files that may
+        # exceed memory, where eager population would only thrash.
+        populate = getattr(mmap, "MAP_POPULATE", 0) if size <= _POPULATE_MAX else 0
+        mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
         return np.frombuffer(mm, dtype=np.uint8), "", [], mm
 
 

@@ -22,7 +22,7 @@ _MAX_RECORDS_RAW = os.environ.get("THROTTLEDETECT_MAX_RECORDS", "").strip()
 MAX_RECORDS = int(_MAX_RECORDS_RAW) if _MAX_RECORDS_RAW.isdigit() and int(_MAX_RECORDS_RAW) > 0 else 50_000_000
 # A compressed file may not expand without bound (a "zip bomb" must not eat the machine).
 _MAX_DECOMPRESSED_RAW = os.environ.get("THROTTLEDETECT_MAX_DECOMPRESSED", "").strip()
-MAX_DECOMPRESSED = int(_MAX_DECOMPRESSED_RAW) if _MAX_DECOMPRESSED_RAW.isdigit() else 16 << 30
+MAX_DECOMPRESSED = int(_MAX_DECOMPRESSED_RAW) if _MAX_DECOMPRESSED_RAW.isdigit() else 4 << 30
 
 PCAP_MAGICS = {
     # magic as read little-endian -> (swap to big-endian?, nanosecond?)

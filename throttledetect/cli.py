@@ -37,9 +37,10 @@ def _classified(results):
     return [(cap, ft, classify(cap, ft)) for cap, ft in results]
 
 
-def _read_all(files, idle_timeout, local):
-    """Read each file; a file with nothing readable is reported and skipped, not fatal to others."""
-    results, failed = [], 0
+def _read_each(files):
+    """Read each file, reporting its warnings; a file with nothing readable is reported and
+    skipped, not fatal to the others. Returns (captures, number of files that failed)."""
+    caps, failed = [], 0
     for path in files:
         try:
             cap = read_capture(path)
@@ -52,8 +53,13 @@ def _read_all(files, idle_timeout, local):
         skipped = cap.skipped_summary()
         if skipped:
             click.echo(f"throttledetect: note: {path}: not decoded: {skipped}", err=True)
-        results.append((cap, build_flows(cap, idle_timeout=idle_timeout, local_nets=local)))
-    return results, failed
+        caps.append(cap)
+    return caps, failed
+
+
+def _read_all(files, idle_timeout, local):
+    caps, failed = _read_each(files)
+    return [(cap, build_flows(cap, idle_timeout=idle_timeout, local_nets=local)) for cap in caps], failed
 
 
 def _emit(text: str, output) -> None:
@@ -171,22 +177,10 @@ def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol."""
     from throttledetect import pipeline
     from throttledetect.classify.labels import APP_CHAT, is_call
-    analyses, failed = [], 0
-    for path in files:
-        try:
-            cap = read_capture(path)
-        except CaptureError as e:
-            click.echo(f"throttledetect: error: {e}", err=True)
-            failed += 1
-            continue
-        for w in cap.warnings:
-            click.echo(f"throttledetect: warning: {path}: {w}", err=True)
-        skipped = cap.skipped_summary()
-        if skipped:
-            click.echo(f"throttledetect: note: {path}: not decoded: {skipped}", err=True)
-        analyses.append(pipeline.analyze_capture(cap, idle_timeout=idle_timeout, local_nets=_parse_local(local),
-                                                 with_metrics=pipeline.HAVE_METRICS,
-                                                 with_detection=pipeline.HAVE_DETECTORS, bin_s=bin_s, alpha=alpha))
+    caps, failed = _read_each(files)
+    analyses = [pipeline.analyze_capture(cap, idle_timeout=idle_timeout, local_nets=_parse_local(local),
+                                         with_metrics=pipeline.HAVE_METRICS, with_detection=pipeline.HAVE_DETECTORS,
+                                         bin_s=bin_s, alpha=alpha) for cap in caps]
     doc = pipeline.to_document(analyses)
     if fmt == "json":
         _emit(json.dumps(doc, indent=2) + "\n", output)

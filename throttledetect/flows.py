@@ -309,3 +309,25 @@ def build_flows(source: Capture | PacketTable, *, idle_timeout: float | None = D
         a_local=_in_nets(a_hi, a_lo, nets), b_local=_in_nets(b_hi, b_lo, nets),
         idle_timeout=float("inf") if idle_timeout is None else float(idle_timeout),
     )
+
+
+def local_side_is_a(ft: FlowTable) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow: is side "a" the capturing host's side, and was that decided by address ranges?
+
+    Address ranges (private, CGNAT, link-local, or --local) decide when exactly one side is local;
+    otherwise the endpoint address seen in more flows of the capture is taken as the host (side
+    "a" on a tie). The simulator and the detectors share this rule, so that a simulated
+    "to-local" impairment lands in the direction the detectors examine.
+    """
+    n = len(ft)
+    a_loc = np.asarray(ft.a_local, dtype=bool)
+    b_loc = np.asarray(ft.b_local, dtype=bool)
+    by_ranges = a_loc != b_loc
+    is_a = a_loc.copy()
+    if n and not by_ranges.all():
+        addrs = np.stack([np.concatenate([ft.a_hi, ft.b_hi]), np.concatenate([ft.a_lo, ft.b_lo])], axis=1)
+        _, inv, counts = np.unique(addrs, axis=0, return_inverse=True, return_counts=True)
+        inv = inv.ravel()
+        ca, cb = counts[inv[:n]], counts[inv[n:]]
+        is_a = np.where(by_ranges, a_loc, ca >= cb)
+    return is_a, by_ranges

@@ -61,6 +61,7 @@ import numpy as np
 
 from throttledetect import __version__
 from throttledetect.jit import JIT_ENABLED, njit
+from throttledetect.flows import local_side_is_a  # noqa: F401 - part of this module's API
 from throttledetect.read import Capture, read_capture
 from throttledetect.write import pcap_header, pcap_records, write_rows
 
@@ -321,26 +322,6 @@ def _gilbert_elliott(u, p_gb, p_bg, rise, drain, qmax, bad, queue):
 
 
 # --------------------------------------------------------------------------- selection
-
-def local_side_is_a(ft) -> tuple[np.ndarray, np.ndarray]:
-    """Per flow: is side "a" the capturing host's side, and was that decided by address ranges?
-
-    Address ranges decide when exactly one side is local; otherwise the endpoint address that
-    appears in more flows of the capture is taken as the host (side "a" on a tie).
-    """
-    n = len(ft)
-    a_loc = np.asarray(ft.a_local, dtype=bool)
-    b_loc = np.asarray(ft.b_local, dtype=bool)
-    by_ranges = a_loc != b_loc
-    is_a = a_loc.copy()
-    if n and not by_ranges.all():
-        addrs = np.stack([np.concatenate([ft.a_hi, ft.b_hi]), np.concatenate([ft.a_lo, ft.b_lo])], axis=1)
-        _, inv, counts = np.unique(addrs, axis=0, return_inverse=True, return_counts=True)
-        inv = inv.ravel()
-        ca, cb = counts[inv[:n]], counts[inv[n:]]
-        is_a = np.where(by_ranges, a_loc, ca >= cb)
-    return is_a, by_ranges
-
 
 def select_flows(ft, cl, select) -> np.ndarray:
     """Flow ids chosen by a selector: "calls", "all", a label or comma-separated labels, comma-

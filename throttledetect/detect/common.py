@@ -27,6 +27,8 @@ from functools import cached_property
 
 import numpy as np
 
+from throttledetect.flows import local_side_is_a as flows_local_side_is_a
+
 from throttledetect.metrics.rtp import (DYNAMIC_PT_FIRST, SEQ_MOD, TS_MOD, clock_rate_for, estimate_clock_rate,
                                         unwrap)
 
@@ -44,24 +46,8 @@ def dir_name(d: int) -> str:
 
 
 def local_side_is_a(ft) -> np.ndarray:
-    """Per flow: is side "a" the capturing host's side?
-
-    Address ranges decide when exactly one side is local; otherwise the endpoint address seen in
-    more flows of the capture is taken as the host (side "a" on a tie) — the same rule as
-    throttledetect.simulate, so that simulated "to-local" impairments land where we look.
-    """
-    n = len(ft)
-    a_loc = np.asarray(ft.a_local, dtype=bool)
-    b_loc = np.asarray(ft.b_local, dtype=bool)
-    by_ranges = a_loc != b_loc
-    is_a = a_loc.copy()
-    if n and not by_ranges.all():
-        addrs = np.stack([np.concatenate([ft.a_hi, ft.b_hi]), np.concatenate([ft.a_lo, ft.b_lo])], axis=1)
-        _, inv, counts = np.unique(addrs, axis=0, return_inverse=True, return_counts=True)
-        inv = inv.ravel()
-        ca, cb = counts[inv[:n]], counts[inv[n:]]
-        is_a = np.where(by_ranges, a_loc, ca >= cb)
-    return is_a
+    """Per flow: is side "a" the capturing host's side? (throttledetect.flows.local_side_is_a)"""
+    return flows_local_side_is_a(ft)[0]
 
 
 # ---------------------------------------------------------------------------------------- arrays

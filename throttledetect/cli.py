@@ -179,7 +179,6 @@ def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
     from throttledetect.classify.labels import APP_CHAT, is_call
     caps, failed = _read_each(files)
     analyses = [pipeline.analyze_capture(cap, idle_timeout=idle_timeout, local_nets=_parse_local(local),
-                                         with_metrics=pipeline.HAVE_METRICS, with_detection=pipeline.HAVE_DETECTORS,
                                          bin_s=bin_s, alpha=alpha) for cap in caps]
     doc = pipeline.to_document(analyses)
     if fmt == "json":
@@ -201,8 +200,6 @@ def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
             parts.append("Call flows and the apps' chat flows:\n"
                          + table(["id", "a", "b", "protocol", "pkts", "dur s", "verdict", "why this label"],
                                  call_rows, max_width=60))
-        if not pipeline.HAVE_DETECTORS:
-            parts.append("(throttling detectors are not installed in this build: no verdicts)")
         _emit("\n\n".join(parts) + "\n", output)
     if not analyses and failed:
         sys.exit(EXIT_NOTHING_READABLE)

@@ -7,20 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from throttledetect.classify import Classification, classify
+from throttledetect.detect import run_detectors
 from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S, FlowTable, build_flows
+from throttledetect.metrics.flow import compute_flow_metrics, flow_metrics_json
 from throttledetect.read import Capture, read_capture
 from throttledetect.report import document
-
-try:  # the metrics and detection stages land separately; the pipeline runs without them
-    from throttledetect.metrics.flow import compute_flow_metrics, flow_metrics_json
-    HAVE_METRICS = True
-except ImportError:
-    HAVE_METRICS = False
-try:
-    from throttledetect.detect import run_detectors
-    HAVE_DETECTORS = True
-except ImportError:
-    HAVE_DETECTORS = False
 
 
 @dataclass

@@ -60,9 +60,10 @@ from typing import Union
 import numpy as np
 
 from throttledetect import __version__
-from throttledetect.jit import JIT_ENABLED, njit
+from throttledetect.jit import njit
 from throttledetect.flows import local_side_is_a  # noqa: F401 - part of this module's API
 from throttledetect.read import Capture, read_capture
+from throttledetect.report.jsonout import json_default
 from throttledetect.write import pcap_header, pcap_records, write_rows
 
 SCHEMA = "throttledetect-simulate-truth/1"
@@ -606,16 +607,6 @@ def _transport(ft, f: int) -> str:
     return transport_name(ft.proto[f])
 
 
-def _json_default(x):
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
-
-
 def truth_path(out_path) -> str:
     """OUT -> OUT.truth.json (the sidecar beside the simulated capture)."""
     return os.fspath(out_path) + TRUTH_SUFFIX
@@ -629,7 +620,7 @@ def write(result: SimulationResult, cap: Capture, out_path) -> dict:
     truth["output"] = {"path": out_path, "sha256": _sha256_file(out_path), "packets": int(len(result.rows)),
                        "truth": truth_path(out_path)}
     with open(truth_path(out_path), "w", encoding="utf-8") as f:
-        json.dump(truth, f, indent=1, default=_json_default)
+        json.dump(truth, f, indent=1, default=json_default)
         f.write("\n")
     result.truth = truth
     return truth

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from throttledetect.classify.evidence import CaptureEvidence, FlowEvidence
-from throttledetect.classify.labels import CALL_OF_CHAT, CHAT_OF_CALL, is_call
+from throttledetect.classify.labels import CALL_OF_CHAT, is_call
 from throttledetect.classify.tables import AddressTable, PortTable
 from throttledetect.flows import FlowTable
 from throttledetect.read.table import halves_to_address

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from throttledetect.report.jsonout import json_default
+
 QUICK_SEEDS = 2
 QUICK_CONFOUNDER_SEEDS = 2
 DEFAULT_SEEDS = 40               # per impairment scenario and trace (full matrix ~20 min on 2 cores)
@@ -102,16 +104,5 @@ def command(corpus, quick, seeds, confounder_seeds, jobs, seconds, traces, scena
         markdown.write_text(text + footer + "\n", encoding="utf-8")
     if out:
         with open(out, "w", encoding="utf-8") as f:
-            json.dump(v.to_json(result, scored, meta), f, indent=1, default=_default)
+            json.dump(v.to_json(result, scored, meta), f, indent=1, default=json_default)
             f.write("\n")
-
-
-def _default(x):
-    import numpy as np
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")

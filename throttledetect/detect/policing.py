@@ -436,7 +436,6 @@ def tcp_direction_trace(cap, ft, flow_index: int, direction: str) -> TcpDirectio
     _parse_tcp_options(buf, np.where(ok, l4, -1), hdr_end, mss_opt, ts_opt, sack_s_raw, sack_e_raw, nsack)
 
     syn = (flags & 0x02) != 0
-    fin = (flags & 0x01) != 0
     # Sequence base: the sender's SYN, else its first segment.
     fwd_rows = np.flatnonzero(fwd)
     if fwd_rows.size == 0:

@@ -226,7 +226,6 @@ def measure(client_pcap: str, server_pcap: str | None, truth: dict) -> dict:
     """Measured loss, delay and rate per flow and direction (sender capture matched with receiver's)."""
     cp = read_pcap(client_pcap)
     sp = read_pcap(server_pcap) if server_pcap and os.path.exists(server_pcap) else None
-    client_ip = truth["topology"]["client_ip"]
     onset = truth.get("onset_epoch") or truth["call_start_epoch"]
     end = truth["call_start_epoch"] + truth["seconds"]
     res = {"capture_packets": len(cp), "capture_bytes": os.path.getsize(client_pcap),

@@ -54,8 +54,8 @@ RATE_AGREEMENT = 0.10      # rates of several flows are "common" when max/min - 
 
 
 def _policing(ctx: DetectContext, i: int) -> list[Detection]:
-    """Adapter to detect/policing.py: RTP streams through detect_policing_rtp (direction arriving
-    here); TCP through the SIGCOMM'16 detector on the direction that carries the data (at a
+    """Adapter to detect/policing.py: RTP streams through detect_policing_flow (direction arriving
+    here, every stream of it against one bucket); TCP through the SIGCOMM'16 detector on the direction that carries the data (at a
     server the losses show as retransmissions of what it sends, at a client as holes)."""
     from throttledetect.detect import policing
     if hasattr(policing, "detect"):
@@ -63,7 +63,7 @@ def _policing(ctx: DetectContext, i: int) -> list[Detection]:
     out = []
     for d in ctx.inbound(i):
         if ctx.rtp(i, d):
-            out.append(policing.detect_policing_rtp(ctx.cap, ctx.ft, i, dir_name(d), cl=ctx.cl, alpha=ctx.alpha))
+            out.append(policing.detect_policing_flow(ctx, i, d))
         elif int(ctx.ft.proto[i]) == 6:
             data = [int(ctx.packets(i, k).payload.sum()) for k in (0, 1)]
             k = int(np.argmax(data))

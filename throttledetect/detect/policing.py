@@ -1040,8 +1040,12 @@ class MediaPolicingParams:
     n_bursts: int = 40                        # burst grid, log-spaced from min_burst_bytes up
     min_burst_bytes: float = 1500.0           # no policer holds less than one MTU (or the largest packet)
     size_neighbours: int = 10                 # a lost packet counts as the largest of this many received on each side
-    max_median_seq_step: float = 2.0          # beyond this the "sequence" is not one stream's (or not RTP)
+    max_median_seq_step: float = 8.0          # beyond this (over ~90 % missing) the "sequence" is not one stream's
     max_seq_gap: int = 1000                   # a longer run of missing numbers is a jump, not loss
+    rate_tolerance: float = 0.01              # rates this close to the best fit's violations are as plausible
+    rate_identifiable_width: float = 0.10     # a plausible range wider than this (hi / lo - 1): rate not identifiable
+    onset_fit_gain: float = 0.5               # a fit from a loss onset replaces the whole-stream fit when it
+    #                                           leaves at most this share of the latter's violations after the onset
 
 
 MEDIA_PARAMS = MediaPolicingParams()
@@ -1136,16 +1140,24 @@ def _interp_missing(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _lost_packet_times(arrival: np.ndarray, frame_end: np.ndarray | None = None) -> np.ndarray:
+def _lost_packet_times(arrival: np.ndarray, frame_end: np.ndarray | None = None,
+                       send: np.ndarray | None = None) -> np.ndarray:
     """Times of the missing packets (NaN) of a stream in sequence order.
 
-    A sender spaces consecutive packets as it usually does: 20 ms for paced audio, back to back
-    within a video frame. So a run of missing packets follows the last received one at the
-    stream's usual spacing (the median arrival gap of consecutive sequence numbers), and never
-    comes after the next received packet. For evenly paced audio this is linear interpolation;
-    for video it keeps a frame's lost tail with the frame instead of between frames. When the
-    last received packet ended a frame (``frame_end``: the RTP marker bit of video), the run
-    belongs to the next frame and precedes the next received packet at that spacing instead.
+    A run of missing packets lies between the last received packet before it and the next one
+    after it. Audio (no ``frame_end``): the run follows the last received packet at the
+    stream's median arrival gap of consecutive sequence numbers. Not the packet time of the
+    RTP clock: arrivals bunch on the path (a median gap of 15 ms for 20 ms packets is common),
+    and a policer drops exactly the packets that came close behind others, so nominal spacing
+    would place losses late, where the bucket had refilled.
+    Video (``frame_end``: the RTP marker bit): after a packet that did not end its frame, the
+    lost packets are the frame's tail, sent back to back with it: they follow it at the
+    stream's spacing within frames (the median arrival gap of consecutive received packets
+    with one timestamp, from ``send``), not at the next frame's time. After a frame's end, the
+    run starts new frames: with send times (``send``: RTP timestamps over the clock rate,
+    interpolated over the missing sequence numbers) in proportion of the send times between the
+    received neighbours (frames lost whole at their frame times), else before the next
+    received packet at the median gap. Never after the next received packet.
     """
     a = np.asarray(arrival, dtype=np.float64)
     got = np.isfinite(a)
@@ -1153,29 +1165,42 @@ def _lost_packet_times(arrival: np.ndarray, frame_end: np.ndarray | None = None)
         return a.copy()
     idx = np.arange(a.size)
     pair = got[1:] & got[:-1]
+    if send is not None:
+        snd = np.asarray(send, dtype=np.float64)
+        same = pair & (snd[1:] == snd[:-1])
+        if np.count_nonzero(same) >= 10:
+            pair = same
     gaps = np.diff(a)[pair]
-    gap = float(np.median(gaps)) if gaps.size else 0.0
-    gap = max(gap, 0.0)
+    gap = max(float(np.median(gaps)) if gaps.size else 0.0, 0.0)
     prev = np.maximum.accumulate(np.where(got, idx, -1))
     nxt = np.minimum.accumulate(np.where(got, idx, a.size)[::-1])[::-1]
     out = a.copy()
     miss = ~got
     has_prev = miss & (prev >= 0)
     has_next = miss & (nxt < a.size)
+    only_next = miss & ~has_prev
     est = np.full(a.size, np.nan)
     pi = np.maximum(prev, 0)
     ni = np.minimum(nxt, a.size - 1)
+    fe = np.asarray(frame_end, dtype=bool) if frame_end is not None else None
     est[has_prev] = a[pi[has_prev]] + (idx - prev)[has_prev] * gap
+    if send is not None and fe is not None:
+        by_clock = has_prev & fe[pi]
+        est[by_clock] = a[pi[by_clock]] + np.maximum(snd[by_clock] - snd[pi[by_clock]], 0.0)
+        # Between two received packets: in proportion of the send times, so that the jitter of
+        # either neighbour does not carry over whole.
+        span = np.where(by_clock & has_next, snd[ni] - snd[pi], 0.0)
+        mid = by_clock & has_next & (span > 0)
+        frac = (snd[mid] - snd[pi[mid]]) / span[mid]
+        est[mid] = a[pi[mid]] + np.clip(frac, 0.0, 1.0) * (a[ni[mid]] - a[pi[mid]])
+        est[only_next] = a[ni[only_next]] - np.maximum(snd[ni[only_next]] - snd[only_next], 0.0)
+    else:
+        est[only_next] = a[ni[only_next]] - (nxt - idx)[only_next] * gap
+        if fe is not None:
+            after_end = has_prev & has_next & fe[pi]
+            est[after_end] = np.maximum(a[ni[after_end]] - (nxt - idx)[after_end] * gap, a[pi[after_end]])
     both = has_prev & has_next
     est[both] = np.minimum(est[both], a[ni[both]])
-    only_next = miss & ~has_prev
-    if frame_end is not None:
-        fe = np.asarray(frame_end, dtype=bool)
-        only_next |= both & fe[pi]
-    est[only_next] = a[ni[only_next]] - (nxt - idx)[only_next] * gap
-    if frame_end is not None:
-        late = only_next & has_prev
-        est[late] = np.maximum(est[late], a[pi[late]])
     out[miss] = est[miss]
     return out
 
@@ -1204,30 +1229,68 @@ def fit_policer(arrival_s, sizes, lost_mask, *, send_s=None, frame_end=None,
     0.75u, and <= 20 % of losses right after a one-way delay >= the median and > 20 ms above
     the stream's least delay (a queue: shaping or congestion, not a policer).
     """
+    t, size, lost, delay = stream_units(arrival_s, sizes, lost_mask, send_s=send_s, frame_end=frame_end,
+                                        params=params)
+    return fit_token_bucket(t, size, lost, delay, params=params)
+
+
+def stream_units(arrival_s, sizes, lost_mask, *, send_s=None, frame_end=None,
+                 params: MediaPolicingParams = MEDIA_PARAMS):
+    """One stream's packets in sequence order -> (t, size, lost, delay) as the bucket sees them.
+
+    Lost packets get a time (``_lost_packet_times``) and a size (the largest received packet
+    among ``size_neighbours`` on each side: the policer dropped it because the bucket held less
+    than its size, and its neighbours bound that size). ``delay``: one-way delay (arrival minus
+    send time) above the stream's least, seconds, NaN where lost; None without send times.
+    """
     p = params
     lost = np.asarray(lost_mask, dtype=bool)
-    n = lost.size
     arrival = np.asarray(arrival_s, dtype=np.float64)
     size_in = np.asarray(sizes, dtype=np.float64)
     known = np.isfinite(size_in)
-    # A lost packet's size is unknown: the policer dropped it because the bucket held less than
-    # its size, and the largest nearby packet bounds that size. Passed packets take their own.
     local_max = maximum_filter1d(np.where(known & ~lost, size_in, 0.0), size=2 * p.size_neighbours + 1)
     size = np.where(known, size_in, np.where(lost, local_max, np.nan))
     size = _interp_missing(size)
+    if int((~lost).sum()) < 1:
+        return arrival.copy(), size, lost, None
+    t = _lost_packet_times(np.where(lost, np.nan, arrival), frame_end, send_s)
+    delay = None
+    if send_s is not None:
+        delay = np.where(lost, np.nan, arrival - np.asarray(send_s, dtype=np.float64))
+        if np.isfinite(delay).any():
+            delay = delay - np.nanmin(delay)
+    return t, size, lost, delay
+
+
+def fit_token_bucket(t, size, lost, delay=None, *, stratum=None,
+                     params: MediaPolicingParams = MEDIA_PARAMS) -> PolicerFit:
+    """``fit_policer``'s fit and test on packets already placed in time (``stream_units``), of one
+    stream or of several merged (what a policer meters: every packet of the flow). ``delay``:
+    seconds above each stream's least, NaN where unknown (lost packets, packets without RTP).
+
+    ``stratum`` (an integer per packet, e.g. its stream) makes the comparison of fills at
+    losses and passes within strata (stratified score test, van Elteren's rank-biserial, the
+    lower-fill check on fills centred per stratum): a 150-byte audio packet passes with a fill
+    that would drop a 1200-byte video packet, so pooled fills would compare packet sizes, not
+    bucket states. Under H0 the loss is independent of the fill within each stratum too."""
+    p = params
+    t = np.asarray(t, dtype=np.float64)
+    size = np.asarray(size, dtype=np.float64)
+    lost = np.asarray(lost, dtype=bool)
+    stratum = np.zeros(lost.size, np.int64) if stratum is None else np.asarray(stratum, dtype=np.int64)
+    delay = None if delay is None else np.asarray(delay, dtype=np.float64)
+    n = lost.size
     n_lost, n_pass = int(lost.sum()), int((~lost).sum())
     checks: dict = {}
     details: dict = {"packets": n, "lost_packets": n_lost, "loss_rate": n_lost / n if n else float("nan")}
     if n_pass < 2:
         return PolicerFit(None, None, None, None, None, checks, details, reason="fewer than 2 received packets")
-    t = _lost_packet_times(np.where(lost, np.nan, arrival), frame_end)
-    delay = None
-    if send_s is not None:
-        delay = _interp_missing(np.where(lost, np.nan, arrival - np.asarray(send_s, dtype=np.float64)))
+    if delay is not None and np.count_nonzero(np.isfinite(delay) & ~lost) < 2:
+        delay = None
     if not np.all(np.diff(t) >= 0):
-        # Reordering on the path: the bucket sees packets in time order.
+        # Reordering on the path, or several streams: the bucket sees packets in time order.
         o = np.argsort(t, kind="stable")
-        t, size, lost = t[o], size[o], lost[o]
+        t, size, lost, stratum = t[o], size[o], lost[o], stratum[o]
         delay = delay[o] if delay is not None else None
     checks["enough_samples"] = bool(n_lost >= p.min_num_samples and n_pass >= p.min_num_samples)
     if n_lost < 2:
@@ -1238,7 +1301,7 @@ def fit_policer(arrival_s, sizes, lost_mask, *, send_s=None, frame_end=None,
 
     # Timing slack: how far a packet's time at the policer may be from the one used here.
     if delay is not None:
-        rel = delay[~lost]
+        rel = delay[~lost & np.isfinite(delay)]
         spread = float(np.percentile(rel, 90) - np.percentile(rel, 10))
     else:
         gaps = np.diff(t[~lost])
@@ -1272,19 +1335,39 @@ def fit_policer(arrival_s, sizes, lost_mask, *, send_s=None, frame_end=None,
         # unlike counts it has no plateaus, so the optimum is one point.
         hinge = 0.5 * (out[:, :, 2] / max(n_lost, 1) + out[:, :, 3] / max(n_pass, 1)) / mean_size
         a, b = np.unravel_index(int(np.argmin(hinge)), hinge.shape)
-        return a, b, be, out
-    a, b, be, _ = search(rates)
+        return a, b, be, out, hinge
+    a, b, be, _, hinge1 = search(rates)
     fine = rates[a] * np.exp(np.arange(-20, 21) * np.log1p(p.rate_step / 10.0))
-    a2, b2, be2, out2 = search(fine)
+    a2, b2, be2, out2, hinge2 = search(fine)
     n_grid = rates.size * bursts.size + fine.size * bursts.size
     rate, burst = float(fine[a2]), float(bursts[b2])
+    # How closely the data pin the rate down: every rate whose best burst leaves violations
+    # within rate_tolerance of the optimum's (in mean packets per packet) explains them as well.
+    # A bucket that refills to its depth between a video stream's frame bursts passes the same
+    # packets at any rate above depth / frame interval: the data then bound the rate from below only.
+    profile = hinge1.min(axis=1)
+    best = float(hinge2[a2, b2])
+    ok = profile <= best + p.rate_tolerance
+    lo_r, hi_r = (float(rates[ok].min()), float(rates[ok].max())) if ok.any() else (rate, rate)
+    lo_r, hi_r = min(lo_r, rate), max(hi_r, rate)
+    details.update({"violation": best, "rate_range_bps": [lo_r * 8.0, hi_r * 8.0],
+                    "rate_range_open_above": bool(ok[-1]), "rate_range_open_below": bool(ok[0]),
+                    "rate_identifiable": bool(hi_r / lo_r - 1.0 <= p.rate_identifiable_width
+                                              and not ok[-1] and not ok[0])})
     margin = np.empty(t.size)
     _bucket_margins(t, size, lost, rate, burst, margin)
     fill = margin + size                       # tokens in the bucket when the packet came
     # Samples from the first loss on, as the paper's (before it the bucket only drains).
-    tail_lost = lost[first:]
+    tail_lost, tail_fill, tail_k = lost[first:], fill[first:], stratum[first:]
     ml, mp = margin[first:][tail_lost], margin[first:][~tail_lost]
-    fl, fp = fill[first:][tail_lost], fill[first:][~tail_lost]
+    strata = [(tail_fill[tail_k == k], tail_lost[tail_k == k]) for k in np.unique(tail_k).tolist()]
+    # Fills centred on the passes' median of their stratum, for the lower-fill check.
+    centred = tail_fill.copy()
+    for k in np.unique(tail_k).tolist():
+        m = tail_k == k
+        if (m & ~tail_lost).any():
+            centred[m] -= np.median(tail_fill[m & ~tail_lost])
+    fl, fp = centred[tail_lost], centred[~tail_lost]
     tol_loss = rate * tol_s * p.loss_slack_multiplier
     tol_pass = rate * tol_s * p.pass_slack_multiplier
     details.update({"balanced_error": float(be2[a2, b2]), "grid_points": int(n_grid),
@@ -1307,12 +1390,13 @@ def fit_policer(arrival_s, sizes, lost_mask, *, send_s=None, frame_end=None,
 
     if delay is not None:
         # One-way delay above the stream's base (its least-delayed packet) just before each loss.
-        excess_ms = (delay - np.min(delay[~lost])) * 1e3
-        recv = np.flatnonzero(~lost)
+        excess_ms = delay * 1e3
+        known_d = ~lost & np.isfinite(delay)
+        recv = np.flatnonzero(known_d)
         prev = np.searchsorted(recv, loss_idx, side="left") - 1
         has_prev = prev >= 0
         d_prev = np.where(has_prev, excess_ms[recv[np.maximum(prev, 0)]], 0.0)
-        med = float(np.median(excess_ms[~lost]))
+        med = float(np.median(excess_ms[known_d]))
         inflated = has_prev & (d_prev >= med) & (d_prev > p.inflated_delay_ms)
         share = float(inflated.mean())
         details.update({"inflated_delay_share": share, "median_excess_delay_ms": med,
@@ -1320,9 +1404,9 @@ def fit_policer(arrival_s, sizes, lost_mask, *, send_s=None, frame_end=None,
                             float(np.median(d_prev[has_prev])) if has_prev.any() else None})
         checks["no_inflated_delay"] = share <= p.inflated_delay_tolerance
 
-    test = rank_test([(fl, fp)])
+    test = rank_test([(f[lo], f[~lo]) for f, lo in strata])
     # From the first loss on, as the paper's samples (before it the bucket only drains).
-    seq = fill_score_test([(fill[first:], lost[first:])])
+    seq = fill_score_test(strata)
     if seq is None:
         return PolicerFit(rate * 8.0, burst, None, None, test.effect, checks, details,
                           reason="too few packets after the first ones to test")
@@ -1396,11 +1480,22 @@ def _detection_from_fit(fit: PolicerFit, direction: str, alpha: float, extra: di
                                    "packets lost"))
     loss_pct = 100.0 * fit.details.get("loss_rate", 0.0)
     if decision == "detected":
-        evidence = (f"{loss_pct:.1f} % of packets lost, each when a token bucket of {_fmt_rate(fit.rate_bps)} and "
+        rng_ = fit.details.get("rate_range_bps")
+        if rng_ and not fit.details.get("rate_identifiable", True):
+            if fit.details.get("rate_range_open_above"):
+                est["rate_note"] = (f"any rate of {_fmt_rate(rng_[0])} or more fits as well: the bucket refills to "
+                                    "its depth between the stream's bursts, so the data bound the rate from below only")
+            else:
+                est["rate_note"] = (f"rates from {_fmt_rate(rng_[0])} to {_fmt_rate(rng_[1])} fit about as well; "
+                                    f"{_fmt_rate(fit.rate_bps)} fits best")
+        when = f" from {extra['onset_s']:.1f} s" if extra.get("onset_s") is not None else ""
+        evidence = (f"{loss_pct:.1f} % of packets lost{when}, each when a token bucket of {_fmt_rate(fit.rate_bps)} and "
                     f"{fit.burst_bytes:.0f} B ran dry "
                     f"({100 * (1 - fit.details['loss_out_of_range_share']):.0f} % of losses, "
                     f"{100 * (1 - fit.details['pass_out_of_range_share']):.0f} % of passes fit), without one-way delay "
                     f"growth before them (p={fit.pvalue:.2g}, rank-biserial {fit.effect:.2f})")
+        if est.get("rate_note"):
+            evidence += "; " + est["rate_note"]
         reason = "" if "no_inflated_delay" in fit.checks else \
             "no sender timestamps: queueing (shaping) before losses could not be ruled out"
     else:
@@ -1520,3 +1615,137 @@ def detect_policing_rtp(cap, ft, flow_index: int, direction: str, *, cl=None, ss
     return _rtp_detection(arr, size, lost, send, mark if video else None, direction, alpha, params,
                           {"ssrc": ssrc, "payload_types": [pt] if pt is not None else [int(x) for x in pts],
                            "clock_rate": clock, "ssrcs_in_direction": int(ssrcs.size)})
+
+
+def _longest_run(lost: np.ndarray, max_gap: int) -> slice | None:
+    """The longest stretch of sequence numbers between jumps of more than ``max_gap`` (a restart
+    or a new stream, not loss); None when there is no jump."""
+    recv = np.flatnonzero(~lost)
+    cut = np.flatnonzero(np.diff(recv) > max_gap)
+    if not cut.size:
+        return None
+    bounds = np.concatenate([[0], cut + 1, [recv.size]])
+    k = int(np.argmax(np.diff(bounds)))
+    return slice(int(recv[bounds[k]]), int(recv[bounds[k + 1] - 1]) + 1)
+
+
+def _stream_parts(s, params: MediaPolicingParams):
+    """One RTP stream (common.RtpArrays) -> list of (t, size, lost, delay, info) parts: the stream
+    itself, or one part per payload type when the app numbers each payload type apart (the merged
+    sequence then advances by more than max_median_seq_step per packet). Parts that still do
+    not read as one sequence are left out (their packets count as passes)."""
+    def part(sel):
+        arr, size, lost, send, clock, mark = rtp_loss_arrays(s.t[sel], s.seq[sel], s.ts[sel], s.size[sel],
+                                                             clock_rate=s.clock, marker=s.marker[sel])
+        if lost.size < 2:
+            return None
+        run = _longest_run(lost, params.max_seq_gap)
+        if run is not None:
+            arr, size, lost, mark = arr[run], size[run], lost[run], mark[run]
+            send = send[run] if send is not None else None
+        steps = np.diff(np.flatnonzero(~lost))
+        if steps.size and np.median(steps) > params.max_median_seq_step:
+            return None
+        video = (clock or 0) >= 90000        # video marks the last packet of a frame; audio a talkspurt start
+        t, sz, lo, dl = stream_units(arr, size, lost, send_s=send, frame_end=mark if video else None, params=params)
+        return t, sz, lo, dl, {"ssrc": int(s.ssrc), "clock_rate": clock, "packets": int(lo.size),
+                               "lost": int(lo.sum()), "jumped": run is not None}
+    whole = part(np.ones(s.n, dtype=bool))
+    if whole is not None:
+        return [whole]
+    out = []
+    for pt in np.unique(s.pt).tolist():
+        sel = s.pt == pt
+        if np.count_nonzero(sel) >= 3:
+            got = part(sel)
+            if got is not None:
+                got[4]["payload_type"] = int(pt)
+                out.append(got)
+    return out
+
+
+def detect_policing_flow(ctx, i: int, d: int, *, params: MediaPolicingParams = MEDIA_PARAMS) -> Detection:
+    """Is one arriving direction of a media flow policed? Every RTP stream of the direction
+    together, plus its other packets.
+
+    A policer meters a flow (or a host's traffic), not an RTP stream: the audio, video and
+    retransmission streams bundled on one 5-tuple (WebRTC, Teams, Zoom) draw on one bucket, so
+    a fit to one stream sees only its share of the tokens and misplaces the drops (a video
+    burst empties the bucket; the audio packet after it is the one lost). Here each stream's
+    lost packets are placed in time and sized from its own sequence (``stream_units``), then all
+    streams are merged in time order with the direction's packets that carry no RTP (RTCP,
+    STUN: they took tokens too) as passes, and ``fit_token_bucket`` fits and tests one bucket.
+    H0, test, effect and checks as in ``fit_policer`` (the one-way delay per stream, above its
+    own least). Clock rates: the static payload type's, else common.robust_clock_rate.
+    """
+    from throttledetect.detect.common import dir_name
+    direction = dir_name(d)
+    streams = [s for s in ctx.rtp(i, d) if s.n >= 3]
+    if not streams:
+        return Detection.inconclusive(KIND, direction, "no RTP packets in this direction")
+    parts, infos = [], []
+    for s in streams:
+        for t, sz, lo, dl, info in _stream_parts(s, params):
+            parts.append((t, sz, lo, dl if dl is not None else np.full(lo.size, np.nan)))
+            infos.append(info)
+    if not parts:
+        return Detection.inconclusive(KIND, direction, "the RTP sequence numbers do not read as streams (several "
+                                      "sources interleaved, or not RTP)", ssrcs_in_direction=len(streams))
+    pk = ctx.packets(i, d)
+    used = np.concatenate([s.rows for s in streams])
+    other = ~np.isin(pk.rows, used)
+    t = np.concatenate([p[0] for p in parts] + [pk.t[other]])
+    size = np.concatenate([p[1] for p in parts] + [pk.size[other]])
+    lost = np.concatenate([p[2] for p in parts] + [np.zeros(int(other.sum()), bool)])
+    delay = np.concatenate([p[3] for p in parts] + [np.full(int(other.sum()), np.nan)])
+    stratum = np.concatenate([np.full(p[2].size, k) for k, p in enumerate(parts)]
+                             + [np.full(int(other.sum()), len(parts))])
+    o = np.argsort(t, kind="stable")
+    t, size, lost, delay, stratum = t[o], size[o], lost[o], delay[o], stratum[o]
+    if not np.isfinite(delay).any():
+        delay = None
+    fit = fit_token_bucket(t, size, lost, delay, stratum=stratum, params=params)
+    extra = {"ssrcs": [x["ssrc"] for x in infos], "streams": infos, "ssrcs_in_direction": len(streams),
+             "non_rtp_packets": int(other.sum())}
+    onset = _policer_onset(ctx, i, d, t, size, lost, fit, params)
+    if onset is not None:
+        m = t >= onset
+        fit2 = fit_token_bucket(t[m], size[m], lost[m], None if delay is None else delay[m], stratum=stratum[m],
+                                params=params)
+        if fit2.rate_bps is not None:
+            before = _violation(t, size, lost, fit.rate_bps / 8.0, fit.burst_bytes, m)
+            extra["whole_stream_fit"] = {"rate_bps": fit.rate_bps, "burst_bytes": fit.burst_bytes,
+                                         "violation_after_onset": before}
+            if fit2.details["violation"] <= params.onset_fit_gain * before:
+                fit = fit2
+                extra["onset_s"] = float(onset)
+    main = max(infos, key=lambda x: x["packets"])
+    extra["clock_rate"] = main["clock_rate"]
+    extra["ssrc"] = main["ssrc"]
+    return _detection_from_fit(fit, direction, ctx.alpha, extra)
+
+
+def _violation(t, size, lost, rate, burst, mask) -> float:
+    """fit_token_bucket's objective for one (rate bytes/s, burst) on the packets in ``mask``
+    (the bucket simulated over all packets): bytes of room at losses plus bytes missing at
+    passes, each per packet, in mean packet sizes."""
+    margin = np.empty(t.size)
+    _bucket_margins(t, size, lost, float(rate), float(burst), margin)
+    lm, pm = lost & mask, ~lost & mask
+    hl = float(np.clip(margin[lm], 0.0, None).sum()) / max(int(lm.sum()), 1)
+    hp = float(np.clip(-margin[pm], 0.0, None).sum()) / max(int(pm.sum()), 1)
+    return 0.5 * (hl + hp) / float(size[pm].mean() if pm.any() else 1.0)
+
+
+def _policer_onset(ctx, i, d, t, size, lost, fit, params) -> float | None:
+    """The time a policer was switched on, when the losses start at a change point (onset.loss_onset
+    on the merged packets, p < alpha, the loss before it under a third of the loss after) and the
+    whole-stream fit did not already explain them by a bucket that drained from the start."""
+    from throttledetect.detect.common import LossUnits
+    from throttledetect.detect.onset import loss_onset
+    if fit.rate_bps is None or lost.sum() < params.min_num_samples:
+        return None
+    cp = loss_onset(LossUnits(t=t, lost=lost, size=size, source="rtp"), rng=ctx.rng("police-onset", i, d))
+    if cp is None or cp.pvalue >= ctx.alpha or cp.onset_s is None or not cp.after > 3.0 * cp.before:
+        return None
+    return float(cp.onset_s)

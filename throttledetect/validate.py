@@ -408,7 +408,7 @@ class Scenario:
     def random(self) -> bool:
         return self.kind != "clean"
 
-    def impairment(self, rate_bps: float | None = None):
+    def impairment(self, rate_bps: float | None = None, max_packet: float | None = None):
         from throttledetect import simulate as sim
         if self.kind == "drop":
             return sim.Drop(self.p)
@@ -417,7 +417,9 @@ class Scenario:
             return sim.Police(rate, max(float(sim.MTU_BYTES), rate / 8 * self.burst_s))
         if self.kind == "shape":
             rate = self.factor * rate_bps
-            return sim.Shape(rate, rate / 8 * self.queue_s)
+            # A queue that cannot hold a few of the flow's largest packets queues no video frame:
+            # such a "shaper" drops like a policer and is called one (detect.PRECEDENCE).
+            return sim.Shape(rate, max(3.0 * (max_packet or 0.0), rate / 8 * self.queue_s))
         if self.kind == "block":
             return sim.BlockAfter(self.block_s)
         if self.kind == "congest":
@@ -459,7 +461,8 @@ def describe_scenario(s: Scenario) -> str:
     elif s.kind == "police":
         d = f"token-bucket policer at {s.factor:g} x flow rate, burst max(1500 B, {s.burst_s * 1000:g} ms at the rate)"
     elif s.kind == "shape":
-        d = f"shaper at {s.factor:g} x flow rate, queue {s.queue_s * 1000:g} ms at the rate, bucket 1 MTU"
+        d = (f"shaper at {s.factor:g} x flow rate, queue max({s.queue_s * 1000:g} ms at the rate, 3 of the flow's "
+             f"largest packets), bucket 1 MTU")
     elif s.kind == "block":
         d = f"everything dropped from {s.block_s:g} s after the flow's first packet"
     elif s.kind == "clean":
@@ -528,7 +531,8 @@ def run_trial(trace: str, scenario: str, i: int) -> dict:
             raise ValueError(f"trace {trace} has no target flow")
         target = b.targets[i % len(b.targets)]
         rec["target"] = target
-    imp = sc.impairment(b.rate_bps.get(target) if target is not None else None)
+    imp = sc.impairment(b.rate_bps.get(target) if target is not None else None,
+                        _largest_to_local(b, target) if target is not None else None)
     truth_rate = getattr(imp, "rate_bps", None)
     if sc.kind == "clean":
         cap = b.cap
@@ -581,6 +585,15 @@ def run_trial(trace: str, scenario: str, i: int) -> dict:
     rec["seconds"] = round(time.perf_counter() - t_start, 3)
     rec["cpu_s"] = round(time.process_time() - cpu_start, 3)
     return rec
+
+
+def _largest_to_local(b: BaseTrace, f: int) -> float:
+    """The largest frame (link-layer bytes) of base flow f towards the capture point."""
+    from throttledetect.flows import local_side_is_a
+    rows = b.ft.packet_indices(f)
+    d_in = 1 if local_side_is_a(b.ft)[0][f] else 0
+    rows = rows[b.ft.dir_of[rows] == d_in]
+    return float(b.cap.packets.wirelen[rows].max()) if len(rows) else 0.0
 
 
 def _run_task(task):

@@ -28,10 +28,12 @@ Tests, for one arriving direction of a flow ("target"):
    says selectivity is unconfirmed. The same pattern test backs test 1 when the controls lose at
    most P0_PATH but are too small for Fisher's test to reach alpha (p = twice the smaller).
 4. Independence of the target's losses (``runs``): Wald-Wolfowitz runs test on the lost/received
-   sequence. H0: losses are independent of each other (Bernoulli; gaps between losses are
-   geometric). Few runs -> clustered (bursts: congestion or a policer's bucket); many runs ->
-   regular (a policer on a constant-rate stream drops every k-th packet). Reported, and used to
-   refuse "selective random dropping" when only the flow's own past is there to compare with.
+   sequence of each RTP stream, summed over the streams of the direction. H0: losses are
+   independent of each other (Bernoulli; gaps between losses are geometric). Few runs ->
+   clustered (bursts: congestion or a policer's bucket) when also the mean loss burst is at
+   least MIN_BURST_RATIO times the independent one (``clustered_losses``); many runs -> regular
+   (a policer on a constant-rate stream drops every k-th packet). Reported, and used to refuse
+   "selective random dropping" when only the flow's own past is there to compare with.
 
 Decision: "detected" when test 1 (or, without controls, test 3 with unclustered losses) rejects
 at alpha, no control shares the losses, the effect is at least MIN_LOSS_DIFF with the loss at
@@ -74,6 +76,7 @@ MIN_SHIFT_S = 2.0          # shifts shorter than this could keep real coincidenc
 MIN_SHARED_LOSSES = 5      # each flow needs this many losses before their timing is compared
 MIN_SHARED_SHARE = 0.3     # losses "shared" when coincidences beyond chance are >= 30 % of the target's
 MIN_SHARED_RHO = 0.3       # or the per-bin loss fractions correlate at least this much
+MIN_BURST_RATIO = 1.15     # losses "clustered" when their mean burst is this much longer than independent loss's
 
 
 def detect(ctx: DetectContext, i: int) -> list[Detection]:
@@ -82,24 +85,55 @@ def detect(ctx: DetectContext, i: int) -> list[Detection]:
 
 # ----------------------------------------------------------------------------------------- tests
 
-def runs_test(lost: np.ndarray) -> dict | None:
+def runs_test(lost) -> dict | None:
     """Wald-Wolfowitz runs test. H0: the lost/received indicators are independent (exchangeable).
-    Returns z (negative: fewer runs than expected = clustered), p_clustered (one-sided, few runs),
-    p_regular (one-sided, many runs), mean loss-burst length. None with fewer than 5 losses."""
-    x = np.asarray(lost, dtype=bool)
-    n = len(x)
-    n1 = int(np.count_nonzero(x))
-    n0 = n - n1
-    if n1 < 5 or n0 < 5:
+
+    ``lost``: one boolean array in sending order, or a list of them (one per RTP stream of a
+    direction): then runs, their null means and variances are summed over the streams (each
+    stream's order is its own sequence; merging streams by interpolated times would order lost
+    packets by where they were placed, not where they were sent). Returns z (negative: fewer
+    runs than expected = clustered), p_clustered (one-sided, few runs), p_regular (one-sided,
+    many runs), mean loss-burst length. None with fewer than 5 losses."""
+    parts = [np.asarray(x, dtype=bool) for x in (lost if isinstance(lost, (list, tuple)) else [lost])]
+    runs = mu = var = 0.0
+    n1_all = n_all = starts = 0
+    for x in parts:
+        n = len(x)
+        n1 = int(np.count_nonzero(x))
+        n0 = n - n1
+        n1_all += n1
+        n_all += n
+        starts += int(np.count_nonzero(x & ~np.r_[False, x[:-1]]))
+        if n1 < 1 or n0 < 1 or n < 2:
+            continue
+        runs += 1 + int(np.count_nonzero(x[1:] != x[:-1]))
+        mu += 2.0 * n1 * n0 / n + 1.0
+        var += 2.0 * n1 * n0 * (2.0 * n1 * n0 - n) / (n * n * (n - 1.0))
+    if n1_all < 5 or n_all - n1_all < 5:
         return None
-    runs = 1 + int(np.count_nonzero(x[1:] != x[:-1]))
-    mu = 2.0 * n1 * n0 / n + 1.0
-    var = 2.0 * n1 * n0 * (2.0 * n1 * n0 - n) / (n * n * (n - 1.0))
     z = (runs - mu) / np.sqrt(var) if var > 0 else 0.0
-    starts = np.count_nonzero(x & ~np.r_[False, x[:-1]])
-    return {"runs": runs, "runs_expected": mu, "z": float(z), "p_clustered": float(stats.norm.cdf(z)),
-            "p_regular": float(stats.norm.sf(z)), "mean_burst": n1 / max(starts, 1),
-            "mean_burst_expected": 1.0 / (1.0 - n1 / n)}
+    return {"runs": int(runs), "runs_expected": mu, "z": float(z), "p_clustered": float(stats.norm.cdf(z)),
+            "p_regular": float(stats.norm.sf(z)), "mean_burst": n1_all / max(starts, 1),
+            "mean_burst_expected": 1.0 / (1.0 - n1_all / n_all)}
+
+
+def clustered_losses(runs: dict | None, alpha: float) -> bool:
+    """Losses come in bursts: the runs test rejects independence (p_clustered < alpha) and the
+    mean loss burst is at least MIN_BURST_RATIO times what independent loss gives. The effect
+    floor keeps a chance rejection (alpha of random drops) from passing for congestion, whose
+    bursts are far longer (a Gilbert-Elliott link: 1.3-1.7x, with queueing delay before them)."""
+    return bool(runs is not None and runs["p_clustered"] < alpha
+                and runs["mean_burst"] >= MIN_BURST_RATIO * runs["mean_burst_expected"])
+
+
+def stream_losses(ctx: DetectContext, i: int, d: int, t0: float = -np.inf) -> list:
+    """The lost flags of each RTP stream of a direction in its own sequence order (units expected
+    from t0 on), or the one TCP loss signal: the strata of runs_test."""
+    streams = [s for s in ctx.rtp(i, d) if s.n >= 3]
+    if streams:
+        return [u.lost for u in (s.loss_units().window(t0, np.inf) for s in streams) if u.n]
+    lu = ctx.loss(i, d)
+    return [lu.window(t0, np.inf).lost] if lu is not None else []
 
 
 def coincidence_test(t_target: np.ndarray, t_control: np.ndarray, t0: float, t1: float, *,
@@ -212,7 +246,7 @@ def detect_direction(ctx: DetectContext, i: int, d: int) -> Detection:
                                       loss_rate=target.fraction, expected=target.n)
     t0, t1 = float(target.t[0]), float(target.t[-1])
     est = {"loss_rate": target.fraction, "lost": target.n_lost, "expected": target.n, "loss_source": target.source}
-    runs = runs_test(target.lost)
+    runs = runs_test(stream_losses(ctx, i, d))
     if runs:
         est.update(runs_z=runs["z"], runs_p_clustered=runs["p_clustered"], mean_loss_burst=runs["mean_burst"])
     cp = loss_onset(target, rng=ctx.rng("drop-onset", i, d))
@@ -284,21 +318,24 @@ def detect_direction(ctx: DetectContext, i: int, d: int) -> Detection:
                 detected = False
                 reason = (f"the one-way delay was {queue[1]:.0f} ms higher just before losses ({fmt_p(queue[0])}): a "
                           "queue overflowing (congestion on the call's path, or a shaper), not dropping")
-        if not detected and pval >= ctx.alpha and p_c <= P0_PATH:
-            # the controls lose nothing to speak of but are too small to make the difference
-            # significant: let the pattern of the target's losses speak too (two looks: Bonferroni)
+        if p_c <= P0_PATH and diff >= MIN_LOSS_DIFF and not reason.startswith("the one-way delay"):
+            # The controls lose nothing to speak of, yet may be too small to make the difference
+            # significant on their own: the pattern of the target's losses is a second look
+            # (H0: loss at most a healthy path's), and the two looks share alpha (Bonferroni).
             pattern = _pattern_only(ctx, i, d, target, runs)
             est.update(pattern["estimates"])
-            if pattern["decision"] == "detected":
-                p2 = min(1.0, 2.0 * min(pval, pattern["pvalue"]))
-                if p2 < ctx.alpha:
-                    est["selectivity"] = "controls lose nothing, but are too small to confirm it"
-                    return Detection(kind=KIND, direction=direction, decision="detected", statistic=float(diff),
-                                     pvalue=p2, effect=float(diff), estimates=clean(est),
-                                     evidence=what + f"; more than a healthy path's {P0_PATH:.1%} (binomial "
-                                     f"{fmt_p(pattern['pvalue'])}), losses independent of each other and without "
-                                     "queueing before them: random dropping; the controls are too small to confirm "
-                                     "selectivity")
+            p_pattern = pattern["pvalue"] if pattern["decision"] == "detected" else 1.0
+            p2 = min(1.0, 2.0 * min(pval, p_pattern))
+            est.update(fisher_pvalue=pval, looks=2)
+            if p_pattern < pval and p2 < ctx.alpha:
+                est["selectivity"] = "controls lose nothing, but are too small to confirm it alone"
+                return Detection(kind=KIND, direction=direction, decision="detected", statistic=float(diff),
+                                 pvalue=p2, effect=float(diff), estimates=clean(est),
+                                 evidence=what + f"; more than a healthy path's {P0_PATH:.1%} (binomial "
+                                 f"{fmt_p(pattern['pvalue'])}), losses independent of each other and without "
+                                 "queueing before them: random dropping")
+            pval = p2
+            detected = detected and pval < ctx.alpha
         return Detection(kind=KIND, direction=direction, decision="detected" if detected else "not_detected",
                          statistic=float(diff), pvalue=pval, effect=float(diff), estimates=clean(est),
                          evidence=what + (f"; losses look {_pattern(runs)}" if runs else ""),
@@ -313,8 +350,8 @@ def detect_direction(ctx: DetectContext, i: int, d: int) -> Detection:
         pval = float(stats.fisher_exact(table, alternative="greater").pvalue)
         diff = float(a.mean() - b.mean())
         ratio = float(a.mean() / max(b.mean(), 1.0 / max(len(b), 1)))
-        runs_after = runs_test(a)
-        clustered = runs_after is not None and runs_after["p_clustered"] < ctx.alpha
+        runs_after = runs_test(stream_losses(ctx, i, d, onset.onset_s))
+        clustered = clustered_losses(runs_after, ctx.alpha)
         est.update(loss_ratio=ratio, control="the same flow before the onset")
         what = (f"loss rose from {b.mean():.1%} to {a.mean():.1%} at {onset.onset_s:.1f} s "
                 f"(Fisher {fmt_p(pval)}); no other flow with a loss signal to compare with")
@@ -393,7 +430,7 @@ def _pattern_only(ctx: DetectContext, i: int, d: int, target: LossUnits, runs: d
     p = float(stats.binomtest(target.n_lost, target.n, P0_PATH, alternative="greater").pvalue)
     diff = target.fraction - P0_PATH
     out["estimates"].update(path_loss_pvalue=p, path_loss_assumed=P0_PATH)
-    clustered = runs is not None and runs["p_clustered"] < ctx.alpha
+    clustered = clustered_losses(runs, ctx.alpha)
     queue = _queue_check(ctx, i, d)
     queued = queue is not None and queue[0] < ctx.alpha and queue[1] >= QUEUE_BEFORE_LOSS_MS
     if queue is not None:
@@ -429,7 +466,7 @@ def fisher_note(p: float) -> str:
 
 
 def _pattern(runs: dict) -> str:
-    if runs["p_clustered"] < 0.01:
+    if clustered_losses(runs, 0.01):
         return f"bursty (mean burst {runs['mean_burst']:.1f} packets, runs test p={runs['p_clustered']:.2g})"
     if runs["p_regular"] < 0.01:
         return (f"regular (more alternations than chance, runs test p={runs['p_regular']:.2g}), "

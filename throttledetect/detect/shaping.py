@@ -17,7 +17,9 @@ A. Spacing (``spacing_test``): for consecutive received media frames (a frame = 
    per-pair error difference, one-sided (scipy.stats.wilcoxon). For frames of one size the
    models coincide and the test is on the stretch k instead (H0: arrivals not spaced wider than
    sent). C is the cap (rate_bps). Effect: the share of the offered rate held back,
-   1 - C / offered, offered = (received + lost bytes) per second of RTP media time.
+   1 - C / offered, offered = (received + lost bytes) per second of RTP media time. Streams
+   bundled on one 5-tuple share the queue: the bytes between two frames and the offered load
+   are those of every packet of the direction (frame_pairs' ``fifo``).
 B. Delay (``delay``): relative one-way delay (arrival minus RTP media time) in bins; the best
    split for an increase (onset.change_point, rank statistic, permutation p-value). H0: no
    change of level of the delay (exchangeable bins). Reported: delay increase in ms, onset.
@@ -94,7 +96,7 @@ def detect(ctx: DetectContext, i: int) -> list[Detection]:
 
 # ------------------------------------------------------------------------------------------ RTP
 
-def frame_pairs(s: RtpArrays, t0: float | None = None, t1: float | None = None):
+def frame_pairs(s: RtpArrays, t0: float | None = None, t1: float | None = None, fifo: DirPackets | None = None):
     """Consecutive received media frames (in sender order) whose later one completed in [t0, t1).
 
     A frame is the received packets sharing one RTP timestamp (a video frame; an audio packet).
@@ -102,7 +104,12 @@ def frame_pairs(s: RtpArrays, t0: float | None = None, t1: float | None = None):
     step / clock, bytes received of the later frame). Frames with lost packets count with the
     bytes that arrived: a FIFO releases what it holds, so the spacing is set by those bytes.
     Pairs whose sender spacing is over twice the median (a DTX pause, a frame the encoder
-    skipped) are left out: a queue drains in the pause, so they say nothing about a cap."""
+    skipped) are left out: a queue drains in the pause, so they say nothing about a cap.
+
+    ``fifo``: every packet of the direction (common.DirPackets). Streams bundled on one 5-tuple
+    (audio, video, retransmissions, RTCP) share the shaper's queue, so what it released between
+    two frames of this stream is all the bytes that arrived in between, not the frame's own:
+    the bytes returned are then those."""
     o = np.lexsort((s.seq, s.ts))
     seq, ts, t, size = s.seq[o], s.ts[o], s.t[o], s.size[o]
     keep = np.r_[True, seq[1:] != seq[:-1]]            # duplicates once
@@ -111,6 +118,12 @@ def frame_pairs(s: RtpArrays, t0: float | None = None, t1: float | None = None):
     f_ts = ts[starts]
     f_t = np.maximum.reduceat(t, starts)                # complete when its last packet is in
     f_bytes = np.add.reduceat(size, starts)
+    if fifo is not None and fifo.n:
+        o2 = np.argsort(fifo.t, kind="stable")
+        ft_, cum = fifo.t[o2], np.concatenate(([0.0], np.cumsum(fifo.size[o2])))
+        upto = cum[np.searchsorted(ft_, f_t, side="right")]
+        between = np.diff(upto)
+        f_bytes = np.r_[f_bytes[0], np.where(between > 0, between, f_bytes[1:])]
     dt = np.diff(f_t)
     dts = np.diff(f_ts) / float(s.clock)
     at = f_t[1:]
@@ -228,7 +241,7 @@ def _rtp_stream(ctx: DetectContext, i: int, d: int, s: RtpArrays) -> Detection:
 
     # A. spacing, over the backlogged period (after the delay rose, else the whole stream)
     onset = rise.onset_s if rise is not None else None
-    at, dt, dts, fbytes = frame_pairs(s, onset)
+    at, dt, dts, fbytes = frame_pairs(s, onset, fifo=ctx.packets(i, d))
     if len(dt) < MIN_PAIRS:
         return Detection.inconclusive(KIND, direction, f"too few consecutive media frames ({len(dt)}, need "
                                       f"{MIN_PAIRS}) to compare arrival and sender spacing", **clean(est))
@@ -254,7 +267,16 @@ def _rtp_stream(ctx: DetectContext, i: int, d: int, s: RtpArrays) -> Detection:
     tail_loss = lu.fraction if lu.n else 0.0
     win = s.t >= window_t0
     media_s = float((s.ts[win].max() - s.ts[win].min()) / s.clock) if win.sum() > 1 else 0.0
-    offered = float((s.size[win].sum() + lu.n_lost * np.mean(s.size[win])) * 8 / media_s) if media_s > 0 else None
+    # the shaper's queue holds every stream of the direction: the offered load is theirs together
+    fifo = ctx.packets(i, d)
+    t_end = float(s.t[-1]) + 1e-9
+    recv_bytes = float(fifo.size[(fifo.t >= window_t0) & (fifo.t < t_end)].sum())
+    lost_bytes = 0.0
+    for other in ctx.rtp(i, d):
+        if other.n >= 3:
+            ou = other.loss_units().window(window_t0, t_end)
+            lost_bytes += float(ou.size[ou.lost].sum())
+    offered = float((recv_bytes + lost_bytes) * 8 / media_s) if media_s > 0 else None
     held_back = 1.0 - rate / offered if offered else 0.0
     est.update(spacing_test=sp["test"], stretch=sp["stretch"], spacing_pvalue=p_spacing,
                queue_fit_share=sp["queue_fit_share"], queue_model_error=sp["queue_error"],

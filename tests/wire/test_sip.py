@@ -133,9 +133,10 @@ def test_never_raises(data):
 @given(st.text(max_size=300))
 def test_sdp_never_raises_on_text(text):
     sdp = sip.parse_sdp("v=0\n" + text)
-    assert sdp is not None
-    for media in sdp.media:
-        media.payload_types, media.rtpmap(0)
+    # None is a valid answer (a malformed m= line voids the description, see test_rejects)
+    if sdp is not None:
+        for media in sdp.media:
+            media.payload_types, media.rtpmap(0)
 
 
 @given(st.sampled_from(sorted(sip.METHODS)), st.integers(1, 2**31 - 1),

@@ -164,7 +164,8 @@ class DetectionReport:
         detected through a shared queue, all onsets within a second), the sum of their rates."""
         dets = [d for i in flows if self.verdict(i) == kind
                 for d in self.detected(i, kind) if d.estimates.get("rate_bps")]
-        rates = [float(d.estimates["rate_bps"]) for d in dets]
+        # a policer fitted to the call flows from one host together: their shared cap
+        rates = [float(d.estimates.get("host_pair_rate_bps") or d.estimates["rate_bps"]) for d in dets]
         if not rates:
             return None
         if max(rates) / min(rates) - 1.0 <= RATE_AGREEMENT:

@@ -319,6 +319,19 @@ def detect_flow(ctx: DetectContext, i: int, d: int) -> Detection:
             why.append("inbound traffic lasts as long as the outbound")
         if si is None and p_in.n >= MIN_ACTIVE_PACKETS:
             why.append("no outbound packets to compare with")
+            # A one-way stream (a receive-only leg, an announcement) that stops long before the
+            # capture does: a block and a hang-up look the same from here, but the stop is worth a look.
+            rest = float(ctx.t_end - p_in.t[-1])
+            dur = float(p_in.t[-1] - p_in.t[0])
+            if rest >= MIN_SILENCE_S and dur > 0:
+                lam = (p_in.n - 1) / dur
+                p_stop = float(np.exp(-lam * rest))
+                est.update(inbound_last_s=float(p_in.t[-1]), capture_goes_on_s=rest, silence_poisson_p=p_stop)
+                if p_stop < ctx.alpha:
+                    est["suspect"] = True
+                    why[-1] = (f"inbound media stops at {p_in.t[-1]:.1f} s, {rest:.0f} s before the capture ends, "
+                               "and this host sends nothing in the call to tell a hang-up from a block (one-way "
+                               "stream)")
         if st is not None and "stun_pvalue" not in st:
             why.append(f"{st['stun_transactions']} STUN transaction(s) only")
         if p_in.n >= MIN_ACTIVE_PACKETS and si is not None and si.get("silence_s", 0) < MIN_SILENCE_S:

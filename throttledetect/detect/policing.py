@@ -1390,14 +1390,26 @@ def fit_token_bucket(t, size, lost, delay=None, *, stratum=None,
 
     if delay is not None:
         # One-way delay above the stream's base (its least-delayed packet) just before each loss.
+        # Within each stratum (stream): another stream's packet just before a loss says nothing
+        # about the queue this stream's packets waited in.
         excess_ms = delay * 1e3
         known_d = ~lost & np.isfinite(delay)
-        recv = np.flatnonzero(known_d)
-        prev = np.searchsorted(recv, loss_idx, side="left") - 1
-        has_prev = prev >= 0
-        d_prev = np.where(has_prev, excess_ms[recv[np.maximum(prev, 0)]], 0.0)
+        has_prev = np.zeros(loss_idx.size, bool)
+        d_prev = np.zeros(loss_idx.size)
+        above_med = np.zeros(loss_idx.size, bool)
+        loss_k = stratum[loss_idx]
+        for k in np.unique(loss_k).tolist():
+            recv = np.flatnonzero(known_d & (stratum == k))
+            sel = np.flatnonzero(loss_k == k)
+            if recv.size == 0:
+                continue
+            prev = np.searchsorted(recv, loss_idx[sel], side="left") - 1
+            ok = prev >= 0
+            has_prev[sel] = ok
+            d_prev[sel] = np.where(ok, excess_ms[recv[np.maximum(prev, 0)]], 0.0)
+            above_med[sel] = d_prev[sel] >= float(np.median(excess_ms[recv]))
         med = float(np.median(excess_ms[known_d]))
-        inflated = has_prev & (d_prev >= med) & (d_prev > p.inflated_delay_ms)
+        inflated = has_prev & above_med & (d_prev > p.inflated_delay_ms)
         share = float(inflated.mean())
         details.update({"inflated_delay_share": share, "median_excess_delay_ms": med,
                         "excess_delay_before_losses_ms":
@@ -1664,50 +1676,48 @@ def _stream_parts(s, params: MediaPolicingParams):
     return out
 
 
-def detect_policing_flow(ctx, i: int, d: int, *, params: MediaPolicingParams = MEDIA_PARAMS) -> Detection:
-    """Is one arriving direction of a media flow policed? Every RTP stream of the direction
-    together, plus its other packets.
-
-    A policer meters a flow (or a host's traffic), not an RTP stream: the audio, video and
-    retransmission streams bundled on one 5-tuple (WebRTC, Teams, Zoom) draw on one bucket, so
-    a fit to one stream sees only its share of the tokens and misplaces the drops (a video
-    burst empties the bucket; the audio packet after it is the one lost). Here each stream's
-    lost packets are placed in time and sized from its own sequence (``stream_units``), then all
-    streams are merged in time order with the direction's packets that carry no RTP (RTCP,
-    STUN: they took tokens too) as passes, and ``fit_token_bucket`` fits and tests one bucket.
-    H0, test, effect and checks as in ``fit_policer`` (the one-way delay per stream, above its
-    own least). Clock rates: the static payload type's, else common.robust_clock_rate.
-    """
-    from throttledetect.detect.common import dir_name
-    direction = dir_name(d)
+def direction_units(ctx, i: int, d: int, params: MediaPolicingParams = MEDIA_PARAMS):
+    """Every packet of one arriving direction of flow i as the bucket sees it, lost RTP packets
+    included: (t, size, lost, delay, stratum, infos, non-RTP packets), time-ordered; None without
+    RTP streams, a reason string when their sequence numbers do not read as streams. Strata:
+    one per stream part, one for the packets without RTP (see detect_policing_flow)."""
+    key = ("police-units", i, d)
+    if key in ctx._cache:
+        return ctx._cache[key]
     streams = [s for s in ctx.rtp(i, d) if s.n >= 3]
-    if not streams:
-        return Detection.inconclusive(KIND, direction, "no RTP packets in this direction")
-    parts, infos = [], []
-    for s in streams:
-        for t, sz, lo, dl, info in _stream_parts(s, params):
-            parts.append((t, sz, lo, dl if dl is not None else np.full(lo.size, np.nan)))
-            infos.append(info)
-    if not parts:
-        return Detection.inconclusive(KIND, direction, "the RTP sequence numbers do not read as streams (several "
-                                      "sources interleaved, or not RTP)", ssrcs_in_direction=len(streams))
-    pk = ctx.packets(i, d)
-    used = np.concatenate([s.rows for s in streams])
-    other = ~np.isin(pk.rows, used)
-    t = np.concatenate([p[0] for p in parts] + [pk.t[other]])
-    size = np.concatenate([p[1] for p in parts] + [pk.size[other]])
-    lost = np.concatenate([p[2] for p in parts] + [np.zeros(int(other.sum()), bool)])
-    delay = np.concatenate([p[3] for p in parts] + [np.full(int(other.sum()), np.nan)])
-    stratum = np.concatenate([np.full(p[2].size, k) for k, p in enumerate(parts)]
-                             + [np.full(int(other.sum()), len(parts))])
-    o = np.argsort(t, kind="stable")
-    t, size, lost, delay, stratum = t[o], size[o], lost[o], delay[o], stratum[o]
-    if not np.isfinite(delay).any():
-        delay = None
+    out = None
+    if streams:
+        parts, infos = [], []
+        for s in streams:
+            for t, sz, lo, dl, info in _stream_parts(s, params):
+                parts.append((t, sz, lo, dl if dl is not None else np.full(lo.size, np.nan)))
+                infos.append(info)
+        if not parts:
+            out = "the RTP sequence numbers do not read as streams (several sources interleaved, or not RTP)"
+        else:
+            pk = ctx.packets(i, d)
+            used = np.concatenate([s.rows for s in streams])
+            other = ~np.isin(pk.rows, used)
+            n_other = int(other.sum())
+            t = np.concatenate([p[0] for p in parts] + [pk.t[other]])
+            size = np.concatenate([p[1] for p in parts] + [pk.size[other]])
+            lost = np.concatenate([p[2] for p in parts] + [np.zeros(n_other, bool)])
+            delay = np.concatenate([p[3] for p in parts] + [np.full(n_other, np.nan)])
+            stratum = np.concatenate([np.full(p[2].size, k) for k, p in enumerate(parts)]
+                                     + [np.full(n_other, len(parts))])
+            o = np.argsort(t, kind="stable")
+            out = (t[o], size[o], lost[o], delay[o], stratum[o], infos, n_other)
+    ctx._cache[key] = out
+    return out
+
+
+def _fit_with_onset(ctx, key, t, size, lost, delay, stratum, params):
+    """fit_token_bucket over the packets, replaced by a fit from the loss onset when that one
+    leaves at most onset_fit_gain of the whole fit's violations after the onset. Returns (fit, extra)."""
+    delay = delay if delay is not None and np.isfinite(delay).any() else None
     fit = fit_token_bucket(t, size, lost, delay, stratum=stratum, params=params)
-    extra = {"ssrcs": [x["ssrc"] for x in infos], "streams": infos, "ssrcs_in_direction": len(streams),
-             "non_rtp_packets": int(other.sum())}
-    onset = _policer_onset(ctx, i, d, t, size, lost, fit, params)
+    extra: dict = {}
+    onset = _policer_onset(ctx, key, t, size, lost, fit, params)
     if onset is not None:
         m = t >= onset
         fit2 = fit_token_bucket(t[m], size[m], lost[m], None if delay is None else delay[m], stratum=stratum[m],
@@ -1719,10 +1729,120 @@ def detect_policing_flow(ctx, i: int, d: int, *, params: MediaPolicingParams = M
             if fit2.details["violation"] <= params.onset_fit_gain * before:
                 fit = fit2
                 extra["onset_s"] = float(onset)
+    return fit, extra
+
+
+def host_pair_group(ctx, i: int) -> list:
+    """The call flows that arrive from flow i's remote host while flow i is active (i included):
+    what one policer on the path between the two hosts meters together (audio and video on
+    separate 5-tuples, a call's several relays' ports)."""
+    a = ctx._flow_arrays
+    same = (a["r_hi"] == a["r_hi"][i]) & (a["r_lo"] == a["r_lo"][i]) & a["call"]
+    same &= (a["end"] > a["start"][i]) & (a["start"] < a["end"][i]) & (a["proto"] == a["proto"][i])
+    same[i] = True
+    return np.flatnonzero(same).tolist()
+
+
+def detect_policing_flow(ctx, i: int, d: int, *, params: MediaPolicingParams = MEDIA_PARAMS) -> Detection:
+    """Is one arriving direction of a media flow policed? Every RTP stream of the direction
+    together, plus its other packets; then, if that does not show a policer, every call flow
+    from the same remote host together.
+
+    A policer meters a flow (or a host's traffic), not an RTP stream: the audio, video and
+    retransmission streams bundled on one 5-tuple (WebRTC, Teams, Zoom) draw on one bucket, so
+    a fit to one stream sees only its share of the tokens and misplaces the drops (a video
+    burst empties the bucket; the audio packet after it is the one lost). Here each stream's
+    lost packets are placed in time and sized from its own sequence (``stream_units``), then all
+    streams are merged in time order with the direction's packets that carry no RTP (RTCP,
+    STUN: they took tokens too) as passes, and ``fit_token_bucket`` fits and tests one bucket.
+    H0, test, effect and checks as in ``fit_policer`` (the one-way delay per stream, above its
+    own least). Clock rates: the static payload type's, else common.robust_clock_rate.
+
+    Second scope (as detect_policing_tcp's host pair): a policer on the access link meters the
+    call's audio and video flows as one aggregate, and each flow alone shows only its share of
+    the tokens. When the flow's own fit is not a detection and other call flows arrive from the
+    same remote host (``host_pair_group``), their packets are merged and fitted as one bucket;
+    the two looks share alpha (the aggregate's p-value is doubled). A detection in that scope
+    needs the flow itself to have lost at least min_num_samples packets, and reports the
+    aggregate's rate (estimates["scope"] = "host pair"). A flow detected on its own gets the
+    aggregate's rate as host_pair_rate_bps (the cap the per-protocol summary reports) only when
+    every flow of the pair lost that many: a cap that bites on all of them.
+    """
+    from throttledetect.detect.common import dir_name
+    direction = dir_name(d)
+    units = direction_units(ctx, i, d, params)
+    if units is None:
+        return Detection.inconclusive(KIND, direction, "no RTP packets in this direction")
+    if isinstance(units, str):
+        return Detection.inconclusive(KIND, direction, units, ssrcs_in_direction=len(ctx.rtp(i, d)))
+    t, size, lost, delay, stratum, infos, n_other = units
+    fit, extra0 = _fit_with_onset(ctx, (i, d), t, size, lost, delay, stratum, params)
+    extra = {"ssrcs": [x["ssrc"] for x in infos], "streams": infos, "ssrcs_in_direction": len(ctx.rtp(i, d)),
+             "non_rtp_packets": n_other, "scope": "flow"}
+    extra.update(extra0)
     main = max(infos, key=lambda x: x["packets"])
     extra["clock_rate"] = main["clock_rate"]
     extra["ssrc"] = main["ssrc"]
-    return _detection_from_fit(fit, direction, ctx.alpha, extra)
+    own = _detection_from_fit(fit, direction, ctx.alpha, extra)
+    group = host_pair_group(ctx, i)
+    agg = _host_pair_fit(ctx, group, params) if len(group) > 1 else None
+    if agg is None:
+        return own
+    fit2, extra2 = agg
+    fit2 = PolicerFit(**{**fit2.__dict__, "pvalue": None if fit2.pvalue is None else min(1.0, 2.0 * fit2.pvalue)})
+    # A flow that loses (almost) nothing is not shown policed by its neighbours' losses, and a cap
+    # is "shared" only when it bites on every flow of the pair.
+    n_lost = {j: _lost_count(ctx, j, params) for j in group}
+    if own.decision == "detected":
+        if fit2.decision(ctx.alpha) == "detected" and min(n_lost.values()) >= params.min_num_samples:
+            # the cap the flows share (the per-protocol summary reports it as their common rate)
+            own.estimates.update(host_pair_rate_bps=fit2.rate_bps, host_pair_burst_bytes=fit2.burst_bytes,
+                                 host_pair_flows=group,
+                                 host_pair_rate_range_bps=fit2.details.get("rate_range_bps"),
+                                 host_pair_rate_range_open_above=fit2.details.get("rate_range_open_above"),
+                                 host_pair_rate_identifiable=fit2.details.get("rate_identifiable"))
+            own.evidence += (f"; the {len(group)} call flows from this remote host together fit one bucket of "
+                             f"{_fmt_rate(fit2.rate_bps)} and {fit2.burst_bytes:.0f} B: this flow's rate is its share")
+        return own
+    if fit2.decision(ctx.alpha) != "detected" or n_lost[i] < params.min_num_samples:
+        own.estimates["host_pair_fit"] = {"flows": group, "rate_bps": fit2.rate_bps, "pvalue": fit2.pvalue,
+                                          "failed_checks": [k for k, v in fit2.checks.items() if v is False]}
+        return own
+    extra2 = dict(extra, **extra2, scope="host pair", flows=group, own_flow_decision=own.decision,
+                  own_flow_reason=own.reason, host_pair_rate_bps=fit2.rate_bps, host_pair_flows=group)
+    det = _detection_from_fit(fit2, direction, ctx.alpha, extra2)
+    det.evidence = (f"the {len(group)} call flows from this remote host together: " + det.evidence
+                    + "; this flow alone shows only its share of the bucket")
+    return det
+
+
+def _lost_count(ctx, j: int, params) -> int:
+    u = direction_units(ctx, j, ctx.inbound(j)[0], params)
+    return 0 if u is None or isinstance(u, str) else int(u[2].sum())
+
+
+def _host_pair_fit(ctx, group: list, params):
+    """The bucket fit over every call flow of ``group`` (their arriving directions), cached per group."""
+    key = ("police-host-pair", tuple(group))
+    if key in ctx._cache:
+        return ctx._cache[key]
+    parts = []
+    k0 = 0
+    for j in group:
+        u = direction_units(ctx, j, ctx.inbound(j)[0], params)
+        if u is None or isinstance(u, str):
+            continue
+        t, size, lost, delay, stratum, _, _ = u
+        parts.append((t, size, lost, delay, stratum + k0))
+        k0 += int(stratum.max()) + 1
+    out = None
+    if len(parts) > 1:
+        t = np.concatenate([p[0] for p in parts])
+        o = np.argsort(t, kind="stable")
+        cols = [np.concatenate([p[c] for p in parts])[o] for c in range(5)]
+        out = _fit_with_onset(ctx, ("host", tuple(group)), *cols, params)
+    ctx._cache[key] = out
+    return out
 
 
 def _violation(t, size, lost, rate, burst, mask) -> float:
@@ -1737,7 +1857,7 @@ def _violation(t, size, lost, rate, burst, mask) -> float:
     return 0.5 * (hl + hp) / float(size[pm].mean() if pm.any() else 1.0)
 
 
-def _policer_onset(ctx, i, d, t, size, lost, fit, params) -> float | None:
+def _policer_onset(ctx, key, t, size, lost, fit, params) -> float | None:
     """The time a policer was switched on, when the losses start at a change point (onset.loss_onset
     on the merged packets, p < alpha, the loss before it under a third of the loss after) and the
     whole-stream fit did not already explain them by a bucket that drained from the start."""
@@ -1745,7 +1865,7 @@ def _policer_onset(ctx, i, d, t, size, lost, fit, params) -> float | None:
     from throttledetect.detect.onset import loss_onset
     if fit.rate_bps is None or lost.sum() < params.min_num_samples:
         return None
-    cp = loss_onset(LossUnits(t=t, lost=lost, size=size, source="rtp"), rng=ctx.rng("police-onset", i, d))
+    cp = loss_onset(LossUnits(t=t, lost=lost, size=size, source="rtp"), rng=ctx.rng("police-onset", key))
     if cp is None or cp.pvalue >= ctx.alpha or cp.onset_s is None or not cp.after > 3.0 * cp.before:
         return None
     return float(cp.onset_s)

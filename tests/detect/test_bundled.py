@@ -27,14 +27,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------- placement
 
-def _video(n_frames=300, per_frame=8, fps=30.0, gap=1e-5):
-    """Frames of back-to-back packets: arrival, RTP send time (s), marker (last of frame)."""
-    f = np.repeat(np.arange(n_frames), per_frame)
-    k = np.tile(np.arange(per_frame), n_frames)
+def _video(n_frames=300, per_frame=8, fps=30.0, gap=1e-5, seed=0):
+    """Frames of back-to-back packets (1..per_frame of them): arrival, RTP send time (s),
+    marker (last of frame), frame index, position in the frame."""
+    counts = np.random.default_rng(seed).integers(1, per_frame + 1, n_frames) if per_frame > 1 else \
+        np.ones(n_frames, np.int64)
+    f = np.repeat(np.arange(n_frames), counts)
+    k = np.arange(f.size) - np.repeat(np.cumsum(counts) - counts, counts)
     send = f / fps
     arrival = send + 0.02 + k * gap
-    marker = k == per_frame - 1
+    marker = k == np.repeat(counts, counts) - 1
     return arrival, send, marker, f, k
+
+
+def _interp_send(send, lost):
+    return np.interp(np.arange(send.size), np.flatnonzero(~lost), send[~lost])
 
 
 def test_lost_frame_tails_stay_with_their_frame():
@@ -43,9 +50,36 @@ def test_lost_frame_tails_stay_with_their_frame():
     arrival, send, marker, f, k = _video()
     lost = k >= 3
     placed = _lost_packet_times(np.where(lost, np.nan, arrival), np.where(lost, False, marker),
-                                np.where(lost, np.nan, send))
+                                _interp_send(send, lost))
     err = np.abs(placed[lost] - arrival[lost])
     assert err.max() < 1e-3, err.max()
+
+
+def test_without_marker_bits_lost_packets_are_never_placed_early():
+    """A stream of multi-packet frames that never sets the marker bit: which frame a lost packet
+    between two frames belonged to is unknown, so it is never put earlier than it was sent (right
+    behind the previous frame, where a bucket would look drained): a lost frame head lands at its
+    frame, a lost tail no earlier than its own frame."""
+    arrival, send, marker, f, k = _video(per_frame=3, seed=4)
+    lost = np.random.default_rng(5).random(arrival.size) < 0.1
+    lost[0] = lost[-1] = False
+    placed = _lost_packet_times(np.where(lost, np.nan, arrival), np.zeros(arrival.size, bool),
+                                _interp_send(send, lost))
+    err = placed[lost] - arrival[lost]
+    assert err.min() > -1e-3, err.min()
+    after = np.minimum(np.flatnonzero(lost) + 1, lost.size - 1)
+    heads = (k[lost] == 0) & ~lost[after] & (f[after] == f[lost])     # the rest of the frame arrived
+    assert np.abs(err[heads]).max() < 1e-3
+
+
+def test_single_packet_frames_without_markers_follow_the_timestamps():
+    """One packet per frame, no marker bits: lost frames are placed at their frame times."""
+    arrival, send, marker, f, k = _video(per_frame=1)
+    lost = np.random.default_rng(6).random(arrival.size) < 0.2
+    lost[0] = lost[-1] = False
+    placed = _lost_packet_times(np.where(lost, np.nan, arrival), np.zeros(arrival.size, bool),
+                                _interp_send(send, lost))
+    assert np.abs(placed[lost] - arrival[lost]).max() < 1e-3
 
 
 def test_frames_lost_whole_are_placed_at_their_frame_time():
@@ -55,8 +89,8 @@ def test_frames_lost_whole_are_placed_at_their_frame_time():
     rng = np.random.default_rng(3)
     lost = rng.random(arrival.size) < 0.3
     lost[0] = lost[-1] = False
-    send_interp = np.interp(np.arange(send.size), np.flatnonzero(~lost), send[~lost])
-    placed = _lost_packet_times(np.where(lost, np.nan, arrival), np.where(lost, False, marker), send_interp)
+    placed = _lost_packet_times(np.where(lost, np.nan, arrival), np.where(lost, False, marker),
+                                _interp_send(send, lost))
     err = np.abs(placed[lost] - arrival[lost])
     assert np.median(err) < 1e-3 and err.max() < 5e-3, (np.median(err), err.max())
 

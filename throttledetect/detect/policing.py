@@ -28,14 +28,23 @@ Two detectors share that idea:
     because a policer on an access link meters them as one aggregate and each flow alone shows
     only its share of the tokens.
 
-``fit_policer`` / ``detect_policing_rtp``
-    The same idea for a paced media stream, where the receiver-side view is all there is:
-    lost packets are missing RTP sequence numbers (their size bounded by the largest nearby
-    packet, their time taken from the neighbours at the stream's usual spacing), passed
-    packets are the received ones. A token bucket (rate, burst) that starts full is fitted to
-    explain the drops (grid search around the paper's goodput estimator), the paper's checks
-    are applied to it, and the one-way delay (arrival minus RTP timestamp) must not be
-    inflated before losses, which separates a policer from a shaper's tail drops.
+``fit_policer`` / ``detect_policing_flow`` (``detect_policing_rtp``: one stream only)
+    The same idea for media, where the receiver-side view is all there is: lost packets are
+    missing RTP sequence numbers (their size bounded by the largest nearby packet, their time
+    placed from the neighbours: audio at the stream's usual spacing, a video frame's lost tail
+    back to back with the frame, whole lost frames at their RTP timestamps), passed packets are
+    the received ones. A policer meters packets, not RTP streams: every stream of the arriving
+    direction (audio, video, retransmissions bundled on one 5-tuple) and its packets without
+    RTP go into one bucket, and, when that does not show a policer, the call flows from the
+    same remote host together (a host-level policer; the TCP detector's host-pair scope). A
+    token bucket (rate, burst) that starts full (at a loss onset when the losses start at a
+    change point) is fitted to explain the drops (grid search around the paper's goodput
+    estimator), the paper's checks are applied to it with fills compared within streams, and
+    the one-way delay (arrival minus RTP timestamp) must not be inflated before losses, which
+    separates a policer from a shaper's tail drops. The rates that explain the drops about as
+    well as the best are reported as a range: a bucket that refills to its depth between video
+    frames passes the same packets at any rate above depth / frame interval, and then the data
+    bound the rate from below only (rate_identifiable False, rate_note says so).
 
 The p-value (both detectors)
     H0: losses are unrelated to the state of a token bucket (random loss, or loss caused by
@@ -1157,7 +1166,11 @@ def _lost_packet_times(arrival: np.ndarray, frame_end: np.ndarray | None = None,
     run starts new frames: with send times (``send``: RTP timestamps over the clock rate,
     interpolated over the missing sequence numbers) in proportion of the send times between the
     received neighbours (frames lost whole at their frame times), else before the next
-    received packet at the median gap. Never after the next received packet.
+    received packet at the median gap. A video stream that never sets the marker bit: with
+    frames of one packet, by the send times; with frames of several, runs between two packets
+    of one timestamp within the frame, others just before the next received packet (the later
+    of the possible places: it cannot make a random loss look like an empty bucket). Never
+    after the next received packet.
     """
     a = np.asarray(arrival, dtype=np.float64)
     got = np.isfinite(a)
@@ -1165,10 +1178,12 @@ def _lost_packet_times(arrival: np.ndarray, frame_end: np.ndarray | None = None,
         return a.copy()
     idx = np.arange(a.size)
     pair = got[1:] & got[:-1]
+    multi = False
     if send is not None:
         snd = np.asarray(send, dtype=np.float64)
         same = pair & (snd[1:] == snd[:-1])
-        if np.count_nonzero(same) >= 10:
+        multi = np.count_nonzero(same) >= 10        # frames of several packets
+        if multi:
             pair = same
     gaps = np.diff(a)[pair]
     gap = max(float(np.median(gaps)) if gaps.size else 0.0, 0.0)
@@ -1185,7 +1200,16 @@ def _lost_packet_times(arrival: np.ndarray, frame_end: np.ndarray | None = None,
     fe = np.asarray(frame_end, dtype=bool) if frame_end is not None else None
     est[has_prev] = a[pi[has_prev]] + (idx - prev)[has_prev] * gap
     if send is not None and fe is not None:
-        by_clock = has_prev & fe[pi]
+        # A stream that never sets the marker bit gives no frame ends. With frames of one
+        # packet the send times place every run; with frames of several, a run between packets
+        # of one timestamp is a frame's middle, and any other run is put just before the next
+        # received packet: the frame it belongs to is unknown, and the later place is the one
+        # that cannot make a random loss look like an empty bucket.
+        no_marks = not fe.any()
+        by_clock = has_prev & (fe[pi] if not no_marks else (snd[ni] != snd[pi]) & (not multi))
+        if no_marks and multi:
+            before = has_prev & has_next & (snd[ni] != snd[pi])
+            est[before] = np.maximum(a[ni[before]] - (nxt - idx)[before] * gap, a[pi[before]])
         est[by_clock] = a[pi[by_clock]] + np.maximum(snd[by_clock] - snd[pi[by_clock]], 0.0)
         # Between two received packets: in proportion of the send times, so that the jitter of
         # either neighbour does not carry over whole.

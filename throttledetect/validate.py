@@ -77,6 +77,7 @@ class TraceSpec:
     role: str = "call"           # "call": the whole matrix; "short": confounders only, not in the goals
     remap_ports: tuple = ()      # UDP ports of the side whose address is rewritten (see module doc)
     note: str = ""
+    target_flows: int = 1        # how many target flows preparation finds (plans trials before it runs)
 
     def resolve(self, corpus: Path) -> Path:
         return (Path(corpus) if self.source == "corpus" else REPO) / self.path
@@ -89,7 +90,7 @@ TRACES = (
               note="Wehe Skype call, 14.7 s, one UDP flow: audio PT 111 + video PT 102 towards the client"),
     TraceSpec("sip-g711", "external/sip_rtp.pcap", remap_ports=(5061, 6001),
               note="SIP call, 10 s of one-way G.711 (PT 0, 50 pps); sender rewritten to 198.51.100.7"),
-    TraceSpec("testbed", "captures/call_clean.pcap", source="project",
+    TraceSpec("testbed", "captures/call_clean.pcap", source="project", target_flows=2,
               note="project testbed call, 12.4 s: audio and video UDP flows, TCP and UDP controls"),
     TraceSpec("whatsapp", "external/whatsappCall.pcapng", role="short",
               note="WhatsApp, 468 s of which 1.7 s call media: confounders only, not in the goals"),
@@ -640,7 +641,8 @@ def plan(traces, scenarios, seeds: int, confounder_seeds: int) -> list:
         for sc in scenarios:
             if not sc.confounder and spec.role != "call":
                 continue
-            if sc.shared and (spec.name not in _BASES or len(_BASES[spec.name].targets) < 2):
+            n_targets = len(_BASES[spec.name].targets) if spec.name in _BASES else spec.target_flows
+            if sc.shared and n_targets < 2:
                 continue
             n = 1 if not sc.random else (confounder_seeds if sc.confounder else seeds)
             tasks += [(spec.name, sc.name, i) for i in range(n)]

@@ -1,6 +1,8 @@
 """The JSON output contract (schema "throttledetect/1", see docs/DESIGN.md): plain dicts from results."""
 from __future__ import annotations
 
+import numpy as np
+
 from throttledetect.flows import FlowTable, transport_name
 from throttledetect.read import Capture
 
@@ -65,6 +67,7 @@ def protocol_summary(entries: list[dict]) -> list[dict]:
 
 
 _VERDICT_ORDER = ("blocking", "policing", "shaping", "dropping", "inconclusive", "none")
+RATE_AGREEMENT = 0.10      # as detect.RATE_AGREEMENT: rates within 10 % are one cap
 
 
 def merge_protocol_verdicts(parts: list[dict]) -> dict:
@@ -72,7 +75,14 @@ def merge_protocol_verdicts(parts: list[dict]) -> dict:
     verdict = min((p.get("verdict", "none") for p in parts), key=_VERDICT_ORDER.index)
     kinds = sorted({k for p in parts for k in p.get("kinds", [])})
     out = {"verdict": verdict, "kinds": kinds, "summary": " ".join(p.get("summary", "") for p in parts).strip()}
-    rates = [p["rate_bps"] for p in parts if p.get("rate_bps")]
-    if rates:
-        out["rate_bps"] = rates[0] if len(rates) == 1 else rates
+    rates = [float(p["rate_bps"]) for p in parts if p.get("rate_bps") and p.get("verdict") == verdict]
+    if len(rates) == 1:
+        out["rate_bps"] = rates[0]
+    elif rates:
+        # one cap in every capture (the same policer or shaper met again) is a finding in itself
+        out["rates_bps"] = rates
+        if max(rates) / min(rates) - 1.0 <= RATE_AGREEMENT:
+            out["rate_bps"] = float(np.median(rates))
+            out["summary"] += (f" Common {verdict} rate across {len(rates)} captures: "
+                               f"{out['rate_bps'] / 1e3:.1f} kbit/s (all within {RATE_AGREEMENT:.0%}).")
     return out

@@ -603,7 +603,9 @@ def run_trial(trace: str, scenario: str, i: int) -> dict:
                 u["rate_range_bps"] = [float(lo), None if e.get(pre + "rate_range_open_above") else float(hi)]
                 u["rate_identifiable"] = bool(e.get(pre + "rate_identifiable"))
         elif verdict == "inconclusive":
-            why = [d.reason for j in new for d in rep.per_flow[j] if d.decision == "inconclusive" and d.reason]
+            # the reason that made the flow inconclusive first (a detector that saw a sign worth a look)
+            inc = [d for j in new for d in rep.per_flow[j] if d.decision == "inconclusive" and d.reason]
+            why = [d.reason for d in sorted(inc, key=lambda d: not d.estimates.get("suspect"))]
             if why:
                 u["reason"] = why[0][:160]
         if role == "target" and truth_rate is not None:

@@ -1045,7 +1045,8 @@ class MediaPolicingParams:
     inflated_delay_ms: float = 20.0           # queueing delay above the stream's base that counts as inflated
     inflated_delay_tolerance: float = 0.20    # share of losses allowed after inflated delay (paper: 20 %)
     rate_span: float = 2.0                    # rate grid: [r0 / span, r0 * span] ...
-    rate_step: float = 0.01                   # ... in relative steps of 1 %, refined to 0.1 % around the best
+    rate_coarse_step: float = 0.05            # ... in relative steps of 5 %, then 1 % around the best,
+    rate_step: float = 0.01                   # then 0.1 % around the best of those
     n_bursts: int = 40                        # burst grid, log-spaced from min_burst_bytes up
     min_burst_bytes: float = 1500.0           # no policer holds less than one MTU (or the largest packet)
     size_neighbours: int = 10                 # a lost packet counts as the largest of this many received on each side
@@ -1241,7 +1242,7 @@ def fit_policer(arrival_s, sizes, lost_mask, *, send_s=None, frame_end=None,
     lost packets.
 
     Rate: the goodput between the first and last loss (the paper's estimator) as the centre of
-    a grid (x 1/2 .. x 2 in 1 % steps, then 0.1 % steps around the best), burst on a log grid
+    a grid (x 1/2 .. x 2 in 5 % steps, then 1 % and 0.1 % steps around the best), burst on a log grid
     from one MTU (or the largest packet) up; the pair whose violations are smallest wins
     (bytes of room the bucket had at losses plus bytes it lacked at passes, each averaged over
     its packets). Test: the fill score test of the fills (tokens when each packet came),
@@ -1346,8 +1347,8 @@ def fit_token_bucket(t, size, lost, delay=None, *, stratum=None,
     head = float(passed_bytes[:first].sum())
     b_hi = max(20.0 * b_lo, 4.0 * head, 2.0 * r0)
     bursts = np.exp(np.linspace(np.log(b_lo), np.log(b_hi), p.n_bursts))
-    k = int(np.ceil(np.log(p.rate_span) / np.log1p(p.rate_step)))
-    rates = r0 * np.exp(np.arange(-k, k + 1) * np.log1p(p.rate_step))
+    k = int(np.ceil(np.log(p.rate_span) / np.log1p(p.rate_coarse_step)))
+    rates = r0 * np.exp(np.arange(-k, k + 1) * np.log1p(p.rate_coarse_step))
 
     mean_size = float(size[~lost].mean())
 
@@ -1360,20 +1361,25 @@ def fit_token_bucket(t, size, lost, delay=None, *, stratum=None,
         hinge = 0.5 * (out[:, :, 2] / max(n_lost, 1) + out[:, :, 3] / max(n_pass, 1)) / mean_size
         a, b = np.unravel_index(int(np.argmin(hinge)), hinge.shape)
         return a, b, be, out, hinge
+    # Coarse to fine (the cost is grid points x packets): 5 % steps over the span, 1 % steps
+    # around the best, then 0.1 %.
     a, b, be, _, hinge1 = search(rates)
-    fine = rates[a] * np.exp(np.arange(-20, 21) * np.log1p(p.rate_step / 10.0))
+    half = int(np.ceil(np.log1p(p.rate_coarse_step) / np.log1p(p.rate_step)))
+    mid = rates[a] * np.exp(np.arange(-half, half + 1) * np.log1p(p.rate_step))
+    am, _, _, _, hinge_mid = search(mid)
+    fine = mid[am] * np.exp(np.arange(-20, 21) * np.log1p(p.rate_step / 10.0))
     a2, b2, be2, out2, hinge2 = search(fine)
-    n_grid = rates.size * bursts.size + fine.size * bursts.size
+    n_grid = (rates.size + mid.size + fine.size) * bursts.size
     rate, burst = float(fine[a2]), float(bursts[b2])
     # How closely the data pin the rate down: every rate whose best burst leaves violations
     # within rate_tolerance of the optimum's (in mean packets per packet) explains them as well.
     # A bucket that refills to its depth between a video stream's frame bursts passes the same
     # packets at any rate above depth / frame interval: the data then bound the rate from below only.
-    profile = hinge1.min(axis=1)
     best = float(hinge2[a2, b2])
-    ok = profile <= best + p.rate_tolerance
-    lo_r, hi_r = (float(rates[ok].min()), float(rates[ok].max())) if ok.any() else (rate, rate)
-    lo_r, hi_r = min(lo_r, rate), max(hi_r, rate)
+    ok = hinge1.min(axis=1) <= best + p.rate_tolerance
+    ok_mid = hinge_mid.min(axis=1) <= best + p.rate_tolerance
+    both = np.concatenate([rates[ok], mid[ok_mid], [rate]])
+    lo_r, hi_r = float(both.min()), float(both.max())
     details.update({"violation": best, "rate_range_bps": [lo_r * 8.0, hi_r * 8.0],
                     "rate_range_open_above": bool(ok[-1]), "rate_range_open_below": bool(ok[0]),
                     "rate_identifiable": bool(hi_r / lo_r - 1.0 <= p.rate_identifiable_width
@@ -1757,12 +1763,13 @@ def _fit_with_onset(ctx, key, t, size, lost, delay, stratum, params):
 
 
 def host_pair_group(ctx, i: int) -> list:
-    """The call flows that arrive from flow i's remote host while flow i is active (i included):
-    what one policer on the path between the two hosts meters together (audio and video on
-    separate 5-tuples, a call's several relays' ports)."""
+    """The call flows of flow i's transport that arrive from its remote host (i included): what
+    one policer on the path between the two hosts meters together (audio and video on separate
+    5-tuples, a call's several relays' ports). One group per host, whatever each flow's span (a
+    flow outside another's time only adds passes where the other has none), so the fit over it
+    is computed once."""
     a = ctx._flow_arrays
-    same = (a["r_hi"] == a["r_hi"][i]) & (a["r_lo"] == a["r_lo"][i]) & a["call"]
-    same &= (a["end"] > a["start"][i]) & (a["start"] < a["end"][i]) & (a["proto"] == a["proto"][i])
+    same = (a["r_hi"] == a["r_hi"][i]) & (a["r_lo"] == a["r_lo"][i]) & a["call"] & (a["proto"] == a["proto"][i])
     same[i] = True
     return np.flatnonzero(same).tolist()
 

@@ -16,7 +16,7 @@ import pytest
 from tests.corpus import CORPUS, need_corpus
 from throttledetect.detect import run_detectors
 from throttledetect.detect.dropping import runs_test
-from throttledetect.detect.policing import _lost_packet_times
+from throttledetect.detect.policing_media import _lost_packet_times
 from throttledetect.pipeline import analyze_capture
 from throttledetect.read import read_capture
 from throttledetect.simulate import BlockAfter, Police, Shape, simulate

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from throttledetect.detect import blocking, dropping, shaping
-from throttledetect.detect.common import DetectContext, dir_name, fmt_rate
+from throttledetect.detect import blocking, dropping, policing, shaping
+from throttledetect.detect.common import DetectContext, fmt_rate
 from throttledetect.detect.result import KINDS, Detection
 from throttledetect.detect.stats import benjamini_hochberg
 
@@ -58,34 +58,10 @@ PRECEDENCE = ("blocking", "policing", "shaping", "dropping")
 RATE_AGREEMENT = 0.10      # rates of several flows are "common" when max/min - 1 <= 10 %
 
 
-def _policing(ctx: DetectContext, i: int) -> list[Detection]:
-    """Adapter to detect/policing.py: RTP streams through detect_policing_flow (direction arriving
-    here, every stream of it against one bucket); TCP through the SIGCOMM'16 detector on the direction that carries the data (at a
-    server the losses show as retransmissions of what it sends, at a client as holes)."""
-    from throttledetect.detect import policing
-    if hasattr(policing, "detect"):
-        return list(policing.detect(ctx, i))
-    out = []
-    for d in ctx.inbound(i):
-        if ctx.rtp(i, d):
-            out.append(policing.detect_policing_flow(ctx, i, d))
-        elif int(ctx.ft.proto[i]) == 6:
-            data = [int(ctx.packets(i, k).payload.sum()) for k in (0, 1)]
-            k = int(np.argmax(data))
-            if data[k] == 0:
-                out.append(Detection.inconclusive("policing", dir_name(d), "no TCP data in either direction"))
-            else:
-                out.append(policing.detect_policing_tcp(ctx.cap, ctx.ft, i, dir_name(k), alpha=ctx.alpha))
-        else:
-            out.append(Detection.inconclusive("policing", dir_name(d), "no loss signal: no RTP sequence numbers "
-                                              "(encrypted UDP): a policer's drops cannot be located"))
-    return out
-
-
 # The registry: one line per detector.
 DETECTORS = [
     shaping.detect,
-    _policing,
+    policing.detect,
     dropping.detect,
     blocking.detect,
 ]
@@ -96,7 +72,7 @@ def _safe(fn, ctx, i) -> list[Detection]:
     try:
         out = fn(ctx, i)
     except Exception as exc:  # noqa: BLE001 - one bad flow must not sink the report
-        kind = "policing" if fn is _policing else getattr(sys.modules.get(getattr(fn, "__module__", "")), "KIND", None)
+        kind = getattr(sys.modules.get(getattr(fn, "__module__", "")), "KIND", None)
         return [Detection.inconclusive(kind if kind in KINDS else "dropping", "both",
                                        f"detector error: {type(exc).__name__}: {exc}")]
     if isinstance(out, Detection):

@@ -125,3 +125,42 @@ def test_encrypted_media_rate_cap(tmp_path):
     assert 14.0 <= d.estimates["onset_s"] <= 18.0
     v, d = out["police"]
     assert d.decision != "detected" and v != "shaping", d
+
+
+def _tcp_download(tmp_path, with_ts=True, rise_s=30.0, rise_ms=100.0):
+    """60 s of 20 data segments/s from a remote server to a local client, the server's TCP
+    timestamps at 1 kHz; the one-way delay steps up by rise_ms at rise_s."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from throttledetect.write import write_pcap
+    frames, times = [], []
+    seq = 1000
+    for k in range(1200):
+        send = k / 20.0
+        opts = [("NOP", None), ("NOP", None), ("Timestamp", (5_000_000 + int(send * 1000), 1))] if with_ts else []
+        p = Ether() / IP(src="203.0.113.5", dst="192.168.1.2") / TCP(sport=443, dport=50000, flags="PA", seq=seq,
+                                                                    options=opts) / (b"x" * 1000)
+        seq += 1000
+        frames.append(bytes(p))
+        times.append(int((1_700_000_000 + send + 0.02 + (rise_ms / 1e3 if send >= rise_s else 0.0)) * 1e9))
+    path = tmp_path / "tcp.pcap"
+    write_pcap(path, frames, times)
+    return path
+
+
+def test_tcp_timestamps_show_the_one_way_delay_rise(tmp_path):
+    from throttledetect.classify import classify
+    from throttledetect.detect.shaping import tcp_delay_rise
+    from throttledetect.flows import build_flows
+    from throttledetect.read import read_capture
+    for with_ts in (True, False):
+        cap = read_capture(_tcp_download(tmp_path, with_ts))
+        ft = build_flows(cap)
+        ctx = DetectContext(cap, ft, classify(cap, ft))
+        d = ctx.inbound(0)[0]
+        rise = tcp_delay_rise(ctx, 0, d, 30.0)
+        if with_ts:
+            assert rise is not None and rise[0] == pytest.approx(100.0, abs=2.0) and rise[1] < 1e-10
+            assert tcp_delay_rise(ctx, 0, d, 15.0)[0] < rise[0]      # a split in the wrong place shows less
+        else:
+            assert rise is None

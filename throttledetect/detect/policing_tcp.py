@@ -11,6 +11,7 @@ from throttledetect.detect.policing_stats import (KIND, RankTest, ScoreTest, fil
                                                 rank_test)
 from throttledetect.detect.result import Detection
 from throttledetect.jit import njit
+from throttledetect.wire.tcpopts import MAX_SACK, tcp_options
 
 # --------------------------------------------------------------------------------------------
 # Parameters
@@ -75,59 +76,8 @@ DATA_CHECKS = ("enough_losses", "enough_slices_with_loss", "enough_samples")
 # TCP: one direction of a connection as wire segments, with losses and RTT samples
 # --------------------------------------------------------------------------------------------
 
-_TCP_OPT_END, _TCP_OPT_NOP, _TCP_OPT_MSS, _TCP_OPT_SACK, _TCP_OPT_TS = 0, 1, 2, 5, 8
-_MAX_SACK = 4
 _M32 = 1 << 32
 _H31 = 1 << 31
-
-
-@njit
-def _parse_tcp_options(buf, l4_off, hdr_end, mss_out, ts_out, sack_start, sack_end, nsack):
-    """MSS, timestamp presence and SACK blocks (raw 32-bit) of TCP headers in ``buf``.
-
-    ``hdr_end`` bounds each header (data offset and capture length both respected).
-    """
-    n = l4_off.shape[0]
-    for i in range(n):
-        mss_out[i] = -1
-        ts_out[i] = False
-        nsack[i] = 0
-        start = l4_off[i]
-        if start < 0:
-            continue
-        p = start + 20
-        end = hdr_end[i]
-        while p < end:
-            kind = buf[p]
-            if kind == _TCP_OPT_END:
-                break
-            if kind == _TCP_OPT_NOP:
-                p += 1
-                continue
-            if p + 1 >= end:
-                break
-            length = np.int64(buf[p + 1])
-            if length < 2 or p + length > end:
-                break
-            if kind == _TCP_OPT_MSS and length == 4:
-                mss_out[i] = (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
-            elif kind == _TCP_OPT_TS:
-                ts_out[i] = True
-            elif kind == _TCP_OPT_SACK and (length - 2) % 8 == 0:
-                k = 0
-                q = p + 2
-                while q + 8 <= p + length and k < 4:
-                    s = np.int64(0)
-                    e = np.int64(0)
-                    for b in range(4):
-                        s = (s << 8) | np.int64(buf[q + b])
-                        e = (e << 8) | np.int64(buf[q + 4 + b])
-                    sack_start[i, k] = s
-                    sack_end[i, k] = e
-                    k += 1
-                    q += 8
-                nsack[i] = k
-            p += length
 
 
 @njit
@@ -249,20 +199,8 @@ def tcp_direction_trace(cap, ft, flow_index: int, direction: str) -> TcpDirectio
     ack_raw = pk.tcp_ack[rows].astype(np.int64)
     ts_ns = pk.ts_ns[rows].astype(np.int64)
 
-    # Options: header length from the data offset nibble, bounded by the captured frame.
-    buf = cap.buffer
-    l4 = pk.l4_off[rows].astype(np.int64)
-    frame_end = pk.frame_off[rows].astype(np.int64) + pk.caplen[rows].astype(np.int64)
-    ok = (l4 >= 0) & (l4 + 13 <= frame_end) & (l4 + 13 <= buf.shape[0])
-    doff = np.zeros(len(rows), dtype=np.int64)
-    doff[ok] = (buf[l4[ok] + 12].astype(np.int64) >> 4) * 4
-    hdr_end = np.minimum(l4 + doff, np.minimum(frame_end, buf.shape[0]))
-    mss_opt = np.empty(len(rows), np.int64)
-    ts_opt = np.empty(len(rows), np.bool_)
-    sack_s_raw = np.zeros((len(rows), _MAX_SACK), np.int64)
-    sack_e_raw = np.zeros((len(rows), _MAX_SACK), np.int64)
-    nsack = np.zeros(len(rows), np.int64)
-    _parse_tcp_options(buf, np.where(ok, l4, -1), hdr_end, mss_opt, ts_opt, sack_s_raw, sack_e_raw, nsack)
+    opts = tcp_options(cap, rows)
+    mss_opt, ts_opt, sack_s_raw, sack_e_raw, nsack = opts.mss, opts.has_ts, opts.sack_start, opts.sack_end, opts.nsack
 
     syn = (flags & 0x02) != 0
     # Sequence base: the sender's SYN, else its first segment.
@@ -285,7 +223,7 @@ def tcp_direction_trace(cap, ft, flow_index: int, direction: str) -> TcpDirectio
     sack_s = np.zeros_like(sack_s_raw)
     sack_e = np.zeros_like(sack_e_raw)
     if ack_rows.size:
-        for b in range(_MAX_SACK):
+        for b in range(MAX_SACK):
             sack_s[ack_rows, b] = _near32(sack_s_raw[ack_rows, b], ack_raw[ack_rows], ack_rel[ack_rows])
             sack_e[ack_rows, b] = _near32(sack_e_raw[ack_rows, b], ack_raw[ack_rows], ack_rel[ack_rows])
 

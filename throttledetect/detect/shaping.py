@@ -39,9 +39,10 @@ p-value is the larger of the two, an intersection-union test), unless a control 
 rose at the same time (congestion). Its rate_bps is then its share of the cap
 (rate_is_share_of_cap); the per-protocol summary adds the shares up.
 
-Without RTP (encrypted UDP, TCP) the sender's clock is unknown. What is tested then (ShaperProbe's
-level shift): the received rate falls (onset.rate_onset, H0: no change of level) by at least
-MIN_RATE_DROP, and after the fall the packets are spaced by size / rate: their arrival gaps
+Without RTP (encrypted UDP, TCP) the sender's clock is unknown (TCP timestamps give one for TCP: the
+one-way delay before and after the rate fall is reported, ``tcp_delay_rise``, not decisive since
+congestion raises it too). What is tested then (ShaperProbe's level shift): the received rate
+falls (onset.rate_onset, H0: no change of level) by at least MIN_RATE_DROP, and after the fall the packets are spaced by size / rate: their arrival gaps
 grow with the next packet's size (Spearman, H0: gap and size unrelated; a policer keeps the
 sender's grid) or, for equal-size packets (TCP at the MSS), most gaps sit within
 PACED_TOLERANCE of size / rate while they did not before (Fisher's exact test, H0: no more paced
@@ -403,6 +404,39 @@ def _shared_queue(ctx: DetectContext, i: int, s: RtpArrays, rise) -> dict | None
 
 # ------------------------------------------------------------------------------------------ no RTP
 
+TS_CLOCKS_HZ = (1000.0, 250.0, 100.0, 10.0)   # TCP timestamp clocks in use (RFC 7323 leaves it to the host)
+
+
+def tcp_delay_rise(ctx: DetectContext, i: int, d: int, onset_s: float):
+    """Did the one-way delay of a TCP direction rise at ``onset_s``? From the sender's TCP
+    timestamps (TSval, RFC 7323): arrival minus TSval over its clock (the clock from the TSval
+    slope, snapped to a rate in TS_CLOCKS_HZ within 15 %; else unusable). H0: the delay after the
+    onset is not larger than before (Mann-Whitney, one-sided). Returns (increase ms, p) or None
+    (no timestamps, unknown clock, or too few segments on either side)."""
+    from throttledetect.wire.tcpopts import tcp_options
+    tcp = ctx.tcp(i, d)
+    if tcp is None or tcp.n < 40:
+        return None
+    tsval = tcp_options(ctx.cap, tcp.rows).tsval.astype(np.float64)
+    ok = tsval >= 0
+    if ok.sum() < 40:
+        return None
+    t, ts = tcp.t[ok], np.unwrap(tsval[ok], period=2.0 ** 32)
+    span = float(t[-1] - t[0])
+    if span <= 0 or ts[-1] <= ts[0]:
+        return None
+    slope = (ts[-1] - ts[0]) / span
+    hz = next((c for c in TS_CLOCKS_HZ if abs(slope / c - 1.0) <= 0.15), None)
+    if hz is None:
+        return None
+    delay = (t - t[0]) * 1e3 - (ts - ts[0]) * 1e3 / hz
+    before, after = delay[t < onset_s], delay[t >= onset_s]
+    if len(before) < 10 or len(after) < 10:
+        return None
+    p = float(stats.mannwhitneyu(after, before, alternative="greater").pvalue)
+    return float(np.median(after) - np.median(before)), p
+
+
 def detect_unclocked(ctx: DetectContext, i: int, d: int) -> Detection:
     direction = dir_name(d)
     pk = ctx.packets(i, d)
@@ -444,6 +478,12 @@ def detect_unclocked(ctx: DetectContext, i: int, d: int) -> Detection:
     varied = np.ptp(nxt[a_m]) > 0.2 * np.median(nxt[a_m]) if a_m.sum() > 10 else False
     what = f"received rate fell {drop:.0%} from {fmt_rate(cp.before)} to {fmt_rate(cp.after)} at {cp.onset_s:.1f} s " \
            f"({fmt_p(cp.pvalue)})"
+    rise = tcp_delay_rise(ctx, i, d, cp.onset_s) if int(ctx.ft.proto[i]) == 6 else None
+    if rise is not None:
+        # Reported, not decisive: congestion raises the delay too; the spacing below decides.
+        est.update(delay_increase_ms=rise[0], delay_pvalue=rise[1], delay_source="tcp timestamps")
+        if rise[1] < ctx.alpha and rise[0] >= MIN_DELAY_MS:
+            what += f"; one-way delay (TCP timestamps) up {rise[0]:.0f} ms with it ({fmt_p(rise[1])})"
     if varied:
         r = stats.spearmanr(gaps[a_m], nxt[a_m], alternative="greater")
         est.update(gap_size_spearman=float(r.statistic), gap_size_pvalue=float(r.pvalue))

@@ -172,6 +172,12 @@ def _check_flows_and_classes(cap) -> None:
              "classification has not one label per flow")
     _require(all(isinstance(x, str) for x in cl.labels), "a label is not a string")
     _require(np.all((cl.confidence >= 0) & (cl.confidence <= 1)), "confidence outside 0..1")
+    from throttledetect.wire.tcpopts import MAX_SACK, tcp_options
+    tcp_rows = np.flatnonzero(cap.packets.proto == 6)
+    o = tcp_options(cap, tcp_rows)
+    _require(np.all((o.tsval >= -1) & (o.tsval < 1 << 32)), "TSval outside -1..2^32-1")
+    _require(np.all((o.nsack >= 0) & (o.nsack <= MAX_SACK)), "SACK block count out of range")
+    _require(np.all(o.mss >= -1) and np.all(o.mss < 1 << 16), "MSS outside -1..65535")
     try:
         from throttledetect.metrics.rtp import find_rtp_streams
     except ImportError:  # pragma: no cover - metrics not in this checkout

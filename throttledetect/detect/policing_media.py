@@ -3,11 +3,13 @@ streams, merged as a policer meters them. The method, H0 and the test are in pol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
+from throttledetect.detect.common import LossUnits, dir_name
+from throttledetect.detect.onset import loss_onset
 from throttledetect.detect.policing_stats import KIND, fill_score_test, fmt_rate as _fmt_rate, rank_test
 from throttledetect.detect.result import Detection
 from throttledetect.jit import njit
@@ -786,7 +788,6 @@ def detect_policing_flow(ctx, i: int, d: int, *, params: MediaPolicingParams = M
     aggregate's rate as host_pair_rate_bps (the cap the per-protocol summary reports) only when
     every flow of the pair lost that many: a cap that bites on all of them.
     """
-    from throttledetect.detect.common import dir_name
     direction = dir_name(d)
     units = direction_units(ctx, i, d, params)
     if units is None:
@@ -807,7 +808,7 @@ def detect_policing_flow(ctx, i: int, d: int, *, params: MediaPolicingParams = M
     if agg is None:
         return own
     fit2, extra2 = agg
-    fit2 = PolicerFit(**{**fit2.__dict__, "pvalue": None if fit2.pvalue is None else min(1.0, 2.0 * fit2.pvalue)})
+    fit2 = replace(fit2, pvalue=None if fit2.pvalue is None else min(1.0, 2.0 * fit2.pvalue))   # two looks
     # A flow that loses (almost) nothing is not shown policed by its neighbours' losses, and a cap
     # is "shared" only when it bites on every flow of the pair.
     n_lost = {j: _lost_count(ctx, j, params) for j in group}
@@ -876,11 +877,10 @@ def _violation(t, size, lost, rate, burst, mask) -> float:
 
 
 def _policer_onset(ctx, key, t, size, lost, fit, params) -> float | None:
-    """The time a policer was switched on, when the losses start at a change point (onset.loss_onset
-    on the merged packets, p < alpha, the loss before it under a third of the loss after) and the
-    whole-stream fit did not already explain them by a bucket that drained from the start."""
-    from throttledetect.detect.common import LossUnits
-    from throttledetect.detect.onset import loss_onset
+    """The time a policer may have been switched on: where the losses start at a change point
+    (onset.loss_onset on the merged packets, p < alpha, the loss before it under a third of the
+    loss after). Whether a fit from there beats a bucket that drained from the start is the
+    caller's comparison (_fit_with_onset)."""
     if fit.rate_bps is None or lost.sum() < params.min_num_samples:
         return None
     cp = loss_onset(LossUnits(t=t, lost=lost, size=size, source="rtp"), rng=ctx.rng("police-onset", key))

@@ -65,6 +65,7 @@ from scipy import stats
 from throttledetect.detect.common import DetectContext, DirPackets, RtpArrays, clean, dir_name, fmt_p, fmt_rate
 from throttledetect.detect.onset import ChangePoint, change_point, rate_onset
 from throttledetect.detect.result import Detection
+from throttledetect.wire.tcpopts import tcp_options
 
 KIND = "shaping"
 
@@ -413,7 +414,6 @@ def tcp_delay_rise(ctx: DetectContext, i: int, d: int, onset_s: float):
     slope, snapped to a rate in TS_CLOCKS_HZ within 15 %; else unusable). H0: the delay after the
     onset is not larger than before (Mann-Whitney, one-sided). Returns (increase ms, p) or None
     (no timestamps, unknown clock, or too few segments on either side)."""
-    from throttledetect.wire.tcpopts import tcp_options
     tcp = ctx.tcp(i, d)
     if tcp is None or tcp.n < 40:
         return None

@@ -30,3 +30,39 @@ def test_rates_that_disagree_are_listed_not_merged():
 def test_a_less_severe_verdicts_rate_does_not_count():
     m = merge_protocol_verdicts([_part("policing", 300_000), _part("shaping", 500_000)])
     assert m["verdict"] == "policing" and m["rate_bps"] == 300_000 and "rates_bps" not in m
+
+
+def test_evidence_lists_what_made_each_verdict():
+    from throttledetect.report.text import evidence
+    flows = [
+        {"id": "0:1", "verdict": "none", "detections": []},
+        {"id": "0:2", "verdict": "policing", "detections": [
+            {"kind": "policing", "decision": "detected", "direction": "ba", "qvalue": 1e-9, "effect": 0.5,
+             "evidence": "lost when a bucket ran dry"},
+            {"kind": "dropping", "decision": "detected", "direction": "ba", "qvalue": 1e-3, "effect": 0.1,
+             "evidence": "more loss than the controls"}]},
+        {"id": "0:3", "verdict": "inconclusive", "detections": [
+            {"kind": "dropping", "decision": "inconclusive", "direction": "ba", "reason": "too few packets"},
+            {"kind": "blocking", "decision": "inconclusive", "direction": "ba", "reason": "media stops",
+             "estimates": {"suspect": True}}]},
+    ]
+    text = evidence(flows)
+    lines = text.splitlines()
+    assert lines[0] == "0:2 policing (ba, q=1e-09, effect 0.50): lost when a bucket ran dry"
+    assert "more loss than the controls" not in text            # only the verdict's kind
+    assert lines[1] == "0:3 inconclusive: media stops; too few packets"   # the sign worth a look first
+    assert "0:1" not in text
+    assert evidence([flows[0]]) == ""
+
+
+def test_analyze_prints_the_evidence(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from throttledetect.cli import cli
+    sample = Path(__file__).resolve().parents[1] / "captures" / "call_policed.pcap"
+    out = CliRunner().invoke(cli, ["analyze", str(sample)])
+    assert out.exit_code == 0
+    tail = out.output.split("Evidence")[1]
+    assert "policing (ba, q=" in tail and "token bucket of 358 kbit/s" in tail

@@ -13,7 +13,7 @@ from throttledetect import __version__
 from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S, build_flows
 from throttledetect.read import CaptureError, read_capture
 from throttledetect.report import document
-from throttledetect.report.text import table
+from throttledetect.report.text import evidence, table
 
 EXIT_NOTHING_READABLE = 2
 
@@ -200,6 +200,9 @@ def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
             parts.append("Call flows and the apps' chat flows:\n"
                          + table(["id", "a", "b", "protocol", "pkts", "dur s", "verdict", "why this label"],
                                  call_rows, max_width=60))
+        why = evidence(doc["flows"])
+        if why:
+            parts.append("Evidence (flows whose verdict is not none; --format json has every test):\n" + why)
         _emit("\n\n".join(parts) + "\n", output)
     if not analyses and failed:
         sys.exit(EXIT_NOTHING_READABLE)

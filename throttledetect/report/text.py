@@ -23,3 +23,31 @@ def _cell(v, max_width: int) -> str:
     else:
         s = str(v)
     return s if len(s) <= max_width else s[: max_width - 1] + "…"
+
+
+KINDS = ("shaping", "policing", "dropping", "blocking")
+
+
+def evidence(flows: list[dict], *, width: int = 110) -> str:
+    """What made each tested flow's verdict, one entry per flow that is not "none": the
+    detections of its verdict's kind (direction, q-value, effect, the evidence sentence), or for
+    "inconclusive" the reasons the tests could not decide. Empty when every verdict is "none"."""
+    import textwrap
+    out = []
+    for f in flows:
+        verdict = f.get("verdict")
+        dets = f.get("detections") or []
+        if verdict in KINDS:
+            for d in (d for d in dets if d["kind"] == verdict and d["decision"] == "detected"):
+                q = d.get("qvalue", d.get("pvalue"))
+                head = f"{f['id']} {verdict} ({d['direction']}"
+                head += f", q={q:.2g}" if q is not None else ""
+                head += f", effect {d['effect']:.2f}" if d.get("effect") is not None else ""
+                out.append(textwrap.fill(f"{head}): {d['evidence']}", width, subsequent_indent="    "))
+        elif verdict == "inconclusive":
+            reasons = list(dict.fromkeys(d["reason"] for d in dets if d["decision"] == "inconclusive" and d.get("reason")))
+            suspect = [d["reason"] for d in dets if d["decision"] == "inconclusive"
+                       and (d.get("estimates") or {}).get("suspect") and d.get("reason")]
+            shown = list(dict.fromkeys(suspect + reasons))[:2]
+            out.append(textwrap.fill(f"{f['id']} inconclusive: " + "; ".join(shown), width, subsequent_indent="    "))
+    return "\n".join(out)

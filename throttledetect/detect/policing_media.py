@@ -561,16 +561,13 @@ def _rtp_detection(arr, size, lost, send, frame_end, direction, alpha, params, e
         return Detection.inconclusive(KIND, direction, "fewer than 2 RTP packets", **extra)
     # A jump of the sequence number by thousands is a restart or a new stream, not loss:
     # analyse the longest stretch between such jumps.
-    recv = np.flatnonzero(~lost)
-    cut = np.flatnonzero(np.diff(recv) > params.max_seq_gap)
-    if cut.size:
-        bounds = np.concatenate([[0], cut + 1, [recv.size]])
-        k = int(np.argmax(np.diff(bounds)))
-        lo_, hi_ = recv[bounds[k]], recv[bounds[k + 1] - 1] + 1
-        arr, size, lost = arr[lo_:hi_], size[lo_:hi_], lost[lo_:hi_]
-        send = send[lo_:hi_] if send is not None else None
-        frame_end = frame_end[lo_:hi_] if frame_end is not None else None
-        extra = dict(extra, sequence_jumps=int(cut.size))
+    jump = _longest_run(lost, params.max_seq_gap)
+    if jump is not None:
+        run, n_jumps = jump
+        arr, size, lost = arr[run], size[run], lost[run]
+        send = send[run] if send is not None else None
+        frame_end = frame_end[run] if frame_end is not None else None
+        extra = dict(extra, sequence_jumps=n_jumps)
         if lost.size < 2:
             return Detection.inconclusive(KIND, direction, "fewer than 2 RTP packets between sequence jumps", **extra)
     steps = np.diff(np.flatnonzero(~lost))
@@ -648,16 +645,16 @@ def detect_policing_rtp(cap, ft, flow_index: int, direction: str, *, cl=None, ss
                            "clock_rate": clock, "ssrcs_in_direction": int(ssrcs.size)})
 
 
-def _longest_run(lost: np.ndarray, max_gap: int) -> slice | None:
+def _longest_run(lost: np.ndarray, max_gap: int) -> tuple[slice, int] | None:
     """The longest stretch of sequence numbers between jumps of more than ``max_gap`` (a restart
-    or a new stream, not loss); None when there is no jump."""
+    or a new stream, not loss), and the number of jumps; None when there is no jump."""
     recv = np.flatnonzero(~lost)
     cut = np.flatnonzero(np.diff(recv) > max_gap)
     if not cut.size:
         return None
     bounds = np.concatenate([[0], cut + 1, [recv.size]])
     k = int(np.argmax(np.diff(bounds)))
-    return slice(int(recv[bounds[k]]), int(recv[bounds[k + 1] - 1]) + 1)
+    return slice(int(recv[bounds[k]]), int(recv[bounds[k + 1] - 1]) + 1), int(cut.size)
 
 
 def _stream_parts(s, params: MediaPolicingParams):
@@ -670,7 +667,8 @@ def _stream_parts(s, params: MediaPolicingParams):
                                                              clock_rate=s.clock, marker=s.marker[sel])
         if lost.size < 2:
             return None
-        run = _longest_run(lost, params.max_seq_gap)
+        jump = _longest_run(lost, params.max_seq_gap)
+        run = jump[0] if jump is not None else None
         if run is not None:
             arr, size, lost, mark = arr[run], size[run], lost[run], mark[run]
             send = send[run] if send is not None else None

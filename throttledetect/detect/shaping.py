@@ -273,11 +273,9 @@ def _rtp_stream(ctx: DetectContext, i: int, d: int, s: RtpArrays) -> Detection:
     fifo = ctx.packets(i, d)
     t_end = float(s.t[-1]) + 1e-9
     recv_bytes = float(fifo.size[(fifo.t >= window_t0) & (fifo.t < t_end)].sum())
-    lost_bytes = 0.0
-    for other in ctx.rtp(i, d):
-        if other.n >= 3:
-            ou = other.loss_units().window(window_t0, t_end)
-            lost_bytes += float(ou.size[ou.lost].sum())
+    lu_all = ctx.loss(i, d)             # every stream's loss units, merged and cached
+    lu_all = lu_all.window(window_t0, t_end) if lu_all is not None else None
+    lost_bytes = float(lu_all.size[lu_all.lost].sum()) if lu_all is not None else 0.0
     offered = float((recv_bytes + lost_bytes) * 8 / media_s) if media_s > 0 else None
     held_back = 1.0 - rate / offered if offered else 0.0
     est.update(spacing_test=sp["test"], stretch=sp["stretch"], spacing_pvalue=p_spacing,

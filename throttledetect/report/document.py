@@ -67,7 +67,10 @@ def protocol_summary(entries: list[dict]) -> list[dict]:
 
 
 _VERDICT_ORDER = ("blocking", "policing", "shaping", "dropping", "inconclusive", "none")
-RATE_AGREEMENT = 0.10      # as detect.RATE_AGREEMENT: rates within 10 % are one cap
+# detect.RATE_AGREEMENT, restated: importing throttledetect.detect (scipy) here would cost every
+# command ~0.9 s of start-up, `flows` and `classify` included.
+RATE_AGREEMENT = 0.10
+
 
 
 def merge_protocol_verdicts(parts: list[dict]) -> dict:

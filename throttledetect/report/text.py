@@ -1,6 +1,11 @@
 """Plain-text tables for the terminal: columns sized to their content, numbers right-aligned."""
 from __future__ import annotations
 
+import textwrap
+
+# detect.result.KINDS, restated: importing throttledetect.detect (scipy) would slow every command's start.
+KINDS = ("shaping", "policing", "dropping", "blocking")
+
 
 def table(headers: list[str], rows: list[list], *, max_width: int = 48) -> str:
     cells = [[_cell(v, max_width) for v in row] for row in rows]
@@ -25,14 +30,10 @@ def _cell(v, max_width: int) -> str:
     return s if len(s) <= max_width else s[: max_width - 1] + "…"
 
 
-KINDS = ("shaping", "policing", "dropping", "blocking")
-
-
 def evidence(flows: list[dict], *, width: int = 110) -> str:
     """What made each tested flow's verdict, one entry per flow that is not "none": the
     detections of its verdict's kind (direction, q-value, effect, the evidence sentence), or for
     "inconclusive" the reasons the tests could not decide. Empty when every verdict is "none"."""
-    import textwrap
     out = []
     for f in flows:
         verdict = f.get("verdict")

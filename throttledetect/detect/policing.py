@@ -1,114 +1,399 @@
-"""Policing: does a token bucket that drops (rather than queues) explain a flow's losses?
+"""Policing: a token bucket that drops, rather than queues, explains the flow's losses.
 
-A policer (RFC 2697/2698 style token bucket without a queue) forwards a packet when the bucket
-holds at least its size in tokens and drops it otherwise; tokens arrive at the committed rate and
-the bucket holds at most the burst size. Its signature, seen from the sender: losses happen
-exactly when the sender has sent more than rate x time + burst, i.e. when a simulated bucket is
-empty; packets pass when it is not; and the delay does not grow before losses (nothing queues).
+A policer (RFC 2697/2698 token bucket without a queue) forwards a packet when the bucket holds
+its size in tokens and drops it otherwise; tokens come at the rate r, the bucket holds at most
+b. Seen where the packets arrive, with a loss signal that says which packets were lost and when
+(RTP sequence numbers, TCP holes, a voice cadence's empty slots: streams.loss), its signature is
+that the losses are exactly the packets a simulated bucket had no room for.
 
-Two detectors share that idea:
+The fit (``fit_bucket``): over a grid of rates (from a third of the received rate to 1.5 x it)
+and depths (the largest packet to ``max_burst_s`` at the rate), a bucket is run over the
+expected packets (received and lost, in time order), full from the start or empty from the first
+loss (a policer switched on mid-call, or one whose bucket was drained when losses began); a
+packet is predicted lost when the bucket lacks its size. Quality: Youden's J = share of losses
+predicted minus share of passes predicted lost (1: the bucket explains everything, 0: no better
+than chance). A received packet takes its tokens (the real bucket had them); a lost one takes
+none.
 
-``detect_policing_tcp``
-    The policing detector (PD) of Flach et al., "An Internet-Wide Analysis of Traffic Policing",
-    SIGCOMM 2016 (public code: USC-NSL/policing-detection), reimplemented over the packet table,
-    for server-side TCP traces. Losses are retransmitted sequence ranges (the first transmission
-    of a range that was sent again is the lost packet; DSACK-reported spurious retransmissions are
-    not losses). Per request/response segment of the connection: policing rate = goodput between
-    the first and last loss; reject if the first loss comes after 2 MB or the implied initial
-    bucket fill is negative; simulate a bucket that is empty at the first loss; require >= 15 lost
-    and >= 15 passed packets, >= 3 RTT slices with loss, lower bucket fill at losses than at
-    passes (mean and median), <= 10 % of losses far (2 median RTTs of tokens) from the median
-    loss fill, <= 3 % of passes far below it (0.75 RTTs of tokens), and <= 20 % of losses after an
-    inflated RTT (queueing: not a policer). The paper's constants are the defaults of
-    ``TcpPolicingParams``. Added here: a p-value (below); a flow-level decision over the
-    segments (policing in more than half of the testable ones); the rate also on link-layer
-    bytes (what a policer meters; the paper's payload goodput is ``goodput_bps``); and a second
-    scope, the flows that send the same way between the same two hosts analysed together, with
-    the paper's segmentation extended to them (any member's new request starts a segment),
-    because a policer on an access link meters them as one aggregate and each flow alone shows
-    only its share of the tokens.
+Two tests, each of a null under which the losses have nothing to do with a bucket:
 
-``fit_policer`` / ``detect_policing_flow`` (``detect_policing_rtp``: one stream only)
-    The same idea for media, where the receiver-side view is all there is: lost packets are
-    missing RTP sequence numbers (their size bounded by the largest nearby packet, their time
-    placed from the neighbours: audio at the stream's usual spacing, a video frame's lost tail
-    back to back with the frame, whole lost frames at their RTP timestamps), passed packets are
-    the received ones. A policer meters packets, not RTP streams: every stream of the arriving
-    direction (audio, video, retransmissions bundled on one 5-tuple) and its packets without
-    RTP go into one bucket, and, when that does not show a policer, the call flows from the
-    same remote host together (a host-level policer; the TCP detector's host-pair scope). A
-    token bucket (rate, burst) that starts full (at a loss onset when the losses start at a
-    change point) is fitted to explain the drops (grid search around the paper's goodput
-    estimator), the paper's checks are applied to it with fills compared within streams, and
-    the one-way delay (arrival minus RTP timestamp) must not be inflated before losses, which
-    separates a policer from a shaper's tail drops. The rates that explain the drops about as
-    well as the best are reported as a range: a bucket that refills to its depth between video
-    frames passes the same packets at any rate above depth / frame interval, and then the data
-    bound the rate from below only (rate_identifiable False, rate_note says so).
+1. **Alignment** (``alignment``). H0: within any short stretch (PERM_BLOCK_S) which packets are
+   lost has nothing to do with the flow's own traffic (random path loss, selective random drops,
+   congestion caused by others: their slower patterns, an onset, an episode, are kept). The
+   bucket is fitted on alternate blocks and judged on the others (cross-fitting: the search is
+   not tested on the data that chose it), against permutations of the loss labels within
+   short stretches of the judged half (alignment_test has the details).
+2. **Regularity** (``regularity``, RTP and TCP loss only). A bucket that empties under a steady
+   sender drops at a steady share (every third packet at 0.67 x the rate): the losses per window
+   of ``dispersion_window`` expected packets vary less than independent losses would. H0:
+   independent losses with one probability (Bernoulli) between the first and last loss. Test:
+   the dispersion statistic sum (x - k p)^2 / (k p (1 - p)), lower tail of chi-square (m - 1).
+   Bursty loss (congestion, Wi-Fi) is over-dispersed and never passes.
+The two share alpha (Bonferroni). Effect: J of the best fit (checked against ``floor.policing``).
 
-The p-value (both detectors)
-    H0: losses are unrelated to the state of a token bucket (random loss, or loss caused by
-    something else): whether a packet is lost does not depend on the bucket fill when it came.
-    H1 (one-sided): lost packets see a lower fill. The fill at a packet is computed from the
-    packets before it, so under H0 a packet's loss is independent of its fill. Test: the fill
-    score test (``fill_score_test``): the losses' excess of low (standardised, winsorised)
-    fills, whose sum is a martingale under H0 and asymptotically normal whatever the serial
-    dependence of the fills; samples from the first loss on, as the paper's. (Mann-Whitney on
-    the same fills ranks each among later fills too, which depend on the loss itself: a lost
-    packet spends no tokens, TCP slows down after it; its p-value is reported as
-    ``pvalue_mannwhitney``, for reference only.) Not exact: the TCP rate and the anchor come
-    from the first and last loss, and the RTP (rate, burst) are fitted (hence Bonferroni over
-    the grid). On synthetic paced streams with independent loss the uncorrected p-value is
-    below 0.05 in 2-6 % of runs. On the two lab TCP traces with 2 % random loss behind a
-    10 Mbit/s shaper it is 3e-4 and 0.01 (per segment z up to 2): H0 fails there too, whether
-    from the shaper's own drops or from TCP dynamics is not established, so on TCP the
-    p-value alone does not make a policer; the paper's checks reject both. A queue's tail
-    drops (shaping, congestion) also fall on low fills: a small p-value says "a token bucket
-    state explains the losses better than chance", and only with the checks (no delay
-    inflation before losses) does it say "policer".
-    Effect: the rank-biserial correlation r = 2 * CL - 1 of fills at losses vs passes, CL
-    being the common-language effect size P(fill at a loss < fill at a pass) (ties count one
-    half); r = 1 when every loss saw a lower fill than every pass. The caller controls false
-    discoveries across flows (Benjamini-Hochberg, qvalue).
+Checks: at least ``min_losses`` lost and passed; and **no queue before the losses**: a shaper's
+full queue drops the same packets a bucket would, but only after the delay has risen by the
+queue. Where the sender's clock is known (RTP timestamps), the delay in the half second before
+losses is compared with the flow's base delay, and a rise of ``min_queue_packets`` or more
+packets at the fitted rate fails the check (that is shaping.py's). A tbf whose queue holds a
+packet or two drops like a policer and is one.
+
+Estimates: rate_bps (link-layer bits/s, the best fit's rate refined on a finer grid), the range
+of rates that fit about as well (``rate_range_bps``: a bucket that refills to its depth between
+bursts passes the same packets at any rate above depth / burst interval: then the rate is bounded
+from below only, ``rate_identifiable`` False), burst_bytes, onset_s (the first loss when the
+bucket was empty then).
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
-from throttledetect.detect.common import dir_name
-from throttledetect.detect.policing_media import (MEDIA_PARAMS, MediaPolicingParams, PolicerFit, detect_policing_flow,
-                                                  detect_policing_rtp, fit_policer, fit_token_bucket,
-                                                  policing_from_rtp, rtp_loss_arrays, stream_units)
-from throttledetect.detect.policing_stats import KIND, RankTest, ScoreTest, fill_score_test, rank_test
-from throttledetect.detect.policing_tcp import (PAPER_PARAMS, TcpPolicingParams, detect_policing_tcp, pd_segment,
-                                                tcp_direction_trace)
+from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.result import Detection
+from throttledetect.jit import njit
+from throttledetect.verdicts import fmt_rate
+
+KIND = "policing"
+J_TOLERANCE = 0.02          # rates whose J is within this of the best fit as well
+HALF_BLOCK_S = 2.0          # cross-fitting: alternate blocks of this length fit and judge
+PERM_BLOCK_S = 0.2          # the null shuffles loss labels within blocks this short
 
 
-def detect(ctx, i: int) -> list[Detection]:
-    """The registry's entry (detect/__init__.py): RTP through detect_policing_flow in the direction
-    arriving here (every stream of it against one bucket, then the host pair); TCP through the
-    SIGCOMM'16 detector on the direction that carries the data (at a server the losses show as
-    retransmissions of what it sends, at a client as holes)."""
-    out = []
-    for d in ctx.inbound(i):
-        if ctx.rtp(i, d):
-            out.append(detect_policing_flow(ctx, i, d))
-        elif int(ctx.ft.proto[i]) == 6:
-            data = [int(ctx.packets(i, k).payload.sum()) for k in (0, 1)]
-            k = int(np.argmax(data))
-            if data[k] == 0:
-                out.append(Detection.inconclusive(KIND, dir_name(d), "no TCP data in either direction"))
+@njit
+def _j_grid(t, size, lost, rates, bursts, first_lost, out):
+    """out[m, a, b] = Youden's J of a bucket (rate rates[a] bytes/s, depth bursts[b]) run from the
+    start full (m = 0) or from the first loss empty (m = 1)."""
+    n = len(t)
+    for m in range(2):
+        start = 0 if m == 0 else first_lost
+        n_lost = 0
+        n_pass = 0
+        for k in range(start, n):
+            if lost[k]:
+                n_lost += 1
             else:
-                out.append(detect_policing_tcp(ctx.cap, ctx.ft, i, dir_name(k), alpha=ctx.alpha))
+                n_pass += 1
+        if n_lost == 0 or n_pass == 0:
+            for a in range(len(rates)):
+                for b in range(len(bursts)):
+                    out[m, a, b] = -1.0
+            continue
+        for a in range(len(rates)):
+            r = rates[a]
+            for b in range(len(bursts)):
+                depth = bursts[b]
+                tokens = depth if m == 0 else 0.0
+                last = t[start]
+                tp = 0
+                fp = 0
+                for k in range(start, n):
+                    tokens += r * (t[k] - last)
+                    last = t[k]
+                    if tokens > depth:
+                        tokens = depth
+                    room = tokens >= size[k]
+                    if lost[k]:
+                        if not room:
+                            tp += 1
+                    else:
+                        if not room:
+                            fp += 1
+                        tokens -= size[k]
+                        if tokens < 0.0:
+                            tokens = 0.0
+                out[m, a, b] = tp / n_lost - fp / n_pass
+
+
+@njit
+def _bucket_j(t, size, lost, use, rate, depth, mode, first_lost):
+    """Youden's J over the units marked ``use`` of one bucket (see _j_grid)."""
+    n = len(t)
+    start = 0 if mode == 0 else first_lost
+    n_lost = 0
+    n_pass = 0
+    tp = 0
+    fp = 0
+    tokens = depth if mode == 0 else 0.0
+    last = t[start]
+    for k in range(start, n):
+        tokens += rate * (t[k] - last)
+        last = t[k]
+        if tokens > depth:
+            tokens = depth
+        room = tokens >= size[k]
+        if lost[k]:
+            if use[k]:
+                n_lost += 1
+                if not room:
+                    tp += 1
         else:
-            out.append(Detection.inconclusive(KIND, dir_name(d), "no loss signal: no RTP sequence numbers "
-                                              "(encrypted UDP): a policer's drops cannot be located"))
-    return out
+            if use[k]:
+                n_pass += 1
+                if not room:
+                    fp += 1
+            tokens -= size[k]
+            if tokens < 0.0:
+                tokens = 0.0
+    if n_lost == 0 or n_pass == 0:
+        return -1.0
+    return tp / n_lost - fp / n_pass
 
 
-# One import for users of either detector (the modules: policing_tcp, policing_media, policing_stats).
-__all__ = ["KIND", "detect", "detect_policing_flow", "detect_policing_rtp", "detect_policing_tcp", "fit_policer",
-           "fit_token_bucket", "policing_from_rtp", "rtp_loss_arrays", "stream_units", "pd_segment",
-           "tcp_direction_trace", "MEDIA_PARAMS", "MediaPolicingParams", "PolicerFit", "PAPER_PARAMS",
-           "TcpPolicingParams", "RankTest", "ScoreTest", "fill_score_test", "rank_test"]
+@njit
+def _reinterpolate(t, size, lost, stream, n_streams, t_out, s_out):
+    """Times and sizes of the units marked lost, interpolated between the received units of the
+    same stream before and after them (as streams.rtp places a lost packet); received units keep
+    their own."""
+    n = len(t)
+    prev = np.full(n_streams, -1)
+    # forward: the previous received unit of each unit's stream; backward: the next
+    prev_of = np.full(n, -1)
+    for k in range(n):
+        st = stream[k]
+        prev_of[k] = prev[st]
+        if not lost[k]:
+            prev[st] = k
+    nxt = np.full(n_streams, -1)
+    for k in range(n - 1, -1, -1):
+        st = stream[k]
+        if not lost[k]:
+            t_out[k] = t[k]
+            s_out[k] = size[k]
+            nxt[st] = k
+            continue
+        a = prev_of[k]
+        b = nxt[st]
+        if a >= 0 and b >= 0:
+            # position by unit count between the two received neighbours of the stream
+            frac = 0.5
+            cnt = 0
+            pos = 0
+            for j in range(a + 1, b):
+                if stream[j] == st:
+                    cnt += 1
+                    if j == k:
+                        pos = cnt
+            frac = pos / (cnt + 1)
+            t_out[k] = t[a] + (t[b] - t[a]) * frac
+            s_out[k] = size[a] + (size[b] - size[a]) * frac
+        elif a >= 0:
+            t_out[k] = t[a]
+            s_out[k] = size[a]
+        elif b >= 0:
+            t_out[k] = t[b]
+            s_out[k] = size[b]
+        else:
+            t_out[k] = t[k]
+            s_out[k] = size[k]
+
+
+@njit
+def _permuted_j(t, size, lost, stream, n_streams, use, group_start, group_end, rate, depth, mode, n_perm, seed,
+                out):
+    """J of the fixed bucket after shuffling the loss labels within each group of test units,
+    the lost units' times and sizes placed again from their neighbours (as for the observed)."""
+    np.random.seed(seed)
+    work = lost.copy()
+    t_p = np.empty(len(t))
+    s_p = np.empty(len(t))
+    order = np.empty(len(t), dtype=np.int64)
+    for p in range(n_perm):
+        for g in range(len(group_start)):
+            a = group_start[g]
+            b = group_end[g]
+            for k in range(b - 1, a, -1):           # Fisher-Yates within the group
+                j = a + np.random.randint(0, k - a + 1)
+                tmp = work[k]
+                work[k] = work[j]
+                work[j] = tmp
+        _reinterpolate(t, size, work, stream, n_streams, t_p, s_p)
+        order[:] = np.argsort(t_p, kind="mergesort")
+        tt = t_p[order]
+        ss = s_p[order]
+        ww = work[order]
+        uu = use[order]
+        first = 0
+        while first < len(ww) and not ww[first]:
+            first += 1
+        if first >= len(ww):
+            first = 0
+        out[p] = _bucket_j(tt, ss, ww, uu, rate, depth, mode, first)
+
+
+def _grids(recv_bps: float, max_size: float, P, fine: bool = False):
+    lo, hi = recv_bps / P.rate_span, recv_bps * 1.5
+    nr = P.rate_steps * (4 if fine else 1)
+    rates = np.geomspace(lo, hi, nr) / 8.0                      # bytes/s
+    bmax = max(2.0 * max_size, hi / 8.0 * P.max_burst_s)
+    bursts = np.geomspace(max_size, bmax, P.burst_steps * (2 if fine else 1))
+    return rates, bursts
+
+
+def fit_bucket(t, size, lost, recv_bps, P, fine=False, use=None):
+    """(J grid [mode, rate, burst], rates bytes/s, bursts bytes); J over the units ``use``
+    (all by default) while the bucket runs over every unit."""
+    rates, bursts = _grids(recv_bps, float(size.max()), P, fine)
+    first = int(np.argmax(lost)) if lost.any() else 0
+    out = np.zeros((2, len(rates), len(bursts)))
+    if use is None:
+        _j_grid(t, size, lost, rates, bursts, first, out)
+    else:
+        for m in range(2):                      # a grid point is one compiled run
+            for a in range(len(rates)):
+                for b in range(len(bursts)):
+                    out[m, a, b] = _bucket_j(t, size, lost, use, rates[a], bursts[b], m, first)
+    return out, rates, bursts
+
+
+def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> tuple[float, float, float]:
+    """(J on the held-out half, its permutation p-value, z against the permutations).
+
+    Cross-fitting: the bucket is fitted on alternate blocks of HALF_BLOCK_S and judged on the
+    others (then the halves swap; the smaller p-value doubled), so the search over rates and
+    depths is not tested on the data that chose it. Null: within each PERM_BLOCK_S of the judged
+    half the loss labels are exchangeable (they keep their number and any slower pattern:
+    an onset, a congestion episode), so the bucket's alignment with single packets is what is
+    tested. p = (1 + #permuted J >= observed) / (1 + n); when no permutation reaches the
+    observed J, the normal tail of its z against the permutations stands in (they are close to
+    normal), so that strong evidence is not floored at 1 / n."""
+    from dataclasses import replace
+    Pc = replace(P, rate_steps=max(8, P.rate_steps // 2), burst_steps=max(4, P.burst_steps // 2))
+    half = (np.floor(t / HALF_BLOCK_S).astype(np.int64) % 2) == 0
+    best = None
+    for k, use_fit in enumerate((half, ~half)):
+        use_test = ~use_fit
+        if np.count_nonzero(lost & use_fit) < 3 or np.count_nonzero(lost & use_test) < 3:
+            continue
+        grid, rates, bursts = fit_bucket(t, size, lost, recv_bps, Pc, use=use_fit)
+        m, a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
+        first = int(np.argmax(lost))
+        j_obs = float(_bucket_j(t, size, lost, use_test, rates[a], bursts[b], m, first))
+        g = np.floor(t / PERM_BLOCK_S).astype(np.int64)
+        idx = np.flatnonzero(use_test)
+        # groups: runs of test units sharing a block (test units of one block are contiguous)
+        starts = idx[np.r_[True, (np.diff(idx) != 1) | (np.diff(g[idx]) != 0)]]
+        ends = np.r_[idx[np.r_[(np.diff(idx) != 1) | (np.diff(g[idx]) != 0), True]] + 1]
+        perm = np.zeros(P.permutations)
+        _permuted_j(t, size, lost, stream, int(stream.max()) + 1, use_test, starts.astype(np.int64),
+                    ends.astype(np.int64), rates[a], bursts[b], m, P.permutations, seed + k, perm)
+        exceed = int(np.count_nonzero(perm >= j_obs - 1e-12))
+        sd = float(perm.std())
+        z = (j_obs - float(perm.mean())) / sd if sd > 0 else (np.inf if j_obs > perm.mean() else 0.0)
+        p = (1 + exceed) / (1 + P.permutations)
+        if exceed == 0 and np.isfinite(z):
+            p = min(p, float(stats.norm.sf(z)))
+        elif exceed == 0:
+            p = 0.0
+        if best is None or p < best[1]:
+            best = (j_obs, p, z)
+    if best is None:
+        return 0.0, 1.0, 0.0
+    return best[0], min(1.0, 2.0 * best[1]), best[2]
+
+
+def regularity_test(lost: np.ndarray, k: int):
+    """(dispersion statistic, p-value of under-dispersion) between the first and last loss."""
+    idx = np.flatnonzero(lost)
+    seg = lost[idx[0]:idx[-1] + 1]
+    m = len(seg) // k
+    if m < 5:
+        return None
+    x = seg[:m * k].reshape(m, k).sum(axis=1).astype(np.float64)
+    p = x.sum() / (m * k)
+    if p <= 0 or p >= 1:
+        return None
+    d = float(np.sum((x - k * p) ** 2) / (k * p * (1 - p)))
+    return d, float(stats.chi2.cdf(d, m - 1))
+
+
+def queue_before_losses(ctx: DetectContext, i: int, d: int, loss_t: np.ndarray, rate_Bps: float,
+                        mean_size: float) -> float | None:
+    """Packets queued at the fitted rate in the half second before losses, from the sender's
+    clock (RTP); None without one."""
+    delays = [s.delay() for s in ctx.streams.rtp(i, d) if s.n >= 20]
+    delays = [x for x in delays if x is not None and x.n >= 20]
+    if not delays:
+        return None
+    dl = max(delays, key=lambda x: x.n)
+    base = float(np.quantile(dl.ms, 0.05))
+    j = np.searchsorted(dl.t, loss_t)
+    # the delay of the frame just before each loss
+    ok = j > 0
+    if not ok.any():
+        return None
+    before = dl.ms[j[ok] - 1]
+    rise_ms = float(np.median(before)) - base
+    return max(rise_ms, 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
+
+
+def detect(ctx: DetectContext, i: int) -> list:
+    d = ctx.toward_local(i)
+    direction = dir_name(d)
+    P = ctx.config.policing
+    if int(ctx.ft.proto[i]) == 6:
+        from throttledetect.detect import policing_tcp
+        return policing_tcp.detect(ctx, i)
+    loss = ctx.streams.loss(i, d)
+    if loss is None:
+        from throttledetect.detect.dropping import no_signal_reason
+        return [Detection.inconclusive(KIND, direction, no_signal_reason(ctx, i, d), test="bucket")]
+    nl = loss.n_lost
+    if nl == 0:
+        return [Detection.nothing_to_find(KIND, direction, "no loss to explain", test="bucket")]
+    if nl < P.min_losses or loss.n - nl < P.min_losses:
+        return [Detection.nothing_to_find(KIND, direction, f"only {nl} lost packets: too few to fit a bucket",
+                                          test="bucket", lost=nl)]
+    t = loss.t - loss.t[0]
+    lost = loss.lost.astype(np.bool_)
+    size = loss.size.astype(np.float64)
+    stream = loss.stream.astype(np.int64) if loss.stream is not None else np.zeros(len(t), np.int64)
+    span = float(t[-1]) if len(t) > 1 else 0.0
+    if span <= 0:
+        return [Detection.inconclusive(KIND, direction, "all packets at one instant", test="bucket")]
+    recv_bps = float(size[~lost].sum() * 8.0 / span)
+    seed = int(ctx.rng("police", i).integers(1, 2**31 - 1))
+    j_obs, p_align, z_align = alignment_test(t, size, lost, stream, recv_bps, P, seed)
+    reg = regularity_test(lost, P.dispersion_window) if loss.source in ("rtp", "tcp") else None
+    looks = {"alignment": p_align}
+    if reg is not None:
+        looks["regularity"] = reg[1]
+    name, pmin = min(looks.items(), key=lambda kv: kv[1])
+    p = min(1.0, pmin * len(looks))
+    # the estimate, on the finer grid
+    grid, rates, bursts = fit_bucket(t, size, lost, recv_bps, P, fine=True)
+    m, a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    j_best = float(grid[m, a, b])
+    fits = np.flatnonzero(grid[m].max(axis=1) >= j_best - J_TOLERANCE)
+    r_lo, r_hi = float(rates[fits.min()] * 8), float(rates[fits.max()] * 8)
+    rate = float(rates[a] * 8)
+    identifiable = r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1
+    first_loss_t = float(loss.t[int(np.argmax(lost))])
+    q_pk = queue_before_losses(ctx, i, d, loss.t[lost], rate / 8.0, float(size.mean()))
+    checks = {}
+    if q_pk is not None:
+        checks["no_queue_before_losses"] = q_pk < P.min_queue_packets
+    est = {"rate_bps": rate, "burst_bytes": float(bursts[b]), "rate_range_bps": [r_lo, r_hi],
+           "rate_identifiable": bool(identifiable), "loss": loss.fraction, "lost": nl, "expected": loss.n,
+           "loss_source": loss.source, "j_held_out": j_obs, "z_alignment": z_align, "p_alignment": p_align,
+           "bucket_start": "full" if m == 0 else "empty at the first loss", "received_bps": recv_bps}
+    if reg is not None:
+        est.update(dispersion=reg[0], p_regularity=reg[1])
+    if m == 1:
+        est["onset_s"] = first_loss_t
+    if q_pk is not None:
+        est["queue_packets_before_losses"] = q_pk
+    pred_note = f"{j_best:.2f}"
+    why = ("losses line up with the flow's own load (circular-shift test)" if name == "alignment"
+           else "losses spread more evenly than random loss would (dispersion test)")
+    rate_txt = fmt_rate(rate) if identifiable else f"at least {fmt_rate(r_lo)}"
+    ev = (f"{loss.fraction:.1%} of packets lost; a token bucket of {rate_txt} and {bursts[b]:.0f} B "
+          f"({est['bucket_start']}) explains them (J {pred_note}); {why}, p={p:.2g}")
+    if q_pk is not None:
+        ev += f"; delay before losses {q_pk:.1f} packets' worth of queue"
+    if not identifiable:
+        est["rate_note"] = "the bucket refills between bursts: the rate is bounded from below only"
+    return [Detection(kind=KIND, direction=direction, decision="not_detected", test=name, statistic=j_obs, pvalue=p,
+                      effect=j_best, effect_unit="Youden's J of the bucket's explanation of the losses",
+                      checks=checks, estimates=est, evidence=ev,
+                      null="losses unrelated to a token bucket on the flow's own traffic")]

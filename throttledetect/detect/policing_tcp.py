@@ -775,3 +775,31 @@ def _segment_summary(r: SegmentResult) -> dict:
         if v is not None and not (isinstance(v, float) and not np.isfinite(v)):
             d[k] = v
     return d
+
+
+def detect(ctx, i: int) -> list:
+    """The registry's TCP entry: the SIGCOMM'16 detector on the direction that carries the data
+    (at a server the losses show as resends of what it sends; at a client as holes). Its own
+    decision rule (policing in more than half of the testable segments) is a check; its p-value
+    joins the capture's false-discovery family like every other test."""
+    from dataclasses import replace
+    data = [int(ctx.packets(i, k).payload.sum()) for k in (0, 1)]
+    k = int(np.argmax(data))
+    toward = "local" if k == ctx.toward_local(i) else "remote"
+    name = ("ab", "ba")[k]
+    if data[k] == 0:
+        return [Detection.inconclusive(KIND, name, "no TCP data in either direction", toward=toward, test="sigcomm16")]
+    cache = ctx._cache.setdefault(("tcp-policing-traces",), {})
+    det = detect_policing_tcp(ctx.cap, ctx.ft, i, name, alpha=ctx.alpha, cache=cache)
+    det = replace(det, toward=toward, test="sigcomm16",
+                  null="losses unrelated to the state of a token bucket (fill score test)")
+    if det.decision != "inconclusive" and det.pvalue is not None:
+        est = det.estimates
+        share = est.get("segments_policed", 0) / max(est.get("segments_testable", 0), 1)
+        det.checks = {"most_segments_fit_a_policer": share > 0.5}
+        det.effect = None
+        det.decision = "not_detected"        # decided after the false-discovery control (verdicts.decide)
+    if det.decision == "inconclusive" and "too few losses" in det.reason:
+        # nothing to explain: the data went through without the losses a policer makes
+        det.decision = "not_detected"
+    return [det]

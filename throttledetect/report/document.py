@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from throttledetect import verdicts
 from throttledetect.flows import FlowTable, transport_name
 from throttledetect.read import Capture
 
@@ -66,26 +67,26 @@ def protocol_summary(entries: list[dict]) -> list[dict]:
     return sorted(out.values(), key=lambda p: (-p["bytes"], p["protocol"]))
 
 
-_VERDICT_ORDER = ("blocking", "policing", "shaping", "dropping", "inconclusive", "none")
-# detect.RATE_AGREEMENT, restated: importing throttledetect.detect (scipy) here would cost every
-# command ~0.9 s of start-up, `flows` and `classify` included.
-RATE_AGREEMENT = 0.10
-
-
-
 def merge_protocol_verdicts(parts: list[dict]) -> dict:
-    """One protocol seen in several captures: the most severe verdict, kinds united, summaries joined."""
-    verdict = min((p.get("verdict", "none") for p in parts), key=_VERDICT_ORDER.index)
-    kinds = sorted({k for p in parts for k in p.get("kinds", [])})
-    out = {"verdict": verdict, "kinds": kinds, "summary": " ".join(p.get("summary", "") for p in parts).strip()}
+    """One protocol's verdicts from one or several captures: the most severe verdict, kinds
+    united, summaries joined, and each capture's own line under ``per_capture`` (a with-VPN /
+    without-VPN comparison reads those)."""
+    verdict = min((p.get("verdict", "none") for p in parts), key=verdicts.SEVERITY.index)
+    kinds = [k for k in verdicts.PRECEDENCE if any(k in p.get("kinds", []) for p in parts)]
+    out = {"verdict": verdict, "kinds": kinds, "summary": " ".join(p.get("summary", "") for p in parts).strip(),
+           "tested_flows": sum(p.get("tested_flows", 0) for p in parts)}
+    if len(parts) > 1:
+        out["per_capture"] = [{k: p[k] for k in ("capture", "verdict", "kinds", "summary", "rate_bps") if k in p}
+                              for p in parts]
     rates = [float(p["rate_bps"]) for p in parts if p.get("rate_bps") and p.get("verdict") == verdict]
     if len(rates) == 1:
         out["rate_bps"] = rates[0]
     elif rates:
         # one cap in every capture (the same policer or shaper met again) is a finding in itself
         out["rates_bps"] = rates
-        if max(rates) / min(rates) - 1.0 <= RATE_AGREEMENT:
-            out["rate_bps"] = float(np.median(rates))
+        common = verdicts.common_rate(rates)
+        if common is not None:
+            out["rate_bps"] = common
             out["summary"] += (f" Common {verdict} rate across {len(rates)} captures: "
-                               f"{out['rate_bps'] / 1e3:.1f} kbit/s (all within {RATE_AGREEMENT:.0%}).")
+                               f"{verdicts.fmt_rate(common)} (all within {verdicts.RATE_AGREEMENT:.0%}).")
     return out

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
-# detect.result.KINDS, restated: importing throttledetect.detect (scipy) would slow every command's start.
-KINDS = ("shaping", "policing", "dropping", "blocking")
+from throttledetect.verdicts import KINDS
 
 
 def table(headers: list[str], rows: list[list], *, max_width: int = 48) -> str:
@@ -46,9 +45,7 @@ def evidence(flows: list[dict], *, width: int = 110) -> str:
                 head += f", effect {d['effect']:.2f}" if d.get("effect") is not None else ""
                 out.append(textwrap.fill(f"{head}): {d['evidence']}", width, subsequent_indent="    "))
         elif verdict == "inconclusive":
-            reasons = list(dict.fromkeys(d["reason"] for d in dets if d["decision"] == "inconclusive" and d.get("reason")))
-            suspect = [d["reason"] for d in dets if d["decision"] == "inconclusive"
-                       and (d.get("estimates") or {}).get("suspect") and d.get("reason")]
-            shown = list(dict.fromkeys(suspect + reasons))[:2]
-            out.append(textwrap.fill(f"{f['id']} inconclusive: " + "; ".join(shown), width, subsequent_indent="    "))
+            why = f.get("verdict_reason") or "; ".join(dict.fromkeys(
+                d["reason"] for d in dets if d["decision"] == "inconclusive" and d.get("reason")))
+            out.append(textwrap.fill(f"{f['id']} inconclusive: {why}", width, subsequent_indent="    "))
     return "\n".join(out)

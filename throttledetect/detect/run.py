@@ -1,0 +1,175 @@
+"""Running the detectors over a capture: which flows, which tests, one false-discovery family,
+and the verdicts (verdicts.py decides them from the detections, so stored results can be
+re-decided under other thresholds).
+
+Which flows: the call flows (``test="calls"``, the default), or every TCP/UDP flow that carries
+enough packets to judge (``test="all"``: calls that fell back to TCP, YouTube/Twitter-style TCP
+policing, captures taken at a server). A flow's **role** decides its tests: a media flow goes
+through every detector below; a flow that only carried call setup (STUN checks, probes,
+signalling) through the call-setup test.
+
+The detectors, each a module with ``KIND`` and ``detect(ctx, flow) -> list[Detection]``:
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from throttledetect import verdicts
+from throttledetect.detect import blocking, dropping, policing, setup, shaping
+from throttledetect.detect.config import DEFAULT_CONFIG, DetectConfig
+from throttledetect.detect.context import DetectContext
+from throttledetect.detect.result import Detection
+from throttledetect.streams import Streams
+
+# The registry: adding a detector touches one new module and this list.
+MEDIA_DETECTORS = (shaping, policing, dropping, blocking, setup)
+SETUP_DETECTORS = (setup,)
+TEST_SCOPES = ("calls", "all")
+CONTRACT_FIELDS = ("kind", "direction", "decision", "pvalue", "qvalue", "effect")
+
+
+def _strict() -> bool:
+    # the test suite sets it: a detector that raises fails the tests instead of becoming inconclusive
+    return os.environ.get("THROTTLEDETECT_STRICT") == "1"
+
+
+def _run_one(module, ctx: DetectContext, i: int) -> list:
+    try:
+        return list(module.detect(ctx, i))
+    except Exception as exc:  # noqa: BLE001 - one odd flow must not sink a user's report
+        if _strict():
+            raise
+        d = ("ab", "ba")[ctx.toward_local(i)]
+        return [Detection.inconclusive(module.KIND, d, f"detector error: {type(exc).__name__}: {exc}",
+                                       test=module.__name__.rsplit(".", 1)[-1])]
+
+
+def detection_json(d: Detection) -> dict:
+    """One detection as the output contract has it (kind, direction, decision, pvalue, qvalue,
+    effect, onset_s, rate_bps, burst_bytes, evidence) and everything else it knows."""
+    est = dict(d.estimates)
+    out = {"kind": d.kind, "direction": d.direction, "toward": d.toward, "test": d.test, "decision": d.decision,
+           "pvalue": d.pvalue, "qvalue": d.qvalue, "effect": d.effect, "effect_unit": d.effect_unit or None,
+           "statistic": d.statistic, "onset_s": est.pop("onset_s", None), "rate_bps": est.pop("rate_bps", None),
+           "burst_bytes": est.pop("burst_bytes", None), "evidence": d.evidence, "reason": d.reason or None,
+           "null": d.null or None, "checks": d.checks or None, "required": d.required,
+           "family_key": d.family_key, "floor_key": d.floor_key,
+           "otherwise": d.otherwise if d.otherwise != "not_detected" else None,
+           "estimates": est or None}
+    return _jsonable({k: v for k, v in out.items() if v is not None})
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        return v if np.isfinite(v) else None
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    return x
+
+
+@dataclass
+class DetectionReport:
+    """Per flow: whether it was tested, its role, its detections (JSON dicts, decided) and verdict."""
+
+    tested: np.ndarray
+    roles: list
+    detections: list            # list[list[dict]] per flow
+    verdicts: list              # (verdict, reason) per flow, ("none", "not tested") for untested flows
+    labels: list
+    config: DetectConfig
+    test_scope: str = "calls"
+    protocols: list = field(default_factory=list)
+    packets: list = field(default_factory=list)     # per flow, both directions
+
+    def verdict(self, i: int) -> str:
+        return self.verdicts[i][0]
+
+    def flow_json(self, i: int) -> dict:
+        if not self.tested[i]:
+            return {"tested": False, "verdict": "none", "verdict_reason": "not tested (not a call flow)"
+                    if self.test_scope == "calls" else "not tested (too few packets)", "detections": []}
+        v, why = self.verdicts[i]
+        out = {"tested": True, "role": self.roles[i], "verdict": v, "detections": self.detections[i]}
+        if why:
+            out["verdict_reason"] = why
+        return out
+
+
+def _protocols(report: DetectionReport) -> list:
+    by_label: dict = {}
+    for i, lab in enumerate(report.labels):
+        if report.tested[i]:
+            by_label.setdefault(lab, []).append(i)
+    out = []
+    for lab, idx in by_label.items():
+        flows = [{"verdict": report.verdicts[i][0], "verdict_reason": report.verdicts[i][1], "role": report.roles[i],
+                  "detections": report.detections[i], "packets": report.packets[i]} for i in idx]
+        pv = verdicts.protocol_verdict(flows)
+        rate = None
+        if pv["verdict"] in ("policing", "shaping"):
+            rates = [d.get("rate_bps") for f in flows if f["verdict"] == pv["verdict"] for d in f["detections"]
+                     if d["kind"] == pv["verdict"] and d.get("decision") == "detected" and d.get("rate_bps")]
+            rate = verdicts.common_rate(rates)
+        entry = {"protocol": lab, "tested_flows": len(idx), **pv}
+        if rate:
+            entry["rate_bps"] = rate
+        entry["summary"] = verdicts.protocol_summary(lab, flows, pv["verdict"], pv["kinds"], rate)
+        out.append(entry)
+    out.sort(key=lambda e: (verdicts.SEVERITY.index(e["verdict"]), e["protocol"]))
+    return out
+
+
+def select_flows(ctx: DetectContext, test: str) -> np.ndarray:
+    ft = ctx.ft
+    n = len(ft)
+    sel = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if int(ft.proto[i]) not in (6, 17):
+            continue
+        if test == "calls":
+            sel[i] = ctx.is_call(i)
+        else:
+            sel[i] = ctx.is_call(i) or ctx.role(i) == "media"
+    return sel
+
+
+def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
+                  config: DetectConfig = DEFAULT_CONFIG, test: str = "calls") -> DetectionReport:
+    """Test the selected flows of one capture; one false-discovery family over every p-value."""
+    if test not in TEST_SCOPES:
+        raise ValueError(f"test must be one of {TEST_SCOPES}, not {test!r}")
+    ctx = DetectContext(cap, ft, cl, streams=streams, config=config)
+    n = len(ft)
+    tested = select_flows(ctx, test)
+    ctx.tested = tested
+    roles: list = [None] * n
+    dets: list = [[] for _ in range(n)]
+    for i in np.flatnonzero(tested).tolist():
+        roles[i] = ctx.role(i)
+        mods = MEDIA_DETECTORS if roles[i] == "media" else SETUP_DETECTORS
+        for m in mods:
+            dets[i].extend(detection_json(d) for d in _run_one(m, ctx, i))
+    values = dict(config.thresholds)
+    verdicts.redecide([d for fl in dets for d in fl], values)
+    vs = [verdicts.flow_verdict(dets[i], roles[i]) if tested[i] else ("none", "not tested") for i in range(n)]
+    report = DetectionReport(tested=tested, roles=roles, detections=dets, verdicts=vs, labels=list(ctx.labels),
+                             config=config, test_scope=test,
+                             packets=(ft.packets_ab.astype(np.int64) + ft.packets_ba.astype(np.int64)).tolist())
+    report.protocols = _protocols(report)
+    return report
+
+
+__doc__ += "\n" + "\n".join(f"- ``{m.__name__.rsplit('.', 1)[-1]}``: {(m.__doc__ or '').strip().splitlines()[0]}"
+                            for m in MEDIA_DETECTORS)

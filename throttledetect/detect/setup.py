@@ -1,0 +1,126 @@
+"""Call-setup blocking: a call attempt whose requests go unanswered and that never gets two-way media.
+
+The August 2025 signature: the client sends STUN binding requests and the app's own relay probes
+(Telegram: 40-byte UDP to 91.108.0.0/16; WhatsApp: STUN to its relays), again and again, and
+nothing comes back; the call "dies at key exchange". Judged per call attempt (context.calls: the
+call flows of one app from one host close in time), not per flow: ICE probes many candidate
+pairs that fail by design while another pair carries the call.
+
+- An attempt that got two-way media on some flow was set up: its other flows' unanswered checks
+  are ICE at work (``not_detected``).
+- Otherwise its requests are counted: STUN transactions sent by this host (a request and its
+  retransmissions are one transaction; answered = a success or error response with its ID), and
+  for flows without STUN, the half-second bins in which this host sent something (answered =
+  anything arriving on that flow within ANSWER_WINDOW_S). Requests in the capture's last
+  ``request_grace_s`` are not judged (their answer may come after the capture ended).
+  H0: the far end is reachable and answers each request with probability at least
+  ``answer_rate_h0`` (0.5: a path losing half of everything both ways is still "reachable").
+  Test: exact binomial lower tail of the answered count (scipy.stats.binom.cdf).
+  Effect: the share of requests left unanswered.
+- Requests answered but no media (a call that rang out or was rejected) is not blocking.
+- An ICMP destination unreachable from a router on the path for the attempt's flows, with
+  nothing answered, is direct evidence.
+One p-value per attempt, shared by its flows (one entry in the false-discovery family).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from throttledetect.detect.context import CallAttempt, DetectContext, dir_name
+from throttledetect.detect.result import Detection
+
+KIND = "blocking"
+NAME = "setup"
+ANSWER_WINDOW_S = 2.0
+PROBE_BIN_S = 0.5
+
+
+def attempt_requests(ctx: DetectContext, call: CallAttempt) -> dict:
+    """Requests this host sent in the attempt and how many were answered (see the module)."""
+    P = ctx.config.blocking
+    cutoff = ctx.t_end - P.request_grace_s
+    n = k = 0
+    first = None
+    stun_n = stun_k = 0
+    for i in call.flows:                          # the attempt's flows (a handful)
+        d_in = ctx.toward_local(i)
+        st = ctx.stun(i)
+        sent = st.requests_from(1 - d_in)
+        if sent:
+            answered = st.answered_in(d_in)
+            judged = {tid: t for tid, t in sent.items() if t <= cutoff or tid in answered}
+            stun_n += len(judged)
+            stun_k += sum(1 for tid in judged if tid in answered)
+            if judged:
+                first = min(first if first is not None else np.inf, min(judged.values()))
+            continue
+        t_out = ctx.packets(i, 1 - d_in).t
+        t_in = ctx.packets(i, d_in).t
+        if len(t_out) == 0:
+            continue
+        bins = np.unique(np.floor(t_out / PROBE_BIN_S))
+        t_req = bins * PROBE_BIN_S
+        t_req = t_req[t_req <= cutoff]
+        if len(t_req) == 0:
+            continue
+        j = np.searchsorted(t_in, t_req)
+        nxt = np.where(j < len(t_in), t_in[np.minimum(j, len(t_in) - 1)], np.inf)
+        ans = nxt - t_req <= ANSWER_WINDOW_S + PROBE_BIN_S
+        n += len(t_req)
+        k += int(np.count_nonzero(ans))
+        first = min(first if first is not None else np.inf, float(t_req[0]))
+    return {"requests": n + stun_n, "answered": k + stun_k, "stun_transactions": stun_n, "stun_answered": stun_k,
+            "first_request_s": first}
+
+
+def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
+    P = ctx.config.blocking
+    i0 = call.flows[0]
+    direction = dir_name(ctx.toward_local(i0))
+    key = f"call-setup:{call.id}"
+    if call.two_way_media:
+        return Detection.nothing_to_find(
+            KIND, direction, f"the call got two-way media (flow{'s' * (len(call.media_flows) > 1)} "
+            f"{', '.join(str(j) for j in call.media_flows)}); unanswered checks elsewhere are ICE at work",
+            test=NAME, call=call.id)
+    icmp = [x for j in call.flows for x in ctx.icmp_unreachable().get(j, []) if not x[3]]
+    req = attempt_requests(ctx, call)
+    est = {"call": call.id, **req}
+    if icmp and req["answered"] == 0:
+        first = min(x[0] for x in icmp)
+        return Detection(kind=KIND, direction=direction, decision="detected", test=NAME, family_key=key,
+                         estimates={**est, "onset_s": first, "icmp_from_path": len(icmp)},
+                         evidence=f"the {call.label} call attempt got no answer and {len(icmp)} ICMP unreachable "
+                                  "from a router on the path; no media ever flowed")
+    n, k = req["requests"], req["answered"]
+    if n < P.min_requests or call.end - call.start < P.request_grace_s:
+        return Detection.inconclusive(
+            KIND, direction, f"no two-way media, but only {n} request{'s' * (n != 1)} to judge the setup by",
+            test=NAME, **est)
+    p = float(stats.binom.cdf(k, n, P.answer_rate_h0))
+    effect = 1.0 - k / n
+    est["onset_s"] = req["first_request_s"]
+    what = "STUN transactions" if req["stun_transactions"] == n else "requests"
+    return Detection(
+        kind=KIND, direction=direction, decision="not_detected", test=NAME, statistic=float(k), pvalue=p,
+        effect=effect, effect_unit="share of requests unanswered", family_key=key, estimates=est,
+        null=f"each request answered with probability >= {P.answer_rate_h0:g}",
+        evidence=f"{n - k} of {n} {what} this host sent in the {call.label} call attempt "
+                 f"({call.end - call.start:.0f} s, {len(call.flows)} flow{'s' * (len(call.flows) > 1)}) went "
+                 f"unanswered and no two-way media ever flowed (binomial vs {P.answer_rate_h0:.0%} answered, "
+                 f"p={p:.2g})")
+
+
+def detect(ctx: DetectContext, i: int) -> list:
+    call = ctx.call_of(i)
+    if call is None:
+        return []
+    key = ("setup", call.id)
+    if key not in ctx._cache:
+        ctx._cache[key] = detect_attempt(ctx, call)
+    shared = ctx._cache[key]
+    # every flow of the attempt carries the same test (one p-value: family_key)
+    from dataclasses import replace
+    return [replace(shared, direction=dir_name(ctx.toward_local(i)), estimates=dict(shared.estimates),
+                    checks=dict(shared.checks))]

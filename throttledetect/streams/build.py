@@ -1,0 +1,142 @@
+"""Streams: one capture's per-(flow, direction) streams, built lazily and cached."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from throttledetect.flows import local_side_is_a
+from throttledetect.streams.cadence import Cadence, find_cadence
+from throttledetect.streams.loss import LossUnits, merge_loss
+from throttledetect.streams.packets import DirectionPackets
+from throttledetect.streams.rtp import RtpStream, build_rtp_streams
+from throttledetect.streams.tcp import TcpSegments, build_tcp_segments
+
+TCP, UDP = 6, 17
+MIN_RTP_STREAM = 3          # packets of one SSRC that make a stream
+MIN_LOSS_STREAM = 20        # a stream this short says nothing about loss
+
+
+@dataclass
+class Streams:
+    cap: object
+    ft: object
+    cl: object | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def t0_ns(self) -> int:
+        ts = self.cap.packets.ts_ns
+        return int(ts.min()) if len(ts) else 0
+
+    @cached_property
+    def t_end(self) -> float:
+        ts = self.cap.packets.ts_ns
+        return float((int(ts.max()) - self.t0_ns) / 1e9) if len(ts) else 0.0
+
+    @cached_property
+    def local_is_a(self) -> np.ndarray:
+        return local_side_is_a(self.ft)[0]
+
+    def toward_local(self, i: int) -> int:
+        """The direction of flow i that arrives at the capturing host (0: a->b arrives at b).
+
+        When the address ranges cannot say (both or neither side local) and that direction is
+        empty while the other is not (one-way media between two local hosts, on loopback), the
+        direction that carries packets is taken."""
+        d = 1 if self.local_is_a[i] else 0
+        ambiguous = bool(self.ft.a_local[i]) == bool(self.ft.b_local[i])
+        n = (int(self.ft.packets_ab[i]), int(self.ft.packets_ba[i]))
+        if ambiguous and n[d] == 0 and n[1 - d] > 0:
+            d = 1 - d
+        return d
+
+    def flow_span(self, i: int) -> tuple[float, float]:
+        return ((int(self.ft.first_ns[i]) - self.t0_ns) / 1e9, (int(self.ft.last_ns[i]) - self.t0_ns) / 1e9)
+
+    def _cached(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ per flow and direction
+    def packets(self, i: int, d: int) -> DirectionPackets:
+        def build():
+            rows = self.ft.packet_indices(i)
+            rows = rows[self.ft.dir_of[rows] == d]
+            pk = self.cap.packets
+            return DirectionPackets(flow=i, direction=d, rows=rows,
+                                    t=(pk.ts_ns[rows].astype(np.int64) - self.t0_ns) / 1e9,
+                                    size=pk.wirelen[rows].astype(np.float64),
+                                    payload=pk.payload_wirelen[rows].astype(np.int64))
+        return self._cached(("pk", i, d), build)
+
+    def rtp(self, i: int, d: int) -> list[RtpStream]:
+        return self._cached(("rtp", i, d), lambda: self._rtp(i, d))
+
+    def tcp(self, i: int, d: int) -> TcpSegments | None:
+        def build():
+            if int(self.ft.proto[i]) != TCP:
+                return None
+            p = self.packets(i, d)
+            return build_tcp_segments(self.cap, self.ft, i, d, p.rows, p.t, p.size, p.payload)
+        return self._cached(("tcp", i, d), build)
+
+    def rtp_packet_share(self, i: int, d: int) -> float:
+        p = self.packets(i, d)
+        n = sum(s.n for s in self.rtp(i, d))
+        return n / p.n if p.n else 0.0
+
+    def cadence(self, i: int, d: int) -> Cadence | None:
+        """The voice train of a UDP direction without RTP headers (None when there is RTP, or no train)."""
+        def build():
+            if int(self.ft.proto[i]) != UDP or self.rtp_packet_share(i, d) > 0.5:
+                return None
+            p = self.packets(i, d)
+            return find_cadence(p.t, p.size)
+        return self._cached(("cad", i, d), build)
+
+    def loss(self, i: int, d: int) -> LossUnits | None:
+        """The direction's loss signal: RTP sequence gaps (all streams), else TCP holes, else the
+        cadence's empty slots; None when there is none."""
+        def build():
+            streams = [s for s in self.rtp(i, d) if s.n >= MIN_LOSS_STREAM]
+            if streams:
+                return merge_loss([s.loss_units() for s in streams])
+            tcp = self.tcp(i, d)
+            if tcp is not None:
+                return tcp.loss_units() if tcp.n >= MIN_LOSS_STREAM else None
+            cad = self.cadence(i, d)
+            return cad.loss_units() if cad is not None else None
+        return self._cached(("loss", i, d), build)
+
+    def loss_source(self, i: int, d: int) -> str | None:
+        lu = self.loss(i, d)
+        return None if lu is None else lu.source
+
+    # ------------------------------------------------------------------ builders
+    def _rtp(self, i: int, d: int) -> list[RtpStream]:
+        p = self.packets(i, d)
+        if p.n == 0:
+            return []
+        pk = self.cap.packets
+        rows = p.rows
+        if self.cl is not None:
+            ev = self.cl.evidence
+            has = ev.rtp_encap_of[rows] >= 0
+            rel = ev.rtp_offset_of[rows].astype(np.int64)
+        else:
+            has = np.zeros(len(rows), bool)
+            rel = np.zeros(len(rows), np.int64)
+        off = pk.payload_off[rows].astype(np.int64) + rel
+        has &= (pk.payload_off[rows] >= 0) & (rel + 12 <= pk.payload_len[rows].astype(np.int64))
+        if not has.any():
+            return []
+        sel = np.flatnonzero(has)
+        header = self.cap.buffer[off[sel, None] + np.arange(12)[None, :]]
+        return build_rtp_streams(i, d, rows[sel], p.t[sel], p.size[sel], header, MIN_RTP_STREAM)
+
+
+def build_streams(cap, ft, cl=None) -> Streams:
+    return Streams(cap, ft, cl)

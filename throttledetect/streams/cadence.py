@@ -1,0 +1,221 @@
+"""The sending clock of a flow without readable RTP, and the packets it lost (an estimate).
+
+Voice codecs send one packet per frame on a clock (Opus and G.711 every 20 ms by default,
+libtgvoip every 60 ms, others 10-120 ms), encrypted or not. Where a direction carries such a
+train, its period P and phase show in the arrival times, and a frame that never arrived leaves
+its slot empty. This module finds the train and counts the slots:
+
+1. **Which packets**: voice packets are the small, frequent ones; video and control share the
+   flow (one 5-tuple carries everything in most apps). Candidate subsets are the packets up to
+   several size quantiles; for each, the phase coherence |mean exp(2 pi i t / P)| is computed in
+   windows of WINDOW_S (so a sender clock's drift never accumulates) and averaged, over a grid
+   of periods P. A pure train at P is equally coherent at P/2, P/3 ...: the fundamental is the
+   longest period whose coherence is within 90 % of the best. The subset and P with the highest
+   coherence x share of the subset's packets on the grid win; MIN_COHERENCE rejects flows with
+   no clock (bulk transfers, screen sharing, jitter wider than P).
+2. **Slots**: in each window the grid's phase is the circular mean of the packets' phases;
+   every packet of the subset fills its nearest slot (a packet pushed off the grid by jitter
+   or a queue is late, not lost). Runs of filled slots
+   separated by at most MAX_LOSS_RUN empty ones are talk spurts; longer empty runs are pauses
+   (DTX, mute: the sender stops, nothing is lost).
+3. **Counts**: per spurt, expected = slots from its first to its last filled one, received =
+   its on-grid packets (a packet pushed by jitter into its neighbour's slot still counts, so
+   jitter alone loses nothing on balance); lost = expected - received, never below zero. The
+   empty slots are where the losses are placed.
+
+What it rests on is reported (period, coherence, share on grid, spurts, expected and received
+counts): an estimate, trusted less than RTP sequence numbers. Jitter beyond about P/2 destroys
+the grid (coherence falls below MIN_COHERENCE) and then there is no cadence, not a false loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PERIODS_MS = np.round(np.arange(10.0, 120.0 + 1e-9, 0.1), 1)
+WINDOW_S = 2.0
+MIN_WINDOW_PACKETS = 8
+MIN_COHERENCE = 0.5           # the clock must show clearly (1 = every packet exactly on the grid)
+MIN_ON_GRID = 0.6             # ... and hold most of the chosen packets
+ON_GRID = 0.3                 # a packet within 0.3 P of a slot is on the grid
+MAX_LOSS_RUN = 3              # a run of more empty slots is a pause of the sender (DTX, mute)
+MIN_PACKETS = 60
+SIZE_QUANTILES = (1.0, 0.9, 0.75, 0.6, 0.45)
+
+
+@dataclass(eq=False)
+class Cadence:
+    """The periodic (voice) train of one direction and its slot accounting."""
+
+    period_s: float
+    coherence: float
+    on_grid_share: float
+    max_size: float          # the subset: packets up to this frame size
+    slot_t: np.ndarray       # time of every expected slot inside talk spurts
+    slot_filled: np.ndarray  # bool per slot
+    slot_size: np.ndarray    # frame bytes of the packet that filled it (or the spurt's median)
+    expected: int
+    received: int
+    spurts: int
+
+    @property
+    def lost(self) -> int:
+        return max(self.expected - self.received, 0)
+
+    @property
+    def fraction(self) -> float:
+        return self.lost / self.expected if self.expected else 0.0
+
+    def describe(self) -> str:
+        return (f"cadence {self.period_s * 1e3:.1f} ms (coherence {self.coherence:.2f}, "
+                f"{self.on_grid_share:.0%} of packets up to {self.max_size:.0f} B on it), "
+                f"{self.expected} slots in {self.spurts} talk spurts, {self.received} filled")
+
+    def loss_units(self):
+        """Units for the loss tests: one per slot; the empty ones lost, at most ``lost`` of them
+        (when jitter doubled some slots up, the emptiest places are taken as the losses)."""
+        from throttledetect.streams.loss import LossUnits
+        lost = ~self.slot_filled
+        extra = int(np.count_nonzero(lost)) - self.lost
+        if extra > 0:   # more empty slots than missing packets: some packets sat in a neighbour
+            empties = np.flatnonzero(lost)
+            # keep the empties farthest from a doubled-up slot as losses; drop the others
+            lost[empties[:extra]] = False
+        return LossUnits(t=self.slot_t.copy(), lost=lost, size=self.slot_size.copy(), source="cadence")
+
+
+def _coherence(t: np.ndarray, periods_s: np.ndarray) -> np.ndarray:
+    """Mean over windows of the phase coherence at each period (weights: packets per window)."""
+    k = np.floor((t - t[0]) / WINDOW_S).astype(np.int64)
+    nb = int(k[-1]) + 1
+    counts = np.bincount(k, minlength=nb)
+    use = counts >= MIN_WINDOW_PACKETS
+    if not use.any():
+        return np.zeros(len(periods_s))
+    sel = use[k]
+    t, k = t[sel], k[sel]
+    out = np.zeros(len(periods_s))
+    w = counts[use].astype(np.float64)
+    idx = np.searchsorted(np.flatnonzero(use), k)
+    chunk = max(1, 2_000_000 // max(len(t), 1))
+    for a in range(0, len(periods_s), chunk):       # chunks of periods: memory stays bounded
+        p = periods_s[a:a + chunk]
+        ph = np.exp(2j * np.pi * (t[None, :] - t[0]) / p[:, None])
+        sums = np.zeros((len(p), len(w)), dtype=np.complex128)
+        for j in range(len(p)):                     # one bincount per period, not per packet
+            sums[j] = np.bincount(idx, weights=ph[j].real, minlength=len(w)) + \
+                1j * np.bincount(idx, weights=ph[j].imag, minlength=len(w))
+        out[a:a + chunk] = (np.abs(sums) / w).dot(w) / w.sum()
+    return out
+
+
+def _fundamental(coh: np.ndarray) -> int:
+    best = float(coh.max())
+    near = np.flatnonzero(coh >= 0.9 * best)
+    return int(near.max())
+
+
+def find_cadence(t: np.ndarray, size: np.ndarray) -> Cadence | None:
+    """The voice train of a direction (arrival times, frame sizes), or None when there is none."""
+    t = np.asarray(t, dtype=np.float64)
+    size = np.asarray(size, dtype=np.float64)
+    if len(t) < MIN_PACKETS or t[-1] - t[0] < 2 * WINDOW_S:
+        return None
+    periods = PERIODS_MS / 1e3
+    best = None
+    for q in SIZE_QUANTILES:
+        cap = float(np.quantile(size, q))
+        m = size <= cap
+        if np.count_nonzero(m) < MIN_PACKETS:
+            continue
+        ts = t[m]
+        # coarse pass on a 0.5 ms grid, then refined around the fundamental
+        coarse = periods[::5]
+        coh = _coherence(ts, coarse)
+        k = _fundamental(coh)
+        lo, hi = max(0, 5 * k - 5), min(len(periods), 5 * k + 6)
+        fine = periods[lo:hi]
+        coh_f = _coherence(ts, fine)
+        p = float(fine[int(np.argmax(coh_f))])
+        c = float(coh_f.max())
+        share = _on_grid_share(ts, p)
+        score = c * share
+        if best is None or score > best[0] + 1e-9:
+            best = (score, cap, p, c, share)
+    if best is None:
+        return None
+    _, cap, p, c, share = best
+    if c < MIN_COHERENCE or share < MIN_ON_GRID:
+        return None
+    # The subset that shows the clock best may leave out the larger voice frames (VBR codecs):
+    # count slots over the largest subset that keeps the clock nearly as clear, so that no voice
+    # packet is missed (a video packet landing on the grid by chance hides a loss: the safe error).
+    for q in SIZE_QUANTILES:
+        wider = float(np.quantile(size, q))
+        if wider <= cap:
+            break
+        m = size <= wider
+        cw = float(_coherence(t[m], np.array([p]))[0])
+        if cw >= 0.85 * c:
+            cap, c, share = wider, cw, _on_grid_share(t[m], p)
+            break
+    return _slots(t, size, cap, p, c, share)
+
+
+def _phases(ts: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per packet: (window index, offset from the window's grid in units of P, in [-0.5, 0.5))."""
+    k = np.floor((ts - ts[0]) / WINDOW_S).astype(np.int64)
+    z = np.exp(2j * np.pi * (ts - ts[0]) / p)
+    nb = int(k[-1]) + 1
+    zr = np.bincount(k, weights=z.real, minlength=nb)
+    zi = np.bincount(k, weights=z.imag, minlength=nb)
+    phase0 = np.angle(zr + 1j * zi) / (2 * np.pi)            # window phase, cycles
+    cyc = (ts - ts[0]) / p - phase0[k]
+    off = cyc - np.round(cyc)
+    return k, off
+
+
+def _on_grid_share(ts: np.ndarray, p: float) -> float:
+    _, off = _phases(ts, p)
+    return float(np.mean(np.abs(off) < ON_GRID))
+
+
+def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
+    m = size <= cap
+    ts, ss = t[m], size[m]
+    # Every packet of the subset takes its nearest slot, on the grid or pushed off it by jitter
+    # (a queue that re-times packets moves them off the grid without losing them).
+    k, off = _phases(ts, p)
+    if len(ts) < MIN_PACKETS:
+        return None
+    # each on-grid packet's slot number: nearest grid point, counted from the first packet
+    slot = np.round((ts - ts[0]) / p - (off - off[0])).astype(np.int64)
+    slot -= slot.min()
+    # slots held per packet; a window's phase re-estimate can shift numbering by one: keep order
+    slot = np.maximum.accumulate(slot)
+    filled_idx, first = np.unique(slot, return_index=True)
+    counts = np.bincount(slot)[filled_idx]
+    # spurts: filled slots separated by at most MAX_LOSS_RUN empty ones
+    gaps = np.diff(filled_idx) - 1
+    brk = np.flatnonzero(gaps > MAX_LOSS_RUN)
+    starts = np.r_[0, brk + 1]
+    ends = np.r_[brk, len(filled_idx) - 1]
+    slot_t, slot_filled, slot_size = [], [], []
+    expected = received = 0
+    for a, b in zip(starts, ends):                  # one iteration per talk spurt
+        lo, hi = int(filled_idx[a]), int(filled_idx[b])
+        n_exp = hi - lo + 1
+        n_rec = int(counts[a:b + 1].sum())
+        expected += n_exp
+        received += min(n_rec, n_exp)
+        grid = np.arange(lo, hi + 1)
+        have = np.isin(grid, filled_idx[a:b + 1])
+        t_at = np.interp(grid, filled_idx[a:b + 1], ts[first[a:b + 1]])
+        s_at = np.interp(grid, filled_idx[a:b + 1], ss[first[a:b + 1]])
+        slot_t.append(t_at)
+        slot_filled.append(have)
+        slot_size.append(s_at)
+    return Cadence(period_s=p, coherence=coherence, on_grid_share=share, max_size=cap,
+                   slot_t=np.concatenate(slot_t), slot_filled=np.concatenate(slot_filled),
+                   slot_size=np.concatenate(slot_size), expected=expected, received=received, spurts=len(starts))

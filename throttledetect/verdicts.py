@@ -38,7 +38,7 @@ PRECEDENCE = ("blocking", "policing", "shaping", "dropping")
 # Severity order of verdicts in tables and when one protocol appears in several captures.
 SEVERITY = PRECEDENCE + ("inconclusive", "none")
 RATE_AGREEMENT = 0.10     # rates of several flows or captures are "common" within 10 % (max/min - 1)
-MINOR_SHARE = 0.1         # untested media flows carrying at most this share of a protocol's packets
+MINOR_SHARE = 0.25        # untested media flows carrying at most this share of a protocol's packets
 
 # The thresholds ``decide`` applies (DetectConfig holds the same names; the JSON output writes
 # the configuration it was made with). Effect floors are per kind, in each kind's effect unit:
@@ -163,8 +163,10 @@ def protocol_verdict(flows: list) -> dict:
 def _minor_untested(media: list) -> bool:
     """The media flows tested clean carry nearly all the media (MINOR_SHARE or less of the packets
     is in flows that could not be tested: a short side leg, a candidate pair used for seconds)."""
-    total = sum(f.get("packets", 0) for f in media)
-    untested = sum(f.get("packets", 0) for f in media if f["verdict"] != "none")
+    def n(f):
+        return f.get("packets", f.get("packets_in", 0))
+    total = sum(n(f) for f in media)
+    untested = sum(n(f) for f in media if f["verdict"] != "none")
     clean = [f for f in media if f["verdict"] == "none"]
     return bool(clean) and total > 0 and untested <= MINOR_SHARE * total
 

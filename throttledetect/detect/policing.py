@@ -31,12 +31,11 @@ Two tests, each of a null under which the losses have nothing to do with a bucke
    Bursty loss (congestion, Wi-Fi) is over-dispersed and never passes.
 The two share alpha (Bonferroni). Effect: J of the best fit (checked against ``floor.policing``).
 
-Checks: at least ``min_losses`` lost and passed; and **no queue before the losses**: a shaper's
-full queue drops the same packets a bucket would, but only after the delay has risen by the
-queue. Where the sender's clock is known (RTP timestamps), the delay in the half second before
-losses is compared with the flow's base delay, and a rise of ``min_queue_packets`` or more
-packets at the fitted rate fails the check (that is shaping.py's). A tbf whose queue holds a
-packet or two drops like a policer and is one.
+Checks: at least ``min_losses`` lost and passed; and **no standing queue**: a shaper's full
+queue drops the same packets a bucket would, but holds the others for the queue's delay. Where
+the sender's clock is known (RTP timestamps), shaping.queue_estimate sizes the queue from the
+delay; one of ``min_queue_packets`` or more packets at the fitted rate fails the check (that is
+shaping's). A tbf whose queue holds a packet or two drops like a policer and is one.
 
 Estimates: rate_bps (link-layer bits/s, the best fit's rate refined on a finer grid), the range
 of rates that fit about as well (``rate_range_bps``: a bucket that refills to its depth between
@@ -307,24 +306,13 @@ def regularity_test(lost: np.ndarray, k: int):
     return d, float(stats.chi2.cdf(d, m - 1))
 
 
-def queue_before_losses(ctx: DetectContext, i: int, d: int, loss_t: np.ndarray, rate_Bps: float,
-                        mean_size: float) -> float | None:
-    """Packets queued at the fitted rate in the half second before losses, from the sender's
-    clock (RTP); None without one."""
-    delays = [s.delay() for s in ctx.streams.rtp(i, d) if s.n >= 20]
-    delays = [x for x in delays if x is not None and x.n >= 20]
-    if not delays:
+def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, mean_size: float) -> float | None:
+    """Packets of queue at the fitted rate (shaping.queue_estimate); None without a sender clock."""
+    from throttledetect.detect.shaping import queue_depth_ms, queue_estimate
+    q = queue_estimate(ctx, i, d)
+    if q is None:
         return None
-    dl = max(delays, key=lambda x: x.n)
-    base = float(np.quantile(dl.ms, 0.05))
-    j = np.searchsorted(dl.t, loss_t)
-    # the delay of the frame just before each loss
-    ok = j > 0
-    if not ok.any():
-        return None
-    before = dl.ms[j[ok] - 1]
-    rise_ms = float(np.median(before)) - base
-    return max(rise_ms, 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
+    return max(queue_depth_ms(q, ctx.alpha), 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
 
 
 def detect(ctx: DetectContext, i: int) -> list:
@@ -369,10 +357,10 @@ def detect(ctx: DetectContext, i: int) -> list:
     rate = float(rates[a] * 8)
     identifiable = r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1
     first_loss_t = float(loss.t[int(np.argmax(lost))])
-    q_pk = queue_before_losses(ctx, i, d, loss.t[lost], rate / 8.0, float(size.mean()))
+    q_pk = queue_packets(ctx, i, d, rate / 8.0, float(size[~lost].mean()))
     checks = {}
     if q_pk is not None:
-        checks["no_queue_before_losses"] = q_pk < P.min_queue_packets
+        checks["no_standing_queue"] = q_pk < P.min_queue_packets
     est = {"rate_bps": rate, "burst_bytes": float(bursts[b]), "rate_range_bps": [r_lo, r_hi],
            "rate_identifiable": bool(identifiable), "loss": loss.fraction, "lost": nl, "expected": loss.n,
            "loss_source": loss.source, "j_held_out": j_obs, "z_alignment": z_align, "p_alignment": p_align,
@@ -382,7 +370,7 @@ def detect(ctx: DetectContext, i: int) -> list:
     if m == 1:
         est["onset_s"] = first_loss_t
     if q_pk is not None:
-        est["queue_packets_before_losses"] = q_pk
+        est["queue_packets"] = q_pk
     pred_note = f"{j_best:.2f}"
     why = ("losses line up with the flow's own load (circular-shift test)" if name == "alignment"
            else "losses spread more evenly than random loss would (dispersion test)")
@@ -390,7 +378,7 @@ def detect(ctx: DetectContext, i: int) -> list:
     ev = (f"{loss.fraction:.1%} of packets lost; a token bucket of {rate_txt} and {bursts[b]:.0f} B "
           f"({est['bucket_start']}) explains them (J {pred_note}); {why}, p={p:.2g}")
     if q_pk is not None:
-        ev += f"; delay before losses {q_pk:.1f} packets' worth of queue"
+        ev += f"; the delay shows a queue of {q_pk:.1f} packets at that rate"
     if not identifiable:
         est["rate_note"] = "the bucket refills between bursts: the rate is bounded from below only"
     return [Detection(kind=KIND, direction=direction, decision="not_detected", test=name, statistic=j_obs, pvalue=p,

@@ -91,7 +91,7 @@ class DetectionReport:
     config: DetectConfig
     test_scope: str = "calls"
     protocols: list = field(default_factory=list)
-    packets: list = field(default_factory=list)     # per flow, both directions
+    packets: list = field(default_factory=list)     # per flow: packets arriving at the capturing host
 
     def verdict(self, i: int) -> str:
         return self.verdicts[i][0]
@@ -101,7 +101,8 @@ class DetectionReport:
             return {"tested": False, "verdict": "none", "verdict_reason": "not tested (not a call flow)"
                     if self.test_scope == "calls" else "not tested (too few packets)", "detections": []}
         v, why = self.verdicts[i]
-        out = {"tested": True, "role": self.roles[i], "verdict": v, "detections": self.detections[i]}
+        out = {"tested": True, "role": self.roles[i], "verdict": v, "packets_in": self.packets[i],
+               "detections": self.detections[i]}
         if why:
             out["verdict_reason"] = why
         return out
@@ -166,7 +167,7 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
     vs = [verdicts.flow_verdict(dets[i], roles[i]) if tested[i] else ("none", "not tested") for i in range(n)]
     report = DetectionReport(tested=tested, roles=roles, detections=dets, verdicts=vs, labels=list(ctx.labels),
                              config=config, test_scope=test,
-                             packets=(ft.packets_ab.astype(np.int64) + ft.packets_ba.astype(np.int64)).tolist())
+                             packets=[ctx.packets(i, ctx.toward_local(i)).n if tested[i] else 0 for i in range(n)])
     report.protocols = _protocols(report)
     return report
 

@@ -8,29 +8,43 @@ with others' traffic, at no fixed rate; Wi-Fi jitters packets around their times
 lowers its own rate adds no delay; its pacer spaces a video frame's packets at a high rate but
 the queue empties between frames.
 
-1. **Delay** (``delay``, needs the sender's clock: RTP timestamps; streams/rtp.py removes pacing
-   and clock skew). The minimum delay per ``window_s`` (robust to jitter: a window's minimum is
-   a packet that met no queue) is tested for a rise that stays:
-   - a change of level at some point: H0 the window minima are exchangeable; the split is
-     searched and its p-value comes from permutations (onset.change_point, maximum statistic);
-   - a queue that filled in the first second (a shaper active from the start): the first frames'
-     delay against the window minima after them (Mann-Whitney, one-sided; H0 the first frames
-     are not earlier than the rest).
-   The smaller p-value, doubled (Bonferroni). Effect: the rise in ms (floor.shaping). Checks: the
-   queue holds at least ``min_queue_packets`` packets at the cap (a tbf whose queue holds a packet
-   or two drops like a policer and is policing's), and the rise persists to the end (the last
-   third of the windows after it keep half of it: congestion episodes end, a shaper stays).
-2. **Spacing** (``spacing``, for flows without a sender clock). H0: arrival gaps do not depend
-   on the size of the packet that ends them (the sender's clock sets them). Spearman's rank
-   correlation, one-sided (scipy.stats.spearmanr). Effect: the share of gaps within
-   ``cap_tolerance`` of size / C at the best C ("floor.shaping_spacing"). Checks: packet sizes
-   vary (for equal sizes a cap and a sender's clock look the same), the backlog lasts at least
-   ``min_backlog_s``.
+**The queue, from the sender's clock** (``queue_estimate``; RTP timestamps, with pacing and clock
+skew removed by streams/rtp.py). The minimum delay per ``window_s`` (a packet that met no queue:
+robust to jitter) is read three ways; each is a test of H0 "no standing queue":
+- ``onset``: a rise at some point that stays (the split is searched; its p-value comes from
+  permuting the window minima, the maximum statistic: onset.change_point);
+- ``leading``: a queue that filled as the capture began (a shaper already on) leaves only the
+  first frames at the base delay. Statistic: L, the number of leading frames all below every
+  later frame; under H0 (frames' delays exchangeable) P(L >= k) = 1 / C(N, k), exact;
+- ``coupling``: a shaper couples its queue and its spacing (while packets wait they leave size / C
+  apart): frames whose first packet came at that spacing against the others (Mann-Whitney,
+  one-sided; H0 their delay is not higher). Congestion spaces packets by others' traffic, Wi-Fi
+  by its own timing, a sender by its clock: none ties the spacing to the delay;
+- the spread of the window minima (95th - 5th percentile): a queue that fills and drains with
+  the load (no p-value; it sizes the queue).
+The queue's depth is the largest of the significant rises and the spread, in ms and in packets
+at the rate that arrives while it stands. policing.py reads the same estimate: losses behind a
+queue of ``min_queue_packets`` or more are a shaper's tail drops, not a policer's.
 
-Estimates: rate_bps (the cap: the received rate while the queue stands, or the spacing's C),
-onset_s, delay_rise_ms, queue_packets, queue_bytes.
+**Spacing** (``spacing``, for flows without a sender clock): H0 arrival gaps do not depend on
+the size of the packet that ends them (the sender's clock sets them). Spearman's rank correlation,
+one-sided. Effect: the share of gaps within ``cap_tolerance`` of size / C at the best C
+("floor.shaping_spacing"). Checks: packet sizes vary (for equal sizes a cap and a sender's clock
+look the same: the test then cannot clear the flow either), and the backlog lasts
+``min_backlog_s`` at a stretch.
+
+Decision: the smallest p-value of the available looks (Bonferroni); effect the queue's delay in
+ms (floor.shaping). Checks: the queue holds ``min_queue_packets`` packets at the cap (a tbf whose
+queue holds a packet or so drops like a policer and is one); an onset's rise persists (the last
+third of the windows after it keep half of it: congestion episodes end, shapers stay); and while
+the queue stands, ``min_busy_share`` of the arrival gaps are the packet's size over one rate (a
+shaper's signature: congestion interleaves others' packets at no fixed rate).
+Estimates: rate_bps (the cap: what arrives while the queue stands), onset_s, delay_rise_ms,
+queue_packets, queue_bytes.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import stats
@@ -41,8 +55,8 @@ from throttledetect.detect.result import Detection
 from throttledetect.verdicts import fmt_rate
 
 KIND = "shaping"
-START_FRAMES = 10
 MIN_PACKETS = 50
+MAX_LEADING = 50
 
 
 def _delay_series(ctx: DetectContext, i: int, d: int):
@@ -57,38 +71,106 @@ def _delay_series(ctx: DetectContext, i: int, d: int):
     return best
 
 
-def delay_test(ctx: DetectContext, i: int, d: int, dl, pk) -> dict | None:
+def leading_test(ms: np.ndarray) -> tuple[int, float, float]:
+    """(L, p, gap ms): L leading frames all below every later frame; p = 1 / C(N, L)."""
+    n = len(ms)
+    if n < 10:
+        return 0, 1.0, 0.0
+    later_min = np.minimum.accumulate(ms[::-1])[::-1]      # min of ms[k:]
+    lead_max = np.maximum.accumulate(ms)
+    L = 0
+    for k in range(1, min(MAX_LEADING, n - 1) + 1):        # at most MAX_LEADING steps
+        if lead_max[k - 1] < later_min[k]:
+            L = k
+    if L == 0:
+        return 0, 1.0, 0.0
+    gap = float(np.median(ms[L:]) - np.max(ms[:L]))
+    log_p = -(math.lgamma(n + 1) - math.lgamma(L + 1) - math.lgamma(n - L + 1))
+    return L, float(math.exp(log_p)), gap
+
+
+def _leading_all(ctx: DetectContext, i: int, d: int):
+    """The leading test on every clocked stream of the direction (audio may see the empty queue
+    that video, starting later, never met); the best, Bonferroni over streams."""
+    best, n = None, 0
+    for s in ctx.streams.rtp(i, d):
+        if s.n < 20 or not s.clock:
+            continue
+        dl = s.delay()
+        if dl is None or dl.n < 10:
+            continue
+        n += 1
+        L, p, gap = leading_test(dl.ms)
+        if L and (best is None or p < best[1]):
+            best = (L, p, gap, float(dl.t[0]))
+    if best is None:
+        return None
+    return best[0], min(1.0, best[1] * n), best[2], best[3]
+
+
+def _cap_delay_test(ctx: DetectContext, i: int, d: int, dl, pk):
+    """A shaper couples its queue and its spacing: while packets wait, they leave size / C apart.
+    H0: whether a frame's first packet arrived at the cap spacing (the gap before it within
+    cap_tolerance of its size over C) is unrelated to its delay. Mann-Whitney, one-sided: frames
+    that came at the cap have higher delay. Returns (p, delay difference ms, C) or None."""
     P = ctx.config.shaping
-    c, m = dl.window_minima(P.window_s)
-    if len(m) < P.min_windows:
+    sp = spacing_test(pk, P)
+    if sp is None:
         return None
-    looks = []
-    cp = change_point(m, c, min_size=3, alternative="increase", rng=ctx.rng("shape-delay", i))
-    if cp is not None:
-        k = cp.index
-        before, after = float(np.median(m[:k])), float(np.median(m[k:]))
-        third = m[k:][-max(1, (len(m) - k) // 3):]
-        looks.append({"how": "change", "p": cp.pvalue, "onset": float(c[k] - P.window_s / 2),
-                      "before": before, "after": after, "persist": float(np.median(third)) - before})
-    first = dl.ms[:START_FRAMES]
-    if len(first) == START_FRAMES and len(m) > 3:
-        rest = m[1:]
-        p = float(stats.mannwhitneyu(first, rest, alternative="less").pvalue)
-        before, after = float(np.median(first)), float(np.median(rest))
-        third = rest[-max(1, len(rest) // 3):]
-        looks.append({"how": "start", "p": p, "onset": float(dl.t[0]), "before": before, "after": after,
-                      "persist": float(np.median(third)) - before})
-    if not looks:
+    cap = sp["cap"]
+    j = np.searchsorted(pk.t, dl.t)               # the frame's first packet in the direction
+    ok = (j >= 1) & (j < pk.n)
+    j = j[ok]
+    gap = pk.t[j] - pk.t[j - 1]
+    at = np.abs(8.0 * pk.size[j] / np.maximum(gap, 1e-9) / cap - 1.0) < P.cap_tolerance
+    ms = dl.ms[ok]
+    if at.sum() < 10 or (~at).sum() < 10:
         return None
-    best = min(looks, key=lambda x: x["p"])
-    best["p"] = min(1.0, best["p"] * len(looks))
-    rise = best["after"] - best["before"]
-    best["rise"] = rise
-    # the cap: what arrived while the queue stood
-    w = pk.window(best["onset"] + P.window_s, pk.t[-1] + 1e-9)
-    best["rate"] = w.mean_rate_bps() if w.n >= 10 else pk.mean_rate_bps()
-    best["mean_size"] = float(w.size.mean()) if w.n else float(pk.size.mean())
-    return best
+    p = float(stats.mannwhitneyu(ms[at], ms[~at], alternative="greater").pvalue)
+    return p, float(np.median(ms[at]) - np.median(ms[~at])), cap
+
+
+def queue_estimate(ctx: DetectContext, i: int, d: int) -> dict | None:
+    """The standing queue on a clocked direction (see the module docstring), cached; None
+    without a sender clock or with too few frames."""
+    key = ("queue", i, d)
+    if key in ctx._cache:
+        return ctx._cache[key]
+    P = ctx.config.shaping
+    out = None
+    ds = _delay_series(ctx, i, d)
+    if ds is not None and ds[0].n >= P.min_frames:
+        dl, stream = ds
+        c, m = dl.window_minima(P.window_s)
+        if len(m) >= P.min_windows:
+            looks = []
+            cp = change_point(m, c, min_size=3, alternative="increase", rng=ctx.rng("shape-delay", i))
+            if cp is not None:
+                k = cp.index
+                before, after = float(np.median(m[:k])), float(np.median(m[k:]))
+                third = m[k:][-max(1, (len(m) - k) // 3):]
+                looks.append({"how": "onset", "p": cp.pvalue, "onset": float(c[k] - P.window_s / 2),
+                              "rise": after - before, "persist": float(np.median(third)) - before})
+            lead = _leading_all(ctx, i, d)
+            if lead is not None:
+                L, p_lead, gap, t0 = lead
+                looks.append({"how": "leading", "p": p_lead, "onset": t0, "rise": gap, "persist": gap,
+                              "leading_frames": L})
+            cd = _cap_delay_test(ctx, i, d, dl, ctx.packets(i, d))
+            if cd is not None:
+                looks.append({"how": "coupling", "p": cd[0], "onset": float(dl.t[0]), "rise": cd[1],
+                              "persist": cd[1], "cap": cd[2]})
+            spread = float(np.quantile(m, 0.95) - np.quantile(m, 0.05))
+            out = {"looks": looks, "spread_ms": spread, "skew_ppm": dl.skew_ppm, "clock": stream.clock,
+                   "frames": dl.n, "windows": len(m)}
+    ctx._cache[key] = out
+    return out
+
+
+def queue_depth_ms(q: dict, alpha: float) -> float:
+    """The queue's delay: the largest significant rise, or the window minima's spread."""
+    rises = [lk["rise"] for lk in q["looks"] if lk["p"] * max(len(q["looks"]), 1) < alpha]
+    return max(rises + [q["spread_ms"]])
 
 
 def spacing_test(pk, P) -> dict | None:
@@ -112,13 +194,9 @@ def spacing_test(pk, P) -> dict | None:
     at = np.abs(rho / cap - 1.0) < P.cap_tolerance
     share = float(at.mean())
     size_cv = float(np.std(s[at]) / np.mean(s[at])) if at.sum() > 2 else 0.0
-    # the longest stretch the queue stood: consecutive gaps at the cap
-    runs = np.diff(np.flatnonzero(np.diff(np.r_[False, at, False].astype(np.int8)) != 0).reshape(-1, 2), axis=1)
-    starts = np.flatnonzero(np.diff(np.r_[False, at].astype(np.int8)) == 1)
-    longest = 0.0
-    if len(starts):
-        ends = starts + runs.ravel() - 1
-        longest = float(np.max(t[ends] - t[starts] + g[starts]))
+    edges_at = np.diff(np.r_[0, at.astype(np.int8), 0])
+    starts, ends = np.flatnonzero(edges_at == 1), np.flatnonzero(edges_at == -1) - 1
+    longest = float(np.max(t[ends] - t[starts] + g[starts])) if len(starts) else 0.0
     r = stats.spearmanr(g, s, alternative="greater")
     return {"cap": cap, "share": share, "size_cv": size_cv, "backlog_s": longest, "rho": float(r.statistic),
             "p": float(r.pvalue)}
@@ -131,28 +209,42 @@ def detect(ctx: DetectContext, i: int) -> list:
     pk = ctx.packets(i, d)
     if pk.n < MIN_PACKETS:
         return [Detection.inconclusive(KIND, direction, f"only {pk.n} packets arrived", test="delay")]
-    ds = _delay_series(ctx, i, d)
-    if ds is not None and ds[0].n >= P.min_frames:
-        dl, stream = ds
-        res = delay_test(ctx, i, d, dl, pk)
-        if res is not None:
-            rise = res["rise"]
-            q_bytes = max(rise, 0.0) / 1e3 * res["rate"] / 8.0
-            q_pk = q_bytes / max(res["mean_size"], 1.0)
-            est = {"rate_bps": res["rate"], "onset_s": res["onset"], "delay_rise_ms": rise, "queue_bytes": q_bytes,
-                   "queue_packets": q_pk, "delay_before_ms": res["before"], "delay_after_ms": res["after"],
-                   "skew_ppm": dl.skew_ppm, "clock_hz": stream.clock}
-            checks = {"queue_of_several_packets": q_pk >= P.min_queue_packets,
-                      "rise_persists": res["persist"] >= 0.5 * rise}
-            how = ("from the start (the first frames against the rest)" if res["how"] == "start"
-                   else f"at {res['onset']:.1f} s")
-            ev = (f"one-way delay (window minima, sender clock skew {dl.skew_ppm:+.0f} ppm removed) rises by "
-                  f"{rise:.0f} ms {how} and stays: a queue of {q_bytes / 1e3:.1f} kB, {q_pk:.1f} packets at the "
-                  f"{fmt_rate(res['rate'])} that arrive (p={res['p']:.2g})")
-            return [Detection(kind=KIND, direction=direction, decision="not_detected", test="delay",
-                              statistic=rise, pvalue=res["p"], effect=rise, effect_unit="ms of queueing delay",
-                              checks=checks, estimates=est, evidence=ev,
-                              null="the minimum one-way delay does not rise (no standing queue)")]
+    q = queue_estimate(ctx, i, d)
+    if q is not None:
+        looks = q["looks"]
+        if not looks:
+            return [Detection.nothing_to_find(KIND, direction, "the minimum one-way delay never rises",
+                                              test="delay", delay_spread_ms=q["spread_ms"], skew_ppm=q["skew_ppm"])]
+        best = min(looks, key=lambda x: x["p"])
+        p = min(1.0, best["p"] * len(looks))
+        depth = max(best["rise"], q["spread_ms"])
+        w = pk.window(best["onset"] + P.window_s, pk.t[-1] + 1e-9)
+        rate = w.mean_rate_bps() if w.n >= 10 else pk.mean_rate_bps()
+        mean_size = float(w.size.mean()) if w.n else float(pk.size.mean())
+        q_bytes = max(depth, 0.0) / 1e3 * rate / 8.0
+        q_pk = q_bytes / max(mean_size, 1.0)
+        est = {"rate_bps": rate, "onset_s": best["onset"], "delay_rise_ms": best["rise"],
+               "delay_spread_ms": q["spread_ms"], "queue_bytes": q_bytes, "queue_packets": q_pk,
+               "skew_ppm": q["skew_ppm"], "clock_hz": q["clock"]}
+        if best["how"] == "leading":
+            est["leading_frames"] = best["leading_frames"]
+        sp = spacing_test(pk.window(best["onset"], pk.t[-1] + 1e-9), P)
+        at_cap = sp["share"] if sp is not None else 0.0
+        est["at_cap_share"] = at_cap
+        checks = {"queue_of_several_packets": q_pk >= P.min_queue_packets,
+                  "rise_persists": best["persist"] >= 0.5 * best["rise"],
+                  "spaced_at_a_cap": at_cap >= P.min_busy_share}
+        how = {"leading": f"after the first {best.get('leading_frames', 0)} frames, which alone met no queue (a "
+                          "shaper already on)",
+               "coupling": "whenever packets arrive spaced at size / rate (a queue releasing them)",
+               "onset": f"at {best['onset']:.1f} s"}[best["how"]]
+        ev = (f"one-way delay (window minima, sender clock skew {q['skew_ppm']:+.0f} ppm removed) rises by "
+              f"{best['rise']:.0f} ms {how} and stays: a queue of {q_bytes / 1e3:.1f} kB, {q_pk:.1f} packets at "
+              f"the {fmt_rate(rate)} that arrive, {at_cap:.0%} of arrival gaps at size / rate (p={p:.2g})")
+        return [Detection(kind=KIND, direction=direction, decision="not_detected", test=best["how"],
+                          statistic=best["rise"], pvalue=p, effect=depth, effect_unit="ms of queueing delay",
+                          checks=checks, estimates=est, evidence=ev,
+                          null="no standing queue: the minimum one-way delay does not rise")]
     sp = spacing_test(pk, P)
     if sp is None:
         return [Detection.inconclusive(KIND, direction, "too few packets to read their spacing", test="spacing")]
@@ -164,11 +256,10 @@ def detect(ctx: DetectContext, i: int) -> list:
           f"(Spearman {sp['rho']:.2f}, p={sp['p']:.2g})")
     det = Detection(kind=KIND, direction=direction, decision="not_detected", test="spacing", statistic=sp["rho"],
                     pvalue=sp["p"], effect=sp["share"], effect_unit="share of gaps at the cap", checks=checks,
-                    estimates=est, evidence=ev, null="arrival gaps unrelated to packet sizes (the sender's clock)")
-    det.floor_key = "floor.shaping_spacing"
+                    estimates=est, evidence=ev, null="arrival gaps unrelated to packet sizes (the sender's clock)",
+                    floor_key="floor.shaping_spacing")
     if not checks["sizes_vary"]:
-        # equal sizes: a cap and the sender's own clock space packets alike, so a negative says nothing
         det.otherwise = "inconclusive"
-        det.reason = "no sender clock (no RTP timestamps) and packets of one size: a cap cannot be told from the " \
-                     "sender's own pacing"
+        det.reason = ("no sender clock (no RTP timestamps) and packets of one size: a cap cannot be told from the "
+                      "sender's own pacing")
     return [det]

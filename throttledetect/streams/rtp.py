@@ -12,9 +12,8 @@ series without any queue on the path, and both are removed before anyone reads i
   pacer spreads them at 2.5 x the target rate), so the later packets of a frame look delayed.
   Only a frame's first packet is used: it leaves when the frame is ready.
 - **clock skew**: the sender's media clock runs fast or slow against the capture's (seen:
-  WhatsApp's 0.25 % slow, 2.5 ms more "delay" every second). The skew is the median of the
-  slopes between the minima of consecutive windows (a queue that fills at an onset bends one or
-  two of those slopes; a skew bends all of them), accepted up to MAX_SKEW and subtracted.
+  WhatsApp's 0.25 % slow, 2.5 ms more "delay" every second). The skew is read off the lower
+  envelope of the delay (remove_skew), accepted up to MAX_SKEW and subtracted.
 """
 from __future__ import annotations
 
@@ -120,8 +119,28 @@ class DelaySeries:
         return centres[ok], mins[ok]
 
 
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> list:
+    """Indices of the lower convex hull of points sorted by x (Andrew's monotone chain)."""
+    hull: list = []
+    for k in range(len(x)):                       # window minima: tens to hundreds of points
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (x[b] - x[a]) * (y[k] - y[a]) - (y[b] - y[a]) * (x[k] - x[a]) <= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(k)
+    return hull
+
+
 def remove_skew(t: np.ndarray, owd_s: np.ndarray) -> tuple[np.ndarray, float]:
-    """(owd with the sender's clock skew removed, skew) — see the module docstring."""
+    """(owd with the sender's clock skew removed, skew) — see the module docstring.
+
+    The skew is a slope of the lower envelope of the window minima (a queue only ever adds
+    delay, so the envelope is where the queue was empty): the lower convex hull's edges that
+    span at least a quarter of the series, and of those the flattest (a linear skew makes every
+    edge that steep; a queue that starts at some point adds a steep edge beside a flat one; a
+    queue that fills and drains leaves flat edges through its empty moments)."""
     if len(t) < 2:
         return owd_s, 0.0
     span = t[-1] - t[0]
@@ -130,19 +149,20 @@ def remove_skew(t: np.ndarray, owd_s: np.ndarray) -> tuple[np.ndarray, float]:
     nb = int(k[-1]) + 1
     if nb < MIN_SKEW_WINDOWS:
         return owd_s, 0.0
-    mins = np.full(nb, np.inf)
-    np.minimum.at(mins, k, owd_s)
-    at = np.full(nb, np.nan)
-    # time of each window's minimum
     order = np.lexsort((owd_s, k))
     first = np.r_[True, k[order][1:] != k[order][:-1]]
-    at[k[order][first]] = t[order][first]
-    ok = np.isfinite(mins)
-    c, m = at[ok], mins[ok]
-    if len(c) < MIN_SKEW_WINDOWS:
+    x, y = t[order][first], owd_s[order][first]       # each window's lowest point
+    if len(x) < MIN_SKEW_WINDOWS:
         return owd_s, 0.0
-    slopes = np.diff(m) / np.maximum(np.diff(c), 1e-9)
-    skew = float(np.median(slopes))
+    h = _lower_hull(x, y)
+    if len(h) < 2:
+        return owd_s, 0.0
+    hx, hy = x[h], y[h]
+    lengths = np.diff(hx)
+    slopes = np.diff(hy) / np.maximum(lengths, 1e-9)
+    long_edges = lengths >= 0.25 * (x[-1] - x[0])
+    cand = slopes[long_edges] if long_edges.any() else slopes[[int(np.argmax(lengths))]]
+    skew = float(cand[int(np.argmin(np.abs(cand)))])
     if not np.isfinite(skew) or abs(skew) > MAX_SKEW:
         return owd_s, 0.0
     return owd_s - skew * (t - t[0]), skew

@@ -656,7 +656,7 @@ def _kind_of(label: str | None) -> str:
     return MEDIA if is_call(label) else NOT_CALL
 
 
-def corpus_sources(corpus: Path, captures: Path | None) -> list[tuple[str, Path, Any]]:
+def corpus_sources(corpus: Path, captures: Path | None, vca: bool = False) -> list[tuple[str, Path, Any]]:
     """(source kind, capture path, label info) for every capture used in training, in a fixed order."""
     out: list[tuple[str, Path, Any]] = []
     pcap_dir, label_dir = corpus / "ndpi" / "pcap", corpus / "ndpi" / "labels"
@@ -671,9 +671,10 @@ def corpus_sources(corpus: Path, captures: Path | None) -> list[tuple[str, Path,
             if p.is_file():
                 out.append(("external", p, None))
     # Real Tencent Meeting calls (no nDPI labels): labelled by our signature classifier, like external/.
-    vca = corpus / "vca-sense"
-    if vca.is_dir():
-        for p in sorted(vca.iterdir()):
+    # Off by default: with them the leave-one-capture-out recall fell from 0.67 to 0.13 (models/README.md).
+    vca_dir = corpus / "vca-sense"
+    if vca and vca_dir.is_dir():
+        for p in sorted(vca_dir.iterdir()):
             if p.is_file() and ".pcap" in p.name:
                 out.append(("vca", p, None))
     if captures is not None and (captures / "MANIFEST.json").is_file():
@@ -685,12 +686,12 @@ def corpus_sources(corpus: Path, captures: Path | None) -> list[tuple[str, Path,
     return out
 
 
-def gather_training_set(corpus: Path, captures: Path | None) -> TrainingSet:
+def gather_training_set(corpus: Path, captures: Path | None, vca: bool = False) -> TrainingSet:
     from throttledetect.flows import build_flows
     from throttledetect.read import read_capture
 
     Xs, durations, examples, excluded, read = [], [], [], {}, []
-    for kind_src, path, info in corpus_sources(corpus, captures):
+    for kind_src, path, info in corpus_sources(corpus, captures, vca):
         cap = read_capture(str(path))
         ft = build_flows(cap, idle_timeout=None)    # one flow per 5-tuple, as nDPI's labels count them
         cand = _candidates(ft)
@@ -894,9 +895,9 @@ def evaluate(ts: TrainingSet, lam: float, seed: int) -> tuple[dict, float]:
 
 
 def train(corpus: Path, captures: Path | None, seed: int = 0, recipe: str | None = None,
-          lambdas: Sequence[float] = LAMBDAS) -> MediaModel:
+          lambdas: Sequence[float] = LAMBDAS, vca: bool = False) -> MediaModel:
     """Gather the training set, pick the L2 strength, evaluate, fit the final model."""
-    ts = gather_training_set(Path(corpus), Path(captures) if captures else None)
+    ts = gather_training_set(Path(corpus), Path(captures) if captures else None, vca)
     if ts.y.sum() < 2 or (1 - ts.y).sum() < 2:
         raise ValueError(f"too few examples to train on ({int(ts.y.sum())} media, {int((1 - ts.y).sum())} not): "
                          f"is {corpus} the corpus?")
@@ -913,7 +914,8 @@ def train(corpus: Path, captures: Path | None, seed: int = 0, recipe: str | None
                    "count": int(np.sum(~fit)), "media_among_them": int(np.sum(ts.y[~fit]))}
     trained = {
         "date": datetime.date.today().isoformat(),
-        "corpus": "../shared/corpus (ndpi/pcap + ndpi/labels, external/, vca-sense/) and captures/ (MANIFEST.json)",
+        "corpus": ("../shared/corpus (ndpi/pcap + ndpi/labels, external/" + (", vca-sense/" if vca else "")
+                   + ") and captures/ (MANIFEST.json)"),
         "recipe": recipe or f"throttledetect train --seed {seed}",
         "seed": int(seed),
         "n_positive": int(ts.y.sum()),

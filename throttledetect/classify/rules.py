@@ -138,6 +138,21 @@ class Rules:
         self._name_from_context(ft, ev, out, local_ip)
         return out
 
+    def app_of_address(self, ip: str, names=()) -> str | None:
+        """The call label an address belongs to: the app's address ranges, else the names (DNS
+        answers, TLS SNI) that led to it. None when neither says a call app."""
+        try:
+            idx = int(self.ranges.lookup_addresses([ip])[0])
+        except ValueError:
+            idx = -1
+        if idx >= 0 and self.ranges.apps[idx].label in RANGE_CALL_LABEL:
+            return RANGE_CALL_LABEL[self.ranges.apps[idx].label]
+        for nm in sorted(names):
+            app = _suffix_app(nm, self.domains)
+            if app is not None and self.domains[app].get("call"):
+                return self.domains[app]["call"]
+        return None
+
     def _not_call_names(self, dns_names: dict) -> dict:
         """Remote address -> (app, name) for addresses named by apps that stream media but hold no
         calls (cloud gaming, remote desktop, video streaming: models/domains.json "not_call")."""

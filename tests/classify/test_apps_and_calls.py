@@ -280,3 +280,19 @@ def test_tencent_meeting_media_flows_are_calls():
                 missed.append(f"{path.name}: {ft.endpoint(i, 'a')} {ft.endpoint(i, 'b')} {cl.labels[i]}")
     assert total >= 20
     assert found / total >= 0.9, "\n".join(missed)
+
+
+def test_committed_model_reports_leave_one_app_out():
+    from throttledetect.classify.media_model import load_media_model
+
+    loao = load_media_model().trained["cv"]["leave_one_app_out"]
+    assert loao["method"].startswith("leave-one-app-out")
+    per_app = loao["per_app"]
+    assert loao["apps"] == len(per_app) >= 10
+    media = {a: r for a, r in per_app.items() if "media_flows" in r}
+    assert loao["worst_app"] in media
+    assert loao["worst_app_recall"] == min(r["recall"] for r in media.values())
+    dep = loao["at_deployed_threshold"]
+    assert dep["tp"] == sum(r["found_at_deployed_threshold"] for r in media.values())
+    assert dep["tp"] + dep["fn"] == sum(r["media_flows"] for r in media.values())
+    assert dep["fp"] == sum(r.get("false_calls_at_deployed_threshold", 0) for r in per_app.values())

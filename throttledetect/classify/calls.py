@@ -147,8 +147,13 @@ def group_calls(ft, labels, evidence, app_of_address=None) -> np.ndarray:
                     break
                 if labels[g] == labels[f]:
                     u.join(f, g)
+        starts = first[flows]
+        longest = int((last[flows] - starts).max())
         for f in (f for f in flows if labels[f] in GENERIC):
-            near = [g for g in flows if g != f and first[g] <= last[f] + gap and last[g] + gap >= first[f]]
+            # Only flows starting in [first - longest - gap, last + gap] can overlap f (flows is sorted).
+            lo = np.searchsorted(starts, first[f] - longest - gap, side="left")
+            hi = np.searchsorted(starts, last[f] + gap, side="right")
+            near = [g for g in flows[lo:hi] if g != f and last[g] + gap >= first[f]]
             apps = {labels[g] for g in near if labels[g] not in GENERIC}
             if len(apps) == 1:
                 for g in near:
@@ -167,11 +172,14 @@ def group_calls(ft, labels, evidence, app_of_address=None) -> np.ndarray:
             spans.setdefault((host[f], labels[f]), []).append(f)
         if spans:
             hosts = {h for h, _ in spans}
+            app_of_ip: dict = {}      # one lookup per remote address, however many flows go to it
             for f in np.flatnonzero(~members & np.isin(ft.proto, (6, 17))).tolist():
                 if host[f] not in hosts:
                     continue
                 ip = _ip(r_hi[f], r_lo[f])
-                app = app_of_address(ip, evidence.dns_names.get(ip, ()))
+                if ip not in app_of_ip:
+                    app_of_ip[ip] = app_of_address(ip, evidence.dns_names.get(ip, ()))
+                app = app_of_ip[ip]
                 for g in spans.get((host[f], app), ()):
                     if first[g] <= last[f] + gap and last[g] + gap >= first[f]:
                         members[f] = True

@@ -188,10 +188,16 @@ class Rules:
             app = _suffix_app(e.name, self.domains)
             if app is not None and self.domains[app].get("call"):
                 events.append((e.ts_ns / 1e9, e.client, self.domains[app]["call"], e.name))
+        named_by_host: dict = {}
+        for g in named:
+            named_by_host.setdefault(local_ip[g], []).append(g)
+        events_by_host: dict = {}
+        for ev_ in events:
+            events_by_host.setdefault(ev_[1], []).append(ev_)
         for f in generic:
             host, lo, hi = local_ip[f], first_s[f] - CONTEXT_WINDOW_S, last_s[f] + CONTEXT_WINDOW_S
-            apps = {out[g].label: g for g in named
-                    if local_ip[g] == host and first_s[g] <= last_s[f] + CONTEXT_WINDOW_S and last_s[g] >= lo}
+            apps = {out[g].label: g for g in named_by_host.get(host, ())
+                    if first_s[g] <= last_s[f] + CONTEXT_WINDOW_S and last_s[g] >= lo}
             if len(apps) == 1:
                 label, g = next(iter(apps.items()))
                 out[f] = Decision(label, 0.7, f"{out[f].reason}; the same host's {label} call flow {g} "
@@ -199,7 +205,7 @@ class Rules:
                 continue
             if apps:
                 continue
-            hits = {label: nm for ts, client, label, nm in events if client == host and lo <= ts <= last_s[f]}
+            hits = {label: nm for ts, client, label, nm in events_by_host.get(host, ()) if lo <= ts <= last_s[f]}
             if len(hits) == 1:
                 label, nm = next(iter(hits.items()))
                 out[f] = Decision(label, 0.65, f"{out[f].reason}; the host used {nm} ({label}) "

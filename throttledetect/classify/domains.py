@@ -25,6 +25,12 @@ def load_domains(path=None) -> dict:
         for key in ("call", "chat"):
             if entry.get(key) is not None and entry[key] not in ALL_LABELS:
                 raise ModelError(f"{name}: {where}.{key}: unknown label {entry[key]!r}")
+        if not isinstance(entry.get("not_call", False), bool):
+            raise ModelError(f"{name}: {where}.not_call: expected true or false")
+        if entry.get("not_call") and entry.get("call") is not None:
+            raise ModelError(f"{name}: {where}: an app marked not_call cannot have a call label")
+        if "source" in entry and not isinstance(entry["source"], str):
+            raise ModelError(f"{name}: {where}.source: expected a string")
         sfx = entry.get("suffixes")
         if not isinstance(sfx, list) or not sfx or not all(isinstance(s, str) and "." in s for s in sfx):
             raise ModelError(f"{name}: {where}.suffixes: expected a list of domain names")

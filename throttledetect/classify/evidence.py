@@ -14,6 +14,7 @@ import numpy as np
 
 from throttledetect.flows import FlowTable
 from throttledetect.read import Capture
+from throttledetect.read.table import halves_to_address
 from throttledetect.wire import apps as appwire
 from throttledetect.wire import dns as dnswire
 from throttledetect.wire import dtls as dtlswire
@@ -76,6 +77,10 @@ class FlowEvidence:
     zoom_media: int = 0
     http: bool = False
     first_payload: bytes | None = None   # first bytes of the first packet that carried any
+    mumble_pings: set = field(default_factory=set)    # identifiers of Mumble UDP pings sent by side a
+    mumble_pongs: set = field(default_factory=set)    # ... and echoed in 24-byte answers from side b
+    imo_last_byte: int = -1        # payload of the previous packet when it was a single byte, else -1
+    tencent_ids: set = field(default_factory=set)     # Tencent Meeting session ids seen in the framing
 
     @property
     def has_rtp(self) -> bool:
@@ -83,17 +88,29 @@ class FlowEvidence:
 
 
 @dataclass
+class NameEvent:
+    """A name a local host used: a DNS answer it received or a TLS SNI it sent."""
+
+    ts_ns: int
+    client: str                    # the host that asked (DNS) or connected (TLS)
+    name: str
+    address: str | None            # the address the name led to (DNS answer, TLS server)
+
+
+@dataclass
 class CaptureEvidence:
     flows: list                    # FlowEvidence per flow
-    dns_names: dict                # ip string -> set of names it was resolved from
+    dns_names: dict                # ip string -> set of names it was resolved from, or was the TLS SNI for
     rtp_encap_of: np.ndarray       # per packet row: ENCAP_* where an RTP header was found, else -1
     rtp_offset_of: np.ndarray      # per packet row: byte offset of that RTP header in the payload
+    names: list = field(default_factory=list)   # NameEvent, in capture order
 
 
 def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
     t = cap.packets
     flows = [FlowEvidence() for _ in range(len(ft))]
     dns_names: dict[str, set] = {}
+    names: list[NameEvent] = []
     rank = _rank_in_flow_direction(ft)
     member = ft.flow_of >= 0
     pre = t.prefix
@@ -127,7 +144,9 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
             if msg is not None:
                 ev.dns_messages += 1
                 if msg.is_response:
-                    _learn_dns(msg, dns_names)
+                    client = _endpoint_ip(t.dst_hi[r], t.dst_lo[r])
+                    for addr, chain in _learn_dns(msg, dns_names).items():
+                        names.extend(NameEvent(int(t.ts_ns[r]), client, nm, addr) for nm in sorted(chain))
                 continue
         if stun_rows[r] or classic_stun[r] or wrapped[r]:
             msg = _stun_in(data, bool(is_tcp))
@@ -138,10 +157,21 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
             continue
         if ev.first_payload is None:
             ev.first_payload = data[:64]
-        _note_first_packet(ev, data, bool(is_tcp), sport, dport)
+        had_sni = ev.tls_sni
+        _note_first_packet(ev, data, bool(is_tcp), sport, dport, side_a)
+        if ev.tls_sni and not had_sni:
+            client = _endpoint_ip(t.src_hi[r], t.src_lo[r])
+            server = _endpoint_ip(t.dst_hi[r], t.dst_lo[r])
+            dns_names.setdefault(server, set()).add(ev.tls_sni)
+            names.append(NameEvent(int(t.ts_ns[r]), client, ev.tls_sni, server))
 
     rtp_encap_of, rtp_offset_of = _note_rtp(cap, ft, flows, udp, tcp)
-    return CaptureEvidence(flows=flows, dns_names=dns_names, rtp_encap_of=rtp_encap_of, rtp_offset_of=rtp_offset_of)
+    return CaptureEvidence(flows=flows, dns_names=dns_names, rtp_encap_of=rtp_encap_of, rtp_offset_of=rtp_offset_of,
+                           names=names)
+
+
+def _endpoint_ip(hi, lo) -> str:
+    return str(halves_to_address(int(hi), int(lo)))
 
 
 def _rank_in_flow_direction(ft: FlowTable) -> np.ndarray:
@@ -224,19 +254,25 @@ def _note_stun(s: StunSummary, msg, side_a: bool) -> None:
         s.peers.add((relayed.ip, relayed.port))
 
 
-def _learn_dns(msg, names: dict) -> None:
-    """Every address in an answer inherits the question and every CNAME on the way to it."""
+def _learn_dns(msg, names: dict) -> dict:
+    """Every address in an answer inherits the question and every CNAME on the way to it.
+    Returns {address: names} for this answer."""
     chain = {n.lower().rstrip(".") for n in ([msg.qname] if msg.qname else [])}
     for rec in msg.answers:
         if rec.rtype == dnswire.CNAME and isinstance(rec.value, str):
             chain.add(rec.name.lower().rstrip("."))
             chain.add(rec.value.lower().rstrip("."))
+    learnt = {}
     for rec in msg.answers:
         if rec.rtype in (dnswire.A, dnswire.AAAA) and isinstance(rec.value, str):
-            names.setdefault(rec.value, set()).update(chain | {rec.name.lower().rstrip(".")})
+            these = chain | {rec.name.lower().rstrip(".")}
+            names.setdefault(rec.value, set()).update(these)
+            learnt.setdefault(rec.value, set()).update(these)
+    return learnt
 
 
-def _note_first_packet(ev: FlowEvidence, data: bytes, is_tcp: bool, sport: int, dport: int) -> None:
+def _note_first_packet(ev: FlowEvidence, data: bytes, is_tcp: bool, sport: int, dport: int,
+                       side_a: bool = True) -> None:
     if data.startswith(_SIP_STARTS) or (data[:3].isalpha() and (sport in SIP_PORTS or dport in SIP_PORTS)):
         msg = sipwire.parse_sip(data)
         if msg is not None:
@@ -262,6 +298,8 @@ def _note_first_packet(ev: FlowEvidence, data: bytes, is_tcp: bool, sport: int, 
             ev.apps["viber"] += 1
         return
     b0 = data[0] if data else -1
+    if _note_small_app_packet(ev, data, side_a):
+        return
     if 20 <= b0 <= 63:
         rec = dtlswire.parse_dtls(data)
         if rec is not None:
@@ -301,6 +339,31 @@ def _note_first_packet(ev: FlowEvidence, data: bytes, is_tcp: bool, sport: int, 
         return
     if appwire.is_viber_packet(data):
         ev.apps["viber"] += 1
+
+
+def _note_small_app_packet(ev: FlowEvidence, data: bytes, side_a: bool) -> bool:
+    """imo, Mumble and Tencent Meeting packets, recognised by their lengths and first bytes."""
+    if len(data) == 1:
+        if ev.imo_last_byte == data[0]:
+            ev.apps["imo"] += 1
+        ev.imo_last_byte = data[0]
+        return True
+    ev.imo_last_byte = -1
+    if appwire.is_imo_packet(data):
+        ev.apps["imo"] += 1
+        return True
+    ident = appwire.mumble_ping_ident(data)
+    if ident is not None:
+        (ev.mumble_pings if side_a and len(data) == appwire.MUMBLE_PING_LEN else ev.mumble_pongs).add(ident)
+        if ev.mumble_pings & ev.mumble_pongs:
+            ev.apps["mumble"] += 1
+        return len(data) == appwire.MUMBLE_PING_LEN
+    tid = appwire.tencent_media_id(data)
+    if tid is not None:
+        ev.tencent_ids.add(tid)
+        ev.apps["tencent_meeting"] += 1
+        return True
+    return False
 
 
 def _zoom_offsets(pre: np.ndarray) -> np.ndarray:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 # Calls: the apps' media and the generic call protocols.
 APP_CALLS = ("whatsapp_call", "telegram_call", "signal_call", "facetime", "zoom", "teams", "google_meet",
-             "discord", "viber_call", "line_call", "webex", "snapchat_call", "kakaotalk_call")
+             "discord", "viber_call", "line_call", "webex", "snapchat_call", "kakaotalk_call",
+             # Added for issue 12: apps named from their own framings, STUN realms, names and ranges.
+             "imo_call", "mumble", "tencent_meeting", "wechat_call", "feishu_call", "jitsi", "bigbluebutton",
+             "messenger_call", "instagram_call")
 GENERIC_CALLS = ("rtp", "webrtc", "sip")
 # Finer call labels for telephony and voice protocols outside the contract's list (nDPI files them
 # under its VoIP category), and media recognised only by its packet pattern.

@@ -564,6 +564,8 @@ class Example:
     label: str            # our label (or the testbed flow name)
     kind: str             # MEDIA, CALL_NO_MEDIA, NOT_CALL
     y: int
+    app: str = "?"        # the app the flow belongs to (leave-one-app-out group): nDPI's app name for
+                          # nDPI's non-call flows, our call label for call flows
 
 
 @dataclass
@@ -586,7 +588,7 @@ def _candidates(ft) -> np.ndarray:
     return np.flatnonzero((ft.proto == UDP) & (n >= MIN_PACKETS))
 
 
-def _label_ndpi(cap, ft, label_file: Path, cand: np.ndarray) -> list[tuple[int, str | None]]:
+def _label_ndpi(cap, ft, label_file: Path, cand: np.ndarray) -> list[tuple[int, str | None, str]]:
     from throttledetect.evaluate.agreement import ndpi_to_ours
     from throttledetect.evaluate.ndpi_labels import flow_key, ndpi_ip_text, parse_ndpi_out
     from throttledetect.read.table import halves_to_address
@@ -597,11 +599,13 @@ def _label_ndpi(cap, ft, label_file: Path, cand: np.ndarray) -> list[tuple[int, 
         a = ndpi_ip_text(halves_to_address(ft.a_hi[i], ft.a_lo[i]))
         b = ndpi_ip_text(halves_to_address(ft.b_hi[i], ft.b_lo[i]))
         f = labels.get(flow_key(UDP, a, int(ft.a_port[i]), b, int(ft.b_port[i])))
-        out.append((i, ndpi_to_ours(f) if f is not None else None))
+        ours = ndpi_to_ours(f) if f is not None else None
+        app = "?" if f is None else (f.app if f.app != "Unknown" else (f.master or "Unknown"))
+        out.append((i, ours, app))
     return out
 
 
-def _label_ours(cap, ft, cand: np.ndarray) -> list[tuple[int, str | None]]:
+def _label_ours(cap, ft, cand: np.ndarray) -> list[tuple[int, str | None, str]]:
     """Labels from our signature classifier (for captures without nDPI labels): confident ones only."""
     from throttledetect.classify import classify
 
@@ -611,11 +615,12 @@ def _label_ours(cap, ft, cand: np.ndarray) -> list[tuple[int, str | None]]:
         label, conf = cl.labels[i], float(cl.confidence[i])
         # Never learn from this model's own verdicts (once the rules use it): signs in the packets only.
         own = label == "unknown_call" or "model p=" in cl.reasons[i]
-        out.append((i, label if conf >= 0.85 and label != "other" and not own else None))
+        ok = conf >= 0.85 and label != "other" and not own
+        out.append((i, label if ok else None, label))
     return out
 
 
-def _label_testbed(ft, entry: dict, cand: np.ndarray) -> list[tuple[int, str | None]]:
+def _label_testbed(ft, entry: dict, cand: np.ndarray) -> list[tuple[int, str | None, str]]:
     names = {}
     for f in entry.get("flows", []):
         if f.get("transport") == "udp":
@@ -624,7 +629,7 @@ def _label_testbed(ft, entry: dict, cand: np.ndarray) -> list[tuple[int, str | N
     for i in cand.tolist():
         name = names.get(frozenset((ft.endpoint(i, "a"), ft.endpoint(i, "b"))))
         out.append((i, {"audio": "testbed_audio", "video": "testbed_video", "udp_control": "testbed_udp_control"}
-                    .get(name)))
+                    .get(name), "testbed"))
     return out
 
 
@@ -651,7 +656,7 @@ def _kind_of(label: str | None) -> str:
     return MEDIA if is_call(label) else NOT_CALL
 
 
-def corpus_sources(corpus: Path, captures: Path | None) -> list[tuple[str, Path, Any]]:
+def corpus_sources(corpus: Path, captures: Path | None, vca: bool = False) -> list[tuple[str, Path, Any]]:
     """(source kind, capture path, label info) for every capture used in training, in a fixed order."""
     out: list[tuple[str, Path, Any]] = []
     pcap_dir, label_dir = corpus / "ndpi" / "pcap", corpus / "ndpi" / "labels"
@@ -665,6 +670,13 @@ def corpus_sources(corpus: Path, captures: Path | None) -> list[tuple[str, Path,
         for p in sorted(ext.iterdir()):
             if p.is_file():
                 out.append(("external", p, None))
+    # Real Tencent Meeting calls (no nDPI labels): labelled by our signature classifier, like external/.
+    # Off by default: with them the leave-one-capture-out recall fell from 0.67 to 0.13 (models/README.md).
+    vca_dir = corpus / "vca-sense"
+    if vca and vca_dir.is_dir():
+        for p in sorted(vca_dir.iterdir()):
+            if p.is_file() and ".pcap" in p.name:
+                out.append(("vca", p, None))
     if captures is not None and (captures / "MANIFEST.json").is_file():
         manifest = json.loads((captures / "MANIFEST.json").read_text(encoding="utf-8"))
         for entry in sorted(manifest.get("captures", []), key=lambda e: e["file"]):
@@ -674,12 +686,12 @@ def corpus_sources(corpus: Path, captures: Path | None) -> list[tuple[str, Path,
     return out
 
 
-def gather_training_set(corpus: Path, captures: Path | None) -> TrainingSet:
+def gather_training_set(corpus: Path, captures: Path | None, vca: bool = False) -> TrainingSet:
     from throttledetect.flows import build_flows
     from throttledetect.read import read_capture
 
     Xs, durations, examples, excluded, read = [], [], [], {}, []
-    for kind_src, path, info in corpus_sources(corpus, captures):
+    for kind_src, path, info in corpus_sources(corpus, captures, vca):
         cap = read_capture(str(path))
         ft = build_flows(cap, idle_timeout=None)    # one flow per 5-tuple, as nDPI's labels count them
         cand = _candidates(ft)
@@ -688,14 +700,14 @@ def gather_training_set(corpus: Path, captures: Path | None) -> TrainingSet:
             continue
         if kind_src == "ndpi":
             labelled = _label_ndpi(cap, ft, info, cand)
-        elif kind_src == "external":
+        elif kind_src in ("external", "vca"):
             labelled = _label_ours(cap, ft, cand)
         else:
             labelled = _label_testbed(ft, info, cand)
         stun = stun_share(cap, ft, cand)
         st = flow_stats(cap, ft, cand)
         X = st.X
-        for j, (i, label) in enumerate(labelled):
+        for j, (i, label, app) in enumerate(labelled):
             kind = _kind_of(label)
             if kind == MEDIA and not label.startswith("testbed"):
                 # nDPI names every flow of a call app; some carry no media (checks, keepalives).
@@ -706,15 +718,77 @@ def gather_training_set(corpus: Path, captures: Path | None) -> TrainingSet:
                 continue
             Xs.append(X[j])
             durations.append(st.duration_s[j])
-            examples.append(Example(path.name, kind_src, _flow_name(ft, i), label, kind, int(kind == MEDIA)))
+            # A call flow's app is its call label (one group per app, whichever capture it is in).
+            group = label if kind in (MEDIA, CALL_NO_MEDIA) and not label.startswith("testbed") else app
+            if label == "testbed_udp_control":
+                group = "testbed_udp_control"      # a synthetic non-call stream: its own app, not the calls
+            examples.append(Example(path.name, kind_src, _flow_name(ft, i), label, kind, int(kind == MEDIA),
+                                    _app_group(group)))
     X = np.array(Xs, dtype=float).reshape(-1, len(FEATURES))
     y = np.array([e.y for e in examples], dtype=float)
     groups = np.array([f"{e.source}/{e.capture}" for e in examples])
     return TrainingSet(X, y, groups, examples, excluded, read, np.array(durations, dtype=float))
 
 
+def _app_group(name: str) -> str:
+    """One group per app for leave-one-app-out: generic telephony (rtp, sip, ...) is one 'app'."""
+    if name in ("rtp", "sip", "RTP", "SRTP", "RTCP", "SIP"):
+        return "sip/rtp"
+    if name in ("webrtc", "stun", "dtls"):
+        return "webrtc"
+    return name
+
+
 # --------------------------------------------------------------------------------------------
 # Training and evaluation
+
+
+def leave_one_app_out(ts: TrainingSet, lam: float, deployed_threshold: float | None = None) -> dict:
+    """Each app's flows scored by a model trained without any flow of that app, with the threshold
+    chosen (for precision) on the other apps' leave-one-app-out scores: how the model does on an
+    app it has never seen. Call apps report recall; non-call apps report false calls. The sample
+    size that matters is the number of distinct captures per app, not flows."""
+    apps = np.array([e.app for e in ts.examples])
+    told = _told(ts)
+    oof = loco_scores(ts.X, ts.y, apps, lam)
+    per_app, thresholds = {}, np.full(len(ts.y), np.nan)
+    for a in np.unique(apps):
+        test = np.flatnonzero(apps == a)
+        rest = np.flatnonzero(apps != a)
+        inner = loco_scores(ts.X, ts.y, apps, lam, rows=rest)
+        t = choose_threshold(np.where(told, inner, np.nan)[rest], ts.y[rest])
+        thresholds[test] = t
+        test = test[told[test]]
+        if not len(test):
+            continue
+        caps = sorted({ts.examples[i].capture for i in test})
+        y, p = ts.y[test], oof[test]
+        row = {"captures": len(caps), "threshold": round(float(t), 4)}
+        if y.sum():
+            found = int(np.sum((p >= t) & (y == 1)))
+            row.update(media_flows=int(y.sum()), found=found, recall=round(found / int(y.sum()), 4),
+                       media_captures=len({ts.examples[i].capture for i in test[y == 1]}))
+            if deployed_threshold is not None:
+                at = int(np.sum((p >= deployed_threshold) & (y == 1)))
+                row.update(found_at_deployed_threshold=at, recall_at_deployed_threshold=round(at / int(y.sum()), 4))
+        if (1 - y).sum():
+            row.update(not_media_flows=int((1 - y).sum()), false_calls=int(np.sum((p >= t) & (y == 0))))
+            if deployed_threshold is not None:
+                row["false_calls_at_deployed_threshold"] = int(np.sum((p >= deployed_threshold) & (y == 0)))
+        per_app[str(a)] = row
+    ok = told & ~np.isnan(oof)
+    total = _counts(oof[ok], ts.y[ok], thresholds[ok])
+    with_media = {a: r for a, r in per_app.items() if "recall" in r}
+    worst = min(with_media, key=lambda a: (with_media[a]["recall"], a)) if with_media else None
+    out = {"method": "leave-one-app-out: each app's flows scored by a model fitted without that app; the "
+                     "threshold chosen for precision on the other apps' leave-one-app-out scores (nested)",
+           "apps": len(per_app), "captures": len({e.capture for e in ts.examples}), **total, "worst_app": worst,
+           "worst_app_recall": with_media[worst]["recall"] if worst else None}
+    if deployed_threshold is not None:
+        at = _counts(oof[ok], ts.y[ok], deployed_threshold)
+        out["at_deployed_threshold"] = {"threshold": round(float(deployed_threshold), 4), **at}
+    out["per_app"] = dict(sorted(per_app.items()))
+    return out
 
 
 def _bootstrap(per_group: dict, rng: np.random.Generator, n: int = BOOTSTRAP) -> dict:
@@ -821,9 +895,9 @@ def evaluate(ts: TrainingSet, lam: float, seed: int) -> tuple[dict, float]:
 
 
 def train(corpus: Path, captures: Path | None, seed: int = 0, recipe: str | None = None,
-          lambdas: Sequence[float] = LAMBDAS) -> MediaModel:
+          lambdas: Sequence[float] = LAMBDAS, vca: bool = False) -> MediaModel:
     """Gather the training set, pick the L2 strength, evaluate, fit the final model."""
-    ts = gather_training_set(Path(corpus), Path(captures) if captures else None)
+    ts = gather_training_set(Path(corpus), Path(captures) if captures else None, vca)
     if ts.y.sum() < 2 or (1 - ts.y).sum() < 2:
         raise ValueError(f"too few examples to train on ({int(ts.y.sum())} media, {int((1 - ts.y).sum())} not): "
                          f"is {corpus} the corpus?")
@@ -833,13 +907,15 @@ def train(corpus: Path, captures: Path | None, seed: int = 0, recipe: str | None
     lam = min(lambdas, key=lambda v: (round(losses[v], 12), v))
     cv, threshold = evaluate(ts, lam, seed)
     cv["lambda_selection"] = {str(k): round(v, 4) for k, v in losses.items()}
+    cv["leave_one_app_out"] = leave_one_app_out(ts, lam, threshold)
     fit = passes_gate(ts.X)
     mean, scale, coef, b = fit_logistic(ts.X[fit], ts.y[fit], _balanced_weights(ts.y[fit]), lam)
     cv["gated"] = {"what": f"flows under {MEDIA_MIN_RATE:g} packets/s: p = 0 by the gate, not fitted on",
                    "count": int(np.sum(~fit)), "media_among_them": int(np.sum(ts.y[~fit]))}
     trained = {
         "date": datetime.date.today().isoformat(),
-        "corpus": "../shared/corpus (ndpi/pcap + ndpi/labels, external/) and captures/ (MANIFEST.json)",
+        "corpus": ("../shared/corpus (ndpi/pcap + ndpi/labels, external/" + (", vca-sense/" if vca else "")
+                   + ") and captures/ (MANIFEST.json)"),
         "recipe": recipe or f"throttledetect train --seed {seed}",
         "seed": int(seed),
         "n_positive": int(ts.y.sum()),
@@ -855,7 +931,7 @@ def train(corpus: Path, captures: Path | None, seed: int = 0, recipe: str | None
                    "and UDP flows labelled anything else (QUIC, DNS, games, VPNs, BitTorrent...), the testbed's UDP "
                    f"control flow; left out: nDPI Unknown, bare STUN/DTLS, flows under {MIN_PACKETS} packets"),
         "excluded": dict(sorted(ts.excluded.items())),
-        "flows": [{"capture": e.capture, "flow": e.flow, "label": e.label, "kind": e.kind, "y": e.y}
+        "flows": [{"capture": e.capture, "flow": e.flow, "label": e.label, "kind": e.kind, "y": e.y, "app": e.app}
                   for e in ts.examples],
     }
     return MediaModel(FEATURES, mean, scale, coef, b, threshold, MEDIA_MIN_RATE, MIN_DURATION_S, trained)

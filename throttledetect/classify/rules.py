@@ -21,17 +21,26 @@ from throttledetect.read.table import halves_to_address
 STUN_HINT_LABEL = {
     "whatsapp": "whatsapp_call", "zoom": "zoom", "teams": "teams", "google": "google_meet",
     "signal": "signal_call", "telegram": "telegram_call", "viber": "viber_call",
-    # Messenger calls: no label of their own in the contract; they are WebRTC.
-    "facebook": "webrtc",
+    # Meta's calls (Messenger; nDPI's FacebookVoip). Instagram's share the realm: context decides.
+    "facebook": "messenger_call", "instagram": "instagram_call",
+    "jitsi": "jitsi", "bigbluebutton": "bigbluebutton", "line": "line_call", "kakaotalk": "kakaotalk_call",
+    "feishu": "feishu_call", "wechat": "wechat_call", "imo": "imo_call",
 }
 # App framing hits (FlowEvidence.apps) -> label, for UDP flows.
 FRAMING_LABEL = {"telegram": "telegram_call", "discord": "discord", "zoom": "zoom", "line": "line_call",
-                 "viber": "viber_call"}
+                 "viber": "viber_call", "imo": "imo_call", "mumble": "mumble", "tencent_meeting": "tencent_meeting"}
+# Generic call labels: what a flow carries, not whose. Context may name the app (see _context_app).
+GENERIC = frozenset({"rtp", "webrtc", "unknown_call"})
+CONTEXT_WINDOW_S = 120.0    # names a host used this long before a call, or during it, are its context
 # Address-range app labels that are call apps: their UDP media gets the app's call label.
 RANGE_CALL_LABEL = {"whatsapp": "whatsapp_call", "telegram": "telegram_call", "signal": "signal_call",
                     "zoom": "zoom", "teams": "teams", "google_meet": "google_meet", "discord": "discord",
                     "facetime": "facetime", "viber_call": "viber_call", "line_call": "line_call", "webex": "webex",
-                    "snapchat_call": "snapchat_call", "kakaotalk_call": "kakaotalk_call"}
+                    "snapchat_call": "snapchat_call", "kakaotalk_call": "kakaotalk_call",
+                    "imo_call": "imo_call", "mumble": "mumble", "tencent_meeting": "tencent_meeting",
+                    "wechat_call": "wechat_call", "feishu_call": "feishu_call", "jitsi": "jitsi",
+                    "bigbluebutton": "bigbluebutton", "messenger_call": "messenger_call",
+                    "instagram_call": "instagram_call"}
 # Telephony protocols recognised by their well-known ports plus a byte test (see _telephony).
 IAX_PORT = 4569
 MGCP_PORTS = (2427, 2727)
@@ -51,6 +60,7 @@ class Decision:
     label: str
     confidence: float
     reason: str
+    settled: bool = False      # no later pass may relabel it (a flow shown not to be a call)
 
 
 def _suffix_app(name: str, domains: dict) -> str | None:
@@ -83,9 +93,13 @@ class Rules:
         remote_ip = [str(halves_to_address(h, l)) for h, l in zip(r_hi.tolist(), r_lo.tolist())]
         local_ip = [str(halves_to_address(h, l)) for h, l in zip(l_hi.tolist(), l_lo.tolist())]
         sdp_endpoints = self._sdp_endpoints(ev)
+        not_call = self._not_call_names(ev.dns_names)
 
         decisions: list[Decision | None] = [None] * n
         for f in range(n):
+            if remote_ip[f] in not_call and ft.proto[f] == 17:
+                decisions[f] = self._not_a_call(ev.flows[f], remote_ip[f], not_call[remote_ip[f]])
+                continue
             decisions[f] = self._own_signs(ft, f, ev.flows[f], range_label[f], remote_ip[f], int(r_port[f]),
                                            ev.dns_names, sdp_endpoints, local_ip[f], int(l_port[f]))
 
@@ -106,6 +120,8 @@ class Rules:
                     socket_app[sk] = (d.label, f, d.confidence)
         for f in range(n):
             d = decisions[f]
+            if d is not None and d.settled:
+                continue
             # App-specific strong signs stand; generic or weak ones may learn their app.
             own = 0.0 if d is None or d.label in REFINABLE else d.confidence
             key = (remote_ip[f], int(r_port[f]))
@@ -118,15 +134,89 @@ class Rules:
                 label, src, _ = socket_app[sk]
                 decisions[f] = Decision(label, 0.85, f"same local socket {sk[0]}:{sk[1]} as {label} flow {src}")
         out = [d if d is not None else self._fallback(ft, f, ev.flows[f]) for f, d in enumerate(decisions)]
-        self._media_pattern(cap, ft, out, range_label, remote_ip)
+        self._media_pattern(cap, ft, out, range_label, remote_ip, ev.dns_names)
+        self._name_from_context(ft, ev, out, local_ip)
         return out
 
+    def app_of_address(self, ip: str, names=()) -> str | None:
+        """The call label an address belongs to: the app's address ranges, else the names (DNS
+        answers, TLS SNI) that led to it. None when neither says a call app."""
+        try:
+            idx = int(self.ranges.lookup_addresses([ip])[0])
+        except ValueError:
+            idx = -1
+        if idx >= 0 and self.ranges.apps[idx].label in RANGE_CALL_LABEL:
+            return RANGE_CALL_LABEL[self.ranges.apps[idx].label]
+        for nm in sorted(names):
+            app = _suffix_app(nm, self.domains)
+            if app is not None and self.domains[app].get("call"):
+                return self.domains[app]["call"]
+        return None
+
+    def _not_call_names(self, dns_names: dict) -> dict:
+        """Remote address -> (app, name) for addresses named by apps that stream media but hold no
+        calls (cloud gaming, remote desktop, video streaming: models/domains.json "not_call")."""
+        found = {}
+        for ip, names in dns_names.items():
+            for nm in sorted(names):
+                app = _suffix_app(nm, self.domains)
+                if app is not None and self.domains[app].get("not_call"):
+                    found[ip] = (app, nm)
+                    break
+        return found
+
     @staticmethod
-    def _media_pattern(cap, ft, out: list, range_label: list, remote_ip: list) -> None:
+    def _not_a_call(e: FlowEvidence, remote_ip: str, why: tuple) -> Decision:
+        app, name = why
+        what = "dtls" if e.dtls else "stun" if e.stun.messages else "other"
+        return Decision(what, 0.85, f"not a call: {remote_ip} is {name} ({app}, media without calls)", settled=True)
+
+    def _name_from_context(self, ft, ev: CaptureEvidence, out: list, local_ip: list) -> None:
+        """Name the app of generic call flows (rtp, webrtc, unknown_call) from the capture's
+        context, as an analyst would: the call app of the same local host's other call flows
+        in the same period (its signalling, relay or peer legs), else the one call app whose
+        names (DNS answers, TLS SNI) that host used shortly before or during the flow.
+        Nothing is named when the context points at two apps."""
+        generic = [f for f, d in enumerate(out) if d.label in GENERIC and d.confidence < 0.95 and not d.settled]
+        if not generic:
+            return
+        first_s, last_s = ft.first_ns / 1e9, ft.last_ns / 1e9
+        named = [f for f, d in enumerate(out) if is_call(d.label) and d.label not in GENERIC | {"sip"}
+                 and d.confidence >= 0.8]
+        events = []
+        for e in ev.names:
+            app = _suffix_app(e.name, self.domains)
+            if app is not None and self.domains[app].get("call"):
+                events.append((e.ts_ns / 1e9, e.client, self.domains[app]["call"], e.name))
+        named_by_host: dict = {}
+        for g in named:
+            named_by_host.setdefault(local_ip[g], []).append(g)
+        events_by_host: dict = {}
+        for ev_ in events:
+            events_by_host.setdefault(ev_[1], []).append(ev_)
+        for f in generic:
+            host, lo, hi = local_ip[f], first_s[f] - CONTEXT_WINDOW_S, last_s[f] + CONTEXT_WINDOW_S
+            apps = {out[g].label: g for g in named_by_host.get(host, ())
+                    if first_s[g] <= last_s[f] + CONTEXT_WINDOW_S and last_s[g] >= lo}
+            if len(apps) == 1:
+                label, g = next(iter(apps.items()))
+                out[f] = Decision(label, 0.7, f"{out[f].reason}; the same host's {label} call flow {g} "
+                                              f"at the same time names the app")
+                continue
+            if apps:
+                continue
+            hits = {label: nm for ts, client, label, nm in events_by_host.get(host, ()) if lo <= ts <= last_s[f]}
+            if len(hits) == 1:
+                label, nm = next(iter(hits.items()))
+                out[f] = Decision(label, 0.65, f"{out[f].reason}; the host used {nm} ({label}) "
+                                               f"around the call and no other call app's name")
+
+    def _media_pattern(self, cap, ft, out: list, range_label: list, remote_ip: list, dns_names: dict) -> None:
         """UDP flows no rule named: real-time media by packet sizes and timing alone
         (models/media_model.json, classify/media_model.py). The model never sees ports or
         addresses; the address only says whose media it is once the pattern has said it is media."""
-        todo = np.array([f for f, d in enumerate(out) if d.label == "other" and ft.proto[f] == 17], dtype=np.int64)
+        todo = np.array([f for f, d in enumerate(out) if d.label == "other" and ft.proto[f] == 17 and not d.settled],
+                        dtype=np.int64)
         if not todo.size:
             return
         from throttledetect.classify.media_model import default_media_model, flow_stats
@@ -138,10 +228,16 @@ class Rules:
                 continue
             what = f"real-time media pattern (model p={p[j]:.2f}): {stats.describe(j)}"
             app = RANGE_CALL_LABEL.get(range_label[f])
+            names = sorted(dns_names.get(remote_ip[f], ()))
+            name_app = next((a for a in (_suffix_app(nm, self.domains) for nm in names) if a), None)
+            conf = round(float(min(0.6 + 0.3 * (p[j] - model.threshold) / max(1 - model.threshold, 1e-6), 0.9)), 2)
             if app is not None:
                 out[f] = Decision(app, 0.75, f"{what}; remote {remote_ip[f]} is a {range_label[f]} address")
+            elif name_app and self.domains[name_app].get("call"):
+                out[f] = Decision(self.domains[name_app]["call"], 0.75,
+                                  f"{what}; remote {remote_ip[f]} was resolved from {names[0]}")
             else:
-                out[f] = Decision("unknown_call", 0.6, what)
+                out[f] = Decision("unknown_call", conf, what)
 
     @staticmethod
     def _sdp_endpoints(ev: CaptureEvidence) -> dict:
@@ -175,6 +271,8 @@ class Rules:
             return Decision("zoom", 0.93, f"RTP inside Zoom media encapsulation ({e.rtp_packets} packets)")
         if proto == 17 and e.apps:
             app, hits = e.apps.most_common(1)[0]
+            if app == "imo" and (e.has_rtp or e.stun.messages or e.dtls or e.quic or e.rtcp_packets):
+                app, hits = None, 0     # imo's short packets: believed only where nothing else explains the flow
             # Viber's and LINE's byte tests are short: believed only towards the app's own addresses.
             weak = app in ("viber", "line", "telegram") and RANGE_CALL_LABEL.get(range_label) != FRAMING_LABEL[app] \
                 and not self._app_port(FRAMING_LABEL[app], r_port, "udp")
@@ -182,17 +280,21 @@ class Rules:
             # (G.711 silence is runs of 0xFF, which the reflector test would otherwise see).
             weak |= app == "telegram" and e.has_rtp
             if app in FRAMING_LABEL and not weak:
+                if app == "mumble":
+                    return Decision("mumble", 0.93, f"Mumble UDP ping answered with its identifier ({hits} packets)")
                 return Decision(FRAMING_LABEL[app], 0.93, f"{app} packet framing ({hits} packets)")
             if app == "agora":
                 return Decision("agora", 0.9, f"Agora SD-RTN edge request ({hits} packets)")
-        if e.quic and e.has_rtp:
-            return Decision("snapchat_call", 0.8, "QUIC and RTP multiplexed on one 5-tuple (Snapchat's call transport)")
+        if e.quic and (e.has_rtp or e.rtcp_packets >= 2):
+            what = "RTP" if e.has_rtp else "RTCP"
+            return Decision("snapchat_call", 0.8, f"QUIC and {what} multiplexed on one 5-tuple (Snapchat's call transport)")
         t = self._telephony(ft, f, e, proto)
         if t is not None:
             return t
         names = dns_names.get(remote_ip, set()) | ({e.tls_sni} if e.tls_sni else set())
-        name_app = next((a for a in (_suffix_app(nm, self.domains) for nm in sorted(names)) if a), None)
-        media = e.has_rtp or e.stun.messages > 0 or e.dtls > 0
+        name_app = next((a for a in (_suffix_app(nm, self.domains) for nm in sorted(names))
+                         if a and not self.domains[a].get("not_call")), None)
+        media = e.has_rtp or e.stun.messages > 0 or e.dtls > 0 or e.rtcp_packets >= 2
         # WhatsApp keys its SRTP itself: DTLS towards Meta's ranges is some other (web) client.
         if range_label == "whatsapp" and e.dtls:
             range_label = None
@@ -203,7 +305,7 @@ class Rules:
                 conf = 0.85 if (e.has_rtp or e.dtls) else 0.7
                 return Decision(RANGE_CALL_LABEL[range_label], conf,
                                 f"{self._media_kind(e)} to a {range_label} address ({remote_ip})")
-            if name_app:
+            if name_app and self.domains[name_app].get("call"):
                 return Decision(self.domains[name_app]["call"], 0.85,
                                 f"{self._media_kind(e)} to an address resolved from {sorted(names)[0]}")
         if proto == 17 and self._app_port(range_label, r_port, "udp"):
@@ -235,6 +337,8 @@ class Rules:
     def _media_kind(e: FlowEvidence) -> str:
         if e.has_rtp:
             return f"RTP ({e.rtp_packets} packets)"
+        if e.rtcp_packets >= 2 and not e.stun.messages and not e.dtls:
+            return f"RTCP ({e.rtcp_packets} packets)"
         if e.stun.messages:
             return f"STUN ({e.stun.messages} messages)"
         return "DTLS"

@@ -60,6 +60,8 @@ MAX_MODEL_BYTES = 64 << 20      # the real files are a few hundred kB
 ADDRESS_LABELS = frozenset({
     "whatsapp", "telegram", "signal", "zoom", "teams", "google_meet", "discord", "facetime",
     "viber_call", "line_call", "webex", "snapchat_call", "kakaotalk_call", "other",
+    "imo_call", "mumble", "tencent_meeting", "wechat_call", "feishu_call", "jitsi", "bigbluebutton",
+    "messenger_call", "instagram_call",
 })
 PORT_LABELS = ADDRESS_LABELS | {"sip"}
 TRANSPORTS = {"udp": 17, "tcp": 6}

@@ -39,9 +39,12 @@ def _shown(path: Path) -> str:
               show_default="captures/", help="The testbed captures with their MANIFEST.json ('' to leave out).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default="models/media_model.json", help="Where to write the model (JSON).")
+@click.option("--vca/--no-vca", default=False, show_default=True,
+              help="Also train on the VCA-sense Tencent Meeting calls (labelled by their framing); off by "
+                   "default because they lowered the out-of-sample recall (models/README.md).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the bootstrap behind the CV confidence intervals (the fit itself is deterministic).")
-def command(corpus, captures, out, seed):
+def command(corpus, captures, out, vca, seed):
     """Train the 'is this UDP flow real-time media?' model (packet sizes and timing only).
 
     Labels come from nDPI's per-flow labels, the external captures' signatures and the testbed's
@@ -55,9 +58,9 @@ def command(corpus, captures, out, seed):
     captures = captures if captures and str(captures) not in ("", ".") and captures.is_dir() else None
     recipe = (f"throttledetect train --corpus {_shown(corpus)}"
               + (f" --captures {_shown(captures)}" if captures else " --captures ''")
-              + f" --out {_shown(out)} --seed {seed}")
+              + f" --out {_shown(out)}" + (" --vca" if vca else "") + f" --seed {seed}")
     click.echo(f"training on {corpus}" + (f" and {captures}" if captures else "") + " ...", err=True)
-    model = mm.train(corpus, captures, seed=seed, recipe=recipe)
+    model = mm.train(corpus, captures, seed=seed, recipe=recipe, vca=vca)
     mm.write_model(model, out)
     tr = model.trained
     cv = tr["cv"]
@@ -73,5 +76,11 @@ def command(corpus, captures, out, seed):
         f"(tp {nested['tp']} fp {nested['fp']} fn {nested['fn']} tn {nested['tn']})",
         f"  at the model's threshold: precision {at['precision']:.3f} recall {at['recall']:.3f} F1 {at['f1']:.3f}",
     ]
+    loao = cv.get("leave_one_app_out")
+    if loao:
+        dep = loao.get("at_deployed_threshold", {})
+        lines.append(f"  leave-one-app-out ({loao['apps']} apps): nested precision {loao['precision']:.3f} recall "
+                     f"{loao['recall']:.3f}; at the deployed threshold precision {dep.get('precision', 0):.3f} recall "
+                     f"{dep.get('recall', 0):.3f}; worst app {loao['worst_app']} (recall {loao['worst_app_recall']})")
     click.echo("\n".join(lines))
     sys.stdout.flush()

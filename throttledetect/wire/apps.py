@@ -65,6 +65,30 @@ WHATSAPP_EDGE_ROUTING = b"ED\x00\x01"
 WHATSAPP_PROLOGUE = b"WA"
 _EDGE_ROUTING_LEN = Layout("EdgeRoutingLength", ("hi", "B"), ("lo", "H"))
 
+# --- imo (nDPI imo.c) -------------------------------------------------------------------------
+# imo's UDP call packets: a 10-byte packet starting 09 02, an 11-byte one starting 00 09 03, a
+# 1099-byte one starting 88 49 1A 00; also two consecutive one-byte packets with the same byte
+# (checked per flow by the classifier).
+_IMO_SHAPES = ((10, b"\x09\x02"), (11, b"\x00\x09\x03"), (1099, b"\x88\x49\x1a\x00"))
+
+# --- Mumble (nDPI mumble.c; Mumble's UDP ping, mumble.info protocol documentation) ---------------
+# The client pings a server with 12 bytes: a zero 32-bit request type and a 64-bit identifier;
+# the server answers with 24 bytes echoing the identifier at offset 4 (then its version, user
+# counts and bandwidth).
+MUMBLE_PING = Layout("MumblePing", ("kind", "I"), ("ident", "Q"))
+MUMBLE_PING_LEN, MUMBLE_PONG_LEN = 12, 24
+MUMBLE_PORT = 64738
+
+# --- Tencent Meeting / VooV -------------------------------------------------------------------
+# Observed in the VCA-sense Tencent Meeting captures (two clients, a week apart): media packets
+# to the relay (UDP 8000/8016) start 0x51, a zero byte, 0x11, a flag byte (0x00/0x01), a type
+# byte, then an 8-byte id beginning 02 00 00; the RTCP legs wrap each RTCP packet in the same id after a 0x08
+# byte (RTCP at offset 9). Replies from the relay may be bare RTCP or other framings.
+TENCENT_MEDIA_PREFIX = b"\x51\x00\x11"
+TENCENT_WRAP_BYTE = 0x08
+TENCENT_ID_PREFIX = b"\x02\x00\x00"
+TENCENT_RTCP_AT = 9
+
 # --- STUN attributes and realms that name the app (nDPI stun.c) -------------------------------
 STUN_WHATSAPP_ATTRIBUTES = frozenset({0x4000, 0x4001, 0x4002, 0x4003, 0x4004, 0x4007})
 STUN_ZOOM_ATTRIBUTES = frozenset({0x0101, 0x0103})
@@ -73,6 +97,17 @@ STUN_GOOGLE_ATTRIBUTE = 0xFF03
 STUN_REALM_APPS = (
     ("google.com", "google"), ("signal.org", "signal"), ("whispersystems.org", "signal"),
     ("facebook", "facebook"), ("telegram", "telegram"), ("viber", "viber"),
+    # Beyond nDPI: realms of self-hosted and other apps' TURN servers (coturn realms are the
+    # operator's domain; these are the apps' public deployments' names).
+    ("jitsi", "jitsi"), ("jit.si", "jitsi"), ("8x8.vc", "jitsi"), ("bigbluebutton", "bigbluebutton"),
+    ("instagram", "instagram"), ("messenger", "facebook"), ("line.me", "line"), ("line-apps", "line"),
+    ("kakao", "kakaotalk"), ("feishu", "feishu"), ("larksuite", "feishu"), ("weixin", "wechat"),
+    ("wechat", "wechat"), ("imo.im", "imo"), ("skype", "teams"),
+)
+# SOFTWARE attribute (0x8022) values that name the app (case-insensitive substrings).
+STUN_SOFTWARE_APPS = (
+    ("jitsi", "jitsi"), ("jvb", "jitsi"), ("ice4j", "jitsi"), ("bigbluebutton", "bigbluebutton"),
+    ("kurento", "bigbluebutton"), ("mediasoup", None), ("skype", "teams"), ("microsoft", "teams"),
 )
 
 
@@ -238,9 +273,36 @@ def line_packet_number(data: bytes) -> int | None:
     return data[3] if len(data) > 10 else None
 
 
+def is_imo_packet(data: bytes) -> bool:
+    """One of imo's fixed-shape call packets (length and first bytes, per nDPI)."""
+    return any(len(data) == n and data.startswith(head) for n, head in _IMO_SHAPES)
+
+
+def mumble_ping_ident(data: bytes) -> int | None:
+    """The identifier of a Mumble UDP ping (12 bytes, zero type) or of its 24-byte answer."""
+    if len(data) == MUMBLE_PING_LEN:
+        ping = MUMBLE_PING.unpack(data)
+        return ping.ident if ping is not None and ping.kind == 0 else None
+    if len(data) == MUMBLE_PONG_LEN:
+        return int.from_bytes(data[4:12], "big")
+    return None
+
+
+def tencent_media_id(data: bytes) -> bytes | None:
+    """The 8-byte session id of a Tencent Meeting media packet or wrapped RTCP packet, else None."""
+    if len(data) >= 13 and data.startswith(TENCENT_MEDIA_PREFIX) and data[3] in (0, 1) \
+            and data[5:8] == TENCENT_ID_PREFIX:
+        return data[5:13]
+    if len(data) >= TENCENT_RTCP_AT + 8 and data[0] == TENCENT_WRAP_BYTE and data[1:4] == TENCENT_ID_PREFIX \
+            and classify_rtp_or_rtcp(data[TENCENT_RTCP_AT:]) == "rtcp":
+        return data[1:9]
+    return None
+
+
 def stun_app_hint(message: StunMessage) -> str | None:
-    """The app a STUN message names through its type, attributes or REALM, per nDPI:
-    'whatsapp', 'zoom', 'teams', 'google', 'signal', 'facebook', 'telegram', 'viber'."""
+    """The app a STUN message names through its type, attributes, REALM or SOFTWARE: nDPI's
+    'whatsapp', 'zoom', 'teams', 'google', 'signal', 'facebook', 'telegram', 'viber', and
+    'jitsi', 'bigbluebutton', 'instagram', 'line', 'kakaotalk', 'feishu', 'wechat', 'imo'."""
     if message.is_whatsapp_type:
         return "whatsapp"
     types = {attr_type for attr_type, _ in message.attributes}
@@ -256,6 +318,10 @@ def stun_app_hint(message: StunMessage) -> str | None:
         return "teams"
     if STUN_GOOGLE_ATTRIBUTE in types:
         return "google"
+    software = (message.software or "").lower()
+    for needle, app in STUN_SOFTWARE_APPS:
+        if needle in software:
+            return app
     return None
 
 

@@ -56,7 +56,8 @@ from throttledetect.verdicts import fmt_rate
 KIND = "policing"
 J_TOLERANCE = 0.02          # rates whose J is within this of the best fit as well
 HALF_BLOCK_S = 2.0          # cross-fitting: alternate blocks of this length fit and judge
-PERM_BLOCK_S = 0.2          # the null shuffles loss labels within blocks this short
+PERM_BLOCK_S = 0.2          # the null shuffles loss labels within blocks this short ...
+PERM_BLOCK_UNITS = 8        # ... or long enough to hold this many units on average
 
 
 @njit
@@ -258,7 +259,11 @@ def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> tuple[float
     normal), so that strong evidence is not floored at 1 / n."""
     from dataclasses import replace
     Pc = replace(P, rate_steps=max(8, P.rate_steps // 2), burst_steps=max(4, P.burst_steps // 2))
-    half = (np.floor(t / HALF_BLOCK_S).astype(np.int64) % 2) == 0
+    # blocks that hold a few units each, however slow the flow (a voice stream at 3 packets/s)
+    per_s = len(t) / max(float(t[-1] - t[0]), 1e-9)
+    perm_block = max(PERM_BLOCK_S, PERM_BLOCK_UNITS / per_s)
+    half_block = perm_block * max(int(np.ceil(HALF_BLOCK_S / perm_block)), 4)
+    half = (np.floor(t / half_block).astype(np.int64) % 2) == 0
     best = None
     for k, use_fit in enumerate((half, ~half)):
         use_test = ~use_fit
@@ -268,7 +273,7 @@ def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> tuple[float
         m, a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
         first = int(np.argmax(lost))
         j_obs = float(_bucket_j(t, size, lost, use_test, rates[a], bursts[b], m, first))
-        g = np.floor(t / PERM_BLOCK_S).astype(np.int64)
+        g = np.floor(t / perm_block).astype(np.int64)
         idx = np.flatnonzero(use_test)
         # groups: runs of test units sharing a block (test units of one block are contiguous)
         starts = idx[np.r_[True, (np.diff(idx) != 1) | (np.diff(g[idx]) != 0)]]

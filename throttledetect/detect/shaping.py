@@ -211,7 +211,12 @@ def detect(ctx: DetectContext, i: int) -> list:
         return [Detection.inconclusive(KIND, direction, f"only {pk.n} packets arrived", test="delay")]
     q = queue_estimate(ctx, i, d)
     if q is not None:
-        looks = q["looks"]
+        looks = list(q["looks"])
+        sp_all = spacing_test(pk, P)
+        if sp_all is not None and sp_all["size_cv"] >= 0.1:
+            # a queue that never empties couples spacing and size all along (no delay change to see)
+            looks.append({"how": "spacing", "p": sp_all["p"], "onset": float(pk.t[0]), "rise": q["spread_ms"],
+                          "persist": q["spread_ms"]})
         if not looks:
             return [Detection.nothing_to_find(KIND, direction, "the minimum one-way delay never rises",
                                               test="delay", delay_spread_ms=q["spread_ms"], skew_ppm=q["skew_ppm"])]
@@ -228,8 +233,10 @@ def detect(ctx: DetectContext, i: int) -> list:
                "skew_ppm": q["skew_ppm"], "clock_hz": q["clock"]}
         if best["how"] == "leading":
             est["leading_frames"] = best["leading_frames"]
-        sp = spacing_test(pk.window(best["onset"], pk.t[-1] + 1e-9), P)
+        sp = spacing_test(w if w.n >= MIN_PACKETS else pk, P)
         at_cap = sp["share"] if sp is not None else 0.0
+        if sp is not None and best["how"] in ("spacing", "coupling"):
+            est["rate_bps"] = sp["cap"]
         est["at_cap_share"] = at_cap
         checks = {"queue_of_several_packets": q_pk >= P.min_queue_packets,
                   "rise_persists": best["persist"] >= 0.5 * best["rise"],
@@ -237,10 +244,11 @@ def detect(ctx: DetectContext, i: int) -> list:
         how = {"leading": f"after the first {best.get('leading_frames', 0)} frames, which alone met no queue (a "
                           "shaper already on)",
                "coupling": "whenever packets arrive spaced at size / rate (a queue releasing them)",
+               "spacing": "and stands: arrival gaps follow packet sizes all along (a queue that never empties)",
                "onset": f"at {best['onset']:.1f} s"}[best["how"]]
         ev = (f"one-way delay (window minima, sender clock skew {q['skew_ppm']:+.0f} ppm removed) rises by "
-              f"{best['rise']:.0f} ms {how} and stays: a queue of {q_bytes / 1e3:.1f} kB, {q_pk:.1f} packets at "
-              f"the {fmt_rate(rate)} that arrive, {at_cap:.0%} of arrival gaps at size / rate (p={p:.2g})")
+              f"{depth:.0f} ms {how}: a queue of {q_bytes / 1e3:.1f} kB, {q_pk:.1f} packets at "
+              f"the {fmt_rate(est['rate_bps'])} that arrive, {at_cap:.0%} of arrival gaps at size / rate (p={p:.2g})")
         return [Detection(kind=KIND, direction=direction, decision="not_detected", test=best["how"],
                           statistic=best["rise"], pvalue=p, effect=depth, effect_unit="ms of queueing delay",
                           checks=checks, estimates=est, evidence=ev,

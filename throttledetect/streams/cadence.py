@@ -18,7 +18,11 @@ its slot empty. This module finds the train and counts the slots:
    or a queue is late, not lost). Runs of filled slots
    separated by at most MAX_LOSS_RUN empty ones are talk spurts; longer empty runs are pauses
    (DTX, mute: the sender stops, nothing is lost).
-3. **Counts**: per spurt, expected = slots from its first to its last filled one, received =
+3. **Windows that hold one train**: a sender that switches to longer frames (2P, 3P) leaves half
+   or two thirds of the slots empty, regularly, with larger packets (random losses leave the
+   phases at 2P and 3P incoherent; a policer keeps the sizes); such windows, and windows with
+   more packets than slots, are not counted (_window_valid).
+4. **Counts**: per spurt, expected = slots from its first to its last filled one, received =
    its on-grid packets (a packet pushed by jitter into its neighbour's slot still counts, so
    jitter alone loses nothing on balance); lost = expected - received, never below zero. The
    empty slots are where the losses are placed.
@@ -42,6 +46,10 @@ ON_GRID = 0.3                 # a packet within 0.3 P of a slot is on the grid
 MAX_LOSS_RUN = 3              # a run of more empty slots is a pause of the sender (DTX, mute)
 MIN_PACKETS = 60
 SIZE_QUANTILES = (1.0, 0.9, 0.75, 0.6, 0.45)
+LONGER_FRAME_COHERENCE = 0.5  # a window this coherent at 2P or 3P holds a train of longer frames ...
+LONGER_FRAME_SIZE = 1.3       # ... when its packets are this much larger than the train's
+MIN_VALID_WINDOWS = 0.5       # a train must hold in at least half the windows
+MIN_SPURT_SLOTS = 10          # talk spurts average at least this many slots (200 ms at 20 ms)
 
 
 @dataclass(eq=False)
@@ -58,6 +66,7 @@ class Cadence:
     expected: int
     received: int
     spurts: int
+    valid_windows: float = 1.0    # share of windows holding one train at the period
 
     @property
     def lost(self) -> int:
@@ -157,7 +166,7 @@ def find_cadence(t: np.ndarray, size: np.ndarray) -> Cadence | None:
             break
         m = size <= wider
         cw = float(_coherence(t[m], np.array([p]))[0])
-        if cw >= 0.85 * c:
+        if cw >= 0.85 * c and cw >= MIN_COHERENCE:
             cap, c, share = wider, cw, _on_grid_share(t[m], p)
             break
     return _slots(t, size, cap, p, c, share)
@@ -181,9 +190,36 @@ def _on_grid_share(ts: np.ndarray, p: float) -> float:
     return float(np.mean(np.abs(off) < ON_GRID))
 
 
+def _window_valid(ts: np.ndarray, ss: np.ndarray, p: float) -> np.ndarray:
+    """Per WINDOW_S window of the subset's packets: does it hold one train at P? A sender that
+    switched to longer frames (2P, 3P) leaves half or two thirds of the slots empty, regularly,
+    and puts more audio in each packet; a policer at half the rate empties the same slots but
+    leaves the packets as they were. So a window coherent at 2P or 3P whose packets are
+    LONGER_FRAME_SIZE times larger than the train's is the sender's doing and not counted, and
+    so is a window with more packets than slots. Random losses leave 2P and 3P incoherent."""
+    k = np.floor((ts - ts[0]) / WINDOW_S).astype(np.int64)
+    nb = int(k[-1]) + 1
+    counts = np.bincount(k, minlength=nb).astype(np.float64)
+    valid = counts >= MIN_WINDOW_PACKETS
+    longer = np.zeros(nb, dtype=bool)
+    for mult in (2, 3):
+        z = np.exp(2j * np.pi * (ts - ts[0]) / (mult * p))
+        zr = np.bincount(k, weights=z.real, minlength=nb)
+        zi = np.bincount(k, weights=z.imag, minlength=nb)
+        longer |= np.abs(zr + 1j * zi) / np.maximum(counts, 1) >= LONGER_FRAME_COHERENCE
+    med = np.array([np.median(ss[k == w]) if counts[w] else 0.0 for w in range(nb)])   # one per window
+    base = np.median(med[valid & ~longer]) if (valid & ~longer).any() else np.median(ss)
+    valid &= ~(longer & (med >= LONGER_FRAME_SIZE * base))
+    valid &= counts <= 1.5 * WINDOW_S / p
+    return valid
+
+
 def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
     m = size <= cap
     ts, ss = t[m], size[m]
+    ok_w = _window_valid(ts, ss, p)
+    if ok_w.mean() < MIN_VALID_WINDOWS:
+        return None
     # Every packet of the subset takes its nearest slot, on the grid or pushed off it by jitter
     # (a queue that re-times packets moves them off the grid without losing them).
     k, off = _phases(ts, p)
@@ -216,6 +252,17 @@ def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
         slot_t.append(t_at)
         slot_filled.append(have)
         slot_size.append(s_at)
+    slot_t = np.concatenate(slot_t)
+    slot_filled = np.concatenate(slot_filled)
+    slot_size = np.concatenate(slot_size)
+    wk = np.clip(np.floor((slot_t - ts[0]) / WINDOW_S).astype(np.int64), 0, len(ok_w) - 1)
+    keep = ok_w[wk]
+    # the counts follow the slots kept (a spurt's balance is kept only where its windows are valid)
+    expected = int(np.count_nonzero(keep))
+    received = int(min(expected, np.count_nonzero(slot_filled & keep) + max(0, received - int(slot_filled.sum()))))
+    if expected < MIN_PACKETS or expected / len(starts) < MIN_SPURT_SLOTS:
+        # fragments of a grid, not a voice train (talk spurts last hundreds of ms)
+        return None
     return Cadence(period_s=p, coherence=coherence, on_grid_share=share, max_size=cap,
-                   slot_t=np.concatenate(slot_t), slot_filled=np.concatenate(slot_filled),
-                   slot_size=np.concatenate(slot_size), expected=expected, received=received, spurts=len(starts))
+                   slot_t=slot_t[keep], slot_filled=slot_filled[keep], slot_size=slot_size[keep],
+                   expected=expected, received=received, spurts=len(starts), valid_windows=float(ok_w.mean()))

@@ -320,6 +320,27 @@ def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, mean_size
     return max(queue_depth_ms(q, ctx.alpha), 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
 
 
+def _from_regularity(ctx: DetectContext, i: int, d: int, loss, reg) -> Detection:
+    """Policing on a loss signal that is an estimate (a voice cadence's empty slots): a bucket is
+    not fitted to estimated times and sizes (the estimate's errors follow the sender's load and
+    would fake an alignment); the regularity of the losses alone is tested (a bucket emptied by
+    a steady voice train drops at a steady share)."""
+    direction = dir_name(d)
+    if reg is None:
+        return Detection.inconclusive(KIND, direction, "losses counted from the voice cadence are too few to "
+                                      "show a bucket's regular drops", test="regularity", loss=loss.fraction)
+    disp, p = reg
+    cad = ctx.streams.cadence(i, d)
+    return Detection(kind=KIND, direction=direction, decision="not_detected", test="regularity", statistic=disp,
+                     pvalue=p, effect=None, estimates={"loss": loss.fraction, "loss_source": loss.source,
+                                                       "dispersion": disp,
+                                                       "cadence": cad.describe() if cad else None},
+                     evidence=f"{loss.fraction:.1%} of the voice slots empty ({cad.describe() if cad else ''}); the "
+                              f"losses spread more evenly than random loss would (dispersion test, p={p:.2g}): a "
+                              "bucket emptied by a steady sender",
+                     null="independent losses with one probability")
+
+
 def detect(ctx: DetectContext, i: int) -> list:
     d = ctx.toward_local(i)
     direction = dir_name(d)
@@ -337,6 +358,9 @@ def detect(ctx: DetectContext, i: int) -> list:
     if nl < P.min_losses or loss.n - nl < P.min_losses:
         return [Detection.nothing_to_find(KIND, direction, f"only {nl} lost packets: too few to fit a bucket",
                                           test="bucket", lost=nl)]
+    if loss.source == "cadence":
+        reg = regularity_test(loss.lost.astype(np.bool_), P.dispersion_window)
+        return [_from_regularity(ctx, i, d, loss, reg)]
     t = loss.t - loss.t[0]
     lost = loss.lost.astype(np.bool_)
     size = loss.size.astype(np.float64)

@@ -40,7 +40,7 @@ import numpy as np
 PERIODS_MS = np.round(np.arange(10.0, 120.0 + 1e-9, 0.1), 1)
 WINDOW_S = 2.0
 MIN_WINDOW_PACKETS = 8
-MIN_COHERENCE = 0.5           # the clock must show clearly (1 = every packet exactly on the grid)
+MIN_COHERENCE = 0.8           # the clock must show clearly (1 = every packet exactly on the grid)
 MIN_ON_GRID = 0.6             # ... and hold most of the chosen packets
 ON_GRID = 0.3                 # a packet within 0.3 P of a slot is on the grid
 MAX_LOSS_RUN = 3              # a run of more empty slots is a pause of the sender (DTX, mute)
@@ -62,6 +62,7 @@ class Cadence:
     max_size: float          # the subset: packets up to this frame size
     slot_t: np.ndarray       # time of every expected slot inside talk spurts
     slot_filled: np.ndarray  # bool per slot
+    slot_lost: np.ndarray    # bool per slot: the spurt's missing packets, on its empty slots
     slot_size: np.ndarray    # frame bytes of the packet that filled it (or the spurt's median)
     expected: int
     received: int
@@ -82,16 +83,11 @@ class Cadence:
                 f"{self.expected} slots in {self.spurts} talk spurts, {self.received} filled")
 
     def loss_units(self):
-        """Units for the loss tests: one per slot; the empty ones lost, at most ``lost`` of them
-        (when jitter doubled some slots up, the emptiest places are taken as the losses)."""
+        """Units for the loss tests: one per slot, ``slot_lost`` marking the losses (per talk
+        spurt as many as its count says, placed on its empty slots)."""
         from throttledetect.streams.loss import LossUnits
-        lost = ~self.slot_filled
-        extra = int(np.count_nonzero(lost)) - self.lost
-        if extra > 0:   # more empty slots than missing packets: some packets sat in a neighbour
-            empties = np.flatnonzero(lost)
-            # keep the empties farthest from a doubled-up slot as losses; drop the others
-            lost[empties[:extra]] = False
-        return LossUnits(t=self.slot_t.copy(), lost=lost, size=self.slot_size.copy(), source="cadence")
+        return LossUnits(t=self.slot_t.copy(), lost=self.slot_lost.copy(), size=self.slot_size.copy(),
+                         source="cadence")
 
 
 def _coherence(t: np.ndarray, periods_s: np.ndarray) -> np.ndarray:
@@ -237,7 +233,8 @@ def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
     brk = np.flatnonzero(gaps > MAX_LOSS_RUN)
     starts = np.r_[0, brk + 1]
     ends = np.r_[brk, len(filled_idx) - 1]
-    slot_t, slot_filled, slot_size = [], [], []
+    slot_t, slot_filled, slot_size, slot_lost = [], [], [], []
+    rng = np.random.default_rng(len(ts))        # deterministic for a given capture
     expected = received = 0
     for a, b in zip(starts, ends):                  # one iteration per talk spurt
         lo, hi = int(filled_idx[a]), int(filled_idx[b])
@@ -249,20 +246,33 @@ def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
         have = np.isin(grid, filled_idx[a:b + 1])
         t_at = np.interp(grid, filled_idx[a:b + 1], ts[first[a:b + 1]])
         s_at = np.interp(grid, filled_idx[a:b + 1], ss[first[a:b + 1]])
+        # as many losses as the count says, on the spurt's empty slots; when jitter doubled a slot
+        # up (more empties than losses) which empties are the losses is unknown: drawn at random
+        # (a fixed rule would make the losses look regular or clustered by construction)
+        lost = np.zeros(len(grid), dtype=bool)
+        empties = np.flatnonzero(~have)
+        k = min(max(n_exp - n_rec, 0), len(empties))
+        if k == len(empties):
+            lost[empties] = True
+        elif k:
+            lost[rng.choice(empties, size=k, replace=False)] = True
         slot_t.append(t_at)
         slot_filled.append(have)
+        slot_lost.append(lost)
         slot_size.append(s_at)
     slot_t = np.concatenate(slot_t)
     slot_filled = np.concatenate(slot_filled)
+    slot_lost = np.concatenate(slot_lost)
     slot_size = np.concatenate(slot_size)
     wk = np.clip(np.floor((slot_t - ts[0]) / WINDOW_S).astype(np.int64), 0, len(ok_w) - 1)
     keep = ok_w[wk]
     # the counts follow the slots kept (a spurt's balance is kept only where its windows are valid)
     expected = int(np.count_nonzero(keep))
-    received = int(min(expected, np.count_nonzero(slot_filled & keep) + max(0, received - int(slot_filled.sum()))))
+    received = expected - int(np.count_nonzero(slot_lost & keep))
     if expected < MIN_PACKETS or expected / len(starts) < MIN_SPURT_SLOTS:
         # fragments of a grid, not a voice train (talk spurts last hundreds of ms)
         return None
     return Cadence(period_s=p, coherence=coherence, on_grid_share=share, max_size=cap,
-                   slot_t=slot_t[keep], slot_filled=slot_filled[keep], slot_size=slot_size[keep],
+                   slot_t=slot_t[keep], slot_filled=slot_filled[keep], slot_lost=slot_lost[keep],
+                   slot_size=slot_size[keep],
                    expected=expected, received=received, spurts=len(starts), valid_windows=float(ok_w.mean()))

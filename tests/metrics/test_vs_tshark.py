@@ -60,9 +60,9 @@ import pytest
 
 from tests.corpus import external_pcaps, ndpi_pcaps, need_corpus
 from throttledetect.flows import build_flows
-from throttledetect.metrics import tshark_ref
+from tests.metrics import tshark_ref
 from throttledetect.metrics.rtp import find_rtp_streams
-from throttledetect.metrics.tshark_ref import TsharkNotFound, parse_rtp_streams, tshark_rtp_streams
+from tests.metrics.tshark_ref import TsharkNotFound, parse_rtp_streams, tshark_rtp_streams
 from throttledetect.read import read_capture
 
 need_tshark = pytest.mark.skipif(shutil.which("tshark") is None,

@@ -36,7 +36,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from throttledetect.flows import transport_name
-from throttledetect.metrics.rtp import RTP_HEADER_LEN, SEQ_MOD, RtpStream, RtpStreamStats, unwrap
+from throttledetect.metrics.rtp import RtpStream, RtpStreamStats
+from throttledetect.wire.rtp import RTP_HEADER_LEN, SEQ_MOD, rtp_fields, unwrap
 from throttledetect.metrics.series import (
     DIRECTIONS,
     BinLayout,
@@ -249,11 +250,12 @@ def find_flow_rtp_streams(cap, ft, cl, groups: DirGroups | None = None) -> list[
     if len(rows) == 0:
         return []
     at = pk.payload_off[rows] + off
-    # One gather of the 12 header bytes of every packet, from a sliding-window view of the buffer.
-    head = sliding_window_view(cap.buffer, RTP_HEADER_LEN)[at]
-    seq = (head[:, 2].astype(np.int64) << 8) | head[:, 3]
-    ssrc = np.ascontiguousarray(head[:, 8:12]).view(">u4").ravel().astype(np.int64)
-    pt = (head[:, 1] & 0x7F).astype(np.int64)
+    # One gather of the 12 header bytes of every packet, from a sliding-window view of the buffer,
+    # read by the one RTP parser (wire.rtp).
+    head = rtp_fields(sliding_window_view(cap.buffer, RTP_HEADER_LEN)[at], 0)
+    seq = head["seq"].astype(np.int64)
+    ssrc = head["ssrc"].astype(np.int64)
+    pt = head["pt"].astype(np.int64)
 
     # (flow, direction, SSRC) groups in time order. Stable sorts of nearly sorted keys (most
     # directions carry one or two SSRCs) cost little more than a pass.
@@ -282,9 +284,9 @@ def find_flow_rtp_streams(cap, ft, cl, groups: DirGroups | None = None) -> list[
         o = o[o3]
         grp, pt_key = grp[o3], pt_key[o3]
     new_stream = np.r_[True, (grp[1:] != grp[:-1]) | (pt_key[1:] != pt_key[:-1])]
-    rows, seq, ssrc, pt, off, head = rows[o], seq[o], ssrc[o], pt[o], off[o], head[o]
-    rtp_ts = np.ascontiguousarray(head[:, 4:8]).view(">u4").ravel().astype(np.int64)
-    marker = (head[:, 1] & 0x80) != 0
+    rows, seq, ssrc, pt, off = rows[o], seq[o], ssrc[o], pt[o], off[o]
+    rtp_ts = head["ts"][o].astype(np.int64)
+    marker = head["marker"][o]
     flow = ft.flow_of[rows].astype(np.int64)
     direction = ft.dir_of[rows].astype(np.int64)
     starts = np.flatnonzero(new_stream)

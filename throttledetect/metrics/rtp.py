@@ -50,88 +50,27 @@ import numpy as np
 
 from throttledetect.jit import njit
 from throttledetect.read.table import FRAG_LATER, halves_to_address
+from throttledetect.wire.rtp import (COMMON_CLOCK_RATES, DYNAMIC_PT_FIRST, RTP_HEADER_LEN, SEQ_MOD,  # noqa: F401
+                                     STATIC_CLOCK_RATES, TS_MOD, clock_rate_for, rtp_fields, rtp_header_mask, unwrap)
 
-RTP_VERSION = 2
-RTP_HEADER_LEN = 12            # RFC 3550 5.1: fixed header, before CSRCs and extension
-SEQ_MOD = 1 << 16
-TS_MOD = 1 << 32
 
-# RFC 5761 4: RTCP packet types 192-223 (second byte) collide with RTP PT 64-95 plus the
-# marker bit; assigned RTCP types run to 213. Tested before RTP, as nDPI does.
-RTCP_TYPE_FIRST, RTCP_TYPE_LAST = 192, 213
 
 PT_CN = 13        # comfort noise, RFC 3389
 PT_CN_OLD = 19    # the old comfort-noise assignment Wireshark still honours
-DYNAMIC_PT_FIRST = 96
 
-# RFC 3551 6, table 4 and 5: clock rates of the static payload types. PT 1 (1016), 2 (G721)
-# and 19 (CN) are withdrawn assignments that Wireshark still rates, so they are kept.
-STATIC_CLOCK_RATES: dict[int, int] = {
-    0: 8000, 1: 8000, 2: 8000, 3: 8000, 4: 8000, 5: 8000, 6: 16000, 7: 8000, 8: 8000,
-    9: 8000,    # G.722 samples at 16 kHz but RFC 3551 4.5.2 fixes its RTP clock at 8000
-    10: 44100, 11: 44100, 12: 8000, 13: 8000, 14: 90000, 15: 8000, 16: 11025, 17: 22050,
-    18: 8000, 19: 8000, 25: 90000, 26: 90000, 28: 90000, 31: 90000, 32: 90000, 33: 90000,
-    34: 90000,
-}
-
-# Clock rates met in practice for dynamic payload types (Opus and WebRTC audio 48000,
-# video 90000, wideband speech codecs 16000 ...); an estimated rate snaps to one of them.
-COMMON_CLOCK_RATES = (8000, 16000, 24000, 32000, 44100, 48000, 90000)
-CLOCK_RATE_TOLERANCE = 0.10   # a fitted slope further than this from every candidate is no known rate
 
 # A timestamp step this many packet-times long, without a sequence gap, is a pause of the
 # sender (DTX), not loss: one missing packet-time would already be a step of 2.
 DTX_GAP_FACTOR = 1.5
 
 
-def clock_rate_for(payload_type: int) -> int | None:
-    """RTP clock rate (Hz) of a static payload type (RFC 3551), None for dynamic/unassigned."""
-    return STATIC_CLOCK_RATES.get(int(payload_type))
-
-
-def unwrap(values: np.ndarray, modulus: int) -> np.ndarray:
-    """Extend wrapping counters (sequence numbers, timestamps) to int64, in arrival order.
-
-    Each step is read as the shortest signed distance modulo `modulus` (serial number
-    arithmetic, RFC 1982), so wraps count a cycle (RFC 3550 A.1) and late packets step back
-    without counting one. The result is shifted by whole cycles so that it is never negative.
-    """
-    v = np.asarray(values, dtype=np.int64) % modulus
-    if len(v) == 0:
-        return v
-    half = modulus // 2
-    steps = (np.diff(v) + half) % modulus - half
-    ext = v[0] + np.concatenate((np.zeros(1, np.int64), np.cumsum(steps)))
-    lowest = ext.min()
-    if lowest < 0:
-        ext += modulus * ((-lowest + modulus - 1) // modulus)
-    return ext
-
-
-def estimate_clock_rate(arrival_s: np.ndarray, rtp_ts: np.ndarray) -> int | None:
-    """Clock rate of a stream whose payload type is dynamic, from its own timestamps.
-
-    Fits the slope of the (unwrapped) RTP timestamp against arrival time by least squares and
-    snaps it to the nearest of COMMON_CLOCK_RATES. Returns None when there is nothing to fit
-    (fewer than 2 distinct timestamps or arrival times) or when the slope misses every
-    candidate by more than CLOCK_RATE_TOLERANCE: timestamps that follow no clock, or a stream
-    so short and bursty that queueing bends the fit (a second of media is usually enough).
-    A wrong rate would be worse than none: it turns into jitter and delay trends.
-    """
+def estimate_clock_rate(arrival_s: np.ndarray, rtp_ts: np.ndarray, seq: np.ndarray | None = None) -> int | None:
+    """Clock rate of a stream whose payload type is dynamic, from its own timestamps: the one
+    estimator of the project (streams.rtp.clock_rate), which the slope only proposes to."""
+    from throttledetect.streams.rtp import clock_rate
     t = np.asarray(arrival_s, dtype=np.float64)
-    ts = unwrap(rtp_ts, TS_MOD).astype(np.float64)
-    if len(t) < 2 or np.ptp(t) <= 0 or np.ptp(ts) <= 0:
-        return None
-    t = t - t.mean()
-    slope = float(np.dot(t, ts - ts.mean()) / np.dot(t, t))
-    if not slope > 0:
-        return None
-    rates = np.array(COMMON_CLOCK_RATES, dtype=np.float64)
-    distance = np.abs(np.log(rates / slope))
-    best = int(np.argmin(distance))
-    if distance[best] > np.log1p(CLOCK_RATE_TOLERANCE):
-        return None
-    return COMMON_CLOCK_RATES[best]
+    ts = unwrap(rtp_ts, TS_MOD)
+    return clock_rate(DYNAMIC_PT_FIRST, t, None if seq is None else unwrap(seq, SEQ_MOD), ts)
 
 
 @dataclass(frozen=True)
@@ -363,7 +302,7 @@ def rtp_stream_stats(
     pts, first_at, counts = np.unique(pt, return_index=True, return_counts=True)
     payload_types = tuple(int(p) for p in pts[np.argsort(first_at)])
     main_pt = int(pts[np.argmax(counts)])
-    estimated = estimate_clock_rate(t, ts32) if clock_rate is None else None
+    estimated = estimate_clock_rate(t, ts32, seq16) if clock_rate is None else None
     if clock_rate is not None:
         stream_clock = clock_rate
     elif main_pt < DYNAMIC_PT_FIRST and clock_rate_for(main_pt):
@@ -516,57 +455,6 @@ class RtpStream:
                                 clock_rate, wireshark_compatible=wireshark_compatible)
 
 
-def _be16(b: np.ndarray) -> np.ndarray:
-    return (b[:, 0].astype(np.int64) << 8) | b[:, 1]
-
-
-def _be32(b: np.ndarray) -> np.ndarray:
-    return (_be16(b[:, 0:2]) << 16) | _be16(b[:, 2:4])
-
-
-def rtp_header_mask(prefix: np.ndarray, payload_len: np.ndarray, payload_wirelen: np.ndarray,
-                    buffer: np.ndarray, payload_off: np.ndarray) -> np.ndarray:
-    """Which UDP payloads carry an RTP header (RFC 3550 5.1); RTCP is told apart first.
-
-    prefix: uint8[n, >=12] first payload bytes; payload_len / payload_wirelen: payload bytes
-    captured / on the wire; buffer, payload_off: the capture bytes, for what lies beyond the
-    prefix (header extension length, padding count).
-
-    - version 2;
-    - not RTCP: a second byte of 192-213 whose length field fits is RTCP (RFC 5761 4);
-    - payload type 0-34 (RFC 3551's audio and video range) or 96-127 (dynamic);
-    - the CSRC list and the header extension (RFC 3550 5.3.1) fit in the packet;
-    - with the P bit, the padding count (last octet, which counts itself) is 1 or more and
-      fits after the header (RFC 3550 5.1); unchecked when the last octet was not captured.
-    Wireshark's RTP heuristic checks the same, except that it takes any payload type but
-    72-76; payload types 35-71 and 77-95 are unassigned, and random bytes land there.
-    """
-    plen = np.asarray(payload_len, dtype=np.int64)
-    wlen = np.asarray(payload_wirelen, dtype=np.int64)
-    off = np.asarray(payload_off, dtype=np.int64)
-    b0 = prefix[:, 0].astype(np.int64)
-    b1 = prefix[:, 1].astype(np.int64)
-    v2 = (b0 >> 6) == RTP_VERSION
-    rtcp = v2 & (b1 >= RTCP_TYPE_FIRST) & (b1 <= RTCP_TYPE_LAST) & ((_be16(prefix[:, 2:4]) + 1) * 4 <= wlen)
-    pt = b1 & 0x7F
-    header = RTP_HEADER_LEN + 4 * (b0 & 0x0F)
-    ok = v2 & ~rtcp & ((pt <= 34) | (pt >= DYNAMIC_PT_FIRST)) & (plen >= RTP_HEADER_LEN)
-
-    has_ext = ok & ((b0 & 0x10) != 0)
-    ok &= ~has_ext | (header + 4 <= plen)          # the extension's length word is captured
-    rows = np.flatnonzero(has_ext & ok)
-    if len(rows):
-        at = off[rows] + header[rows] + 2
-        header[rows] += 4 + 4 * ((buffer[at].astype(np.int64) << 8) | buffer[at + 1])
-    ok &= header <= wlen
-
-    rows = np.flatnonzero(ok & ((b0 & 0x20) != 0) & (plen == wlen))
-    if len(rows):
-        padding = buffer[off[rows] + plen[rows] - 1].astype(np.int64)
-        ok[rows] = (padding >= 1) & (padding <= wlen[rows] - header[rows])
-    return ok
-
-
 def find_rtp_streams(cap, flows) -> list[RtpStream]:
     """The RTP streams of a capture (`Capture` from read_capture, `FlowTable` from build_flows).
 
@@ -585,12 +473,13 @@ def find_rtp_streams(cap, flows) -> list[RtpStream]:
                                 pk.payload_off[rows])]
     if len(rows) == 0:
         return []
-    head = pk.prefix[rows]
-    ssrc = _be32(head[:, 8:12])
+    head = rtp_fields(pk.prefix[rows], 0)
+    ssrc = head["ssrc"].astype(np.int64)
     # Group: sort by stream key, capture order within a stream.
     order = np.lexsort((rows, ssrc, pk.dport[rows], pk.dst_lo[rows], pk.dst_hi[rows],
                         pk.sport[rows], pk.src_lo[rows], pk.src_hi[rows]))
-    rows, head, ssrc = rows[order], head[order], ssrc[order]
+    rows, ssrc = rows[order], ssrc[order]
+    head = {k: v[order] for k, v in head.items()}
     keys = (pk.src_hi[rows], pk.src_lo[rows], pk.sport[rows], pk.dst_hi[rows], pk.dst_lo[rows],
             pk.dport[rows], ssrc)
     new_stream = np.zeros(len(rows), dtype=bool)
@@ -601,7 +490,7 @@ def find_rtp_streams(cap, flows) -> list[RtpStream]:
     starts = np.flatnonzero(new_stream)
     n_streams = len(starts)
 
-    seq = _be16(head[:, 2:4])
+    seq = head["seq"].astype(np.int64)
     step = (np.diff(seq)) % SEQ_MOD
     advances = ~new_stream[1:] & (step >= 1) & (step <= MAX_DROPOUT)
     keep = np.zeros(n_streams, dtype=bool)
@@ -610,9 +499,9 @@ def find_rtp_streams(cap, flows) -> list[RtpStream]:
     in_good_flow = np.isin(flow, np.unique(flow[keep[stream_of]]))
     keep |= np.bincount(stream_of, weights=in_good_flow, minlength=n_streams) > 0
 
-    ts = _be32(head[:, 4:8])
-    marker = (head[:, 1] & 0x80) != 0
-    pt = (head[:, 1] & 0x7F).astype(np.int64)
+    ts = head["ts"].astype(np.int64)
+    marker = head["marker"]
+    pt = head["pt"].astype(np.int64)
     ends = np.append(starts[1:], len(rows))
     streams = []
     for s in np.flatnonzero(keep):   # one object per stream, not per packet

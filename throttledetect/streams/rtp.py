@@ -22,17 +22,10 @@ from functools import cached_property
 
 import numpy as np
 
-from throttledetect.wire.rtp import rtp_fields
-
-SEQ_MOD = 1 << 16
-TS_MOD = 1 << 32
-DYNAMIC_PT_FIRST = 96
-# RFC 3551 static payload types with their clock rates (the audio/video ones still met).
-STATIC_CLOCKS = {0: 8000, 3: 8000, 4: 8000, 5: 8000, 6: 16000, 7: 8000, 8: 8000, 9: 8000, 10: 44100,
-                 11: 44100, 12: 8000, 13: 8000, 14: 90000, 15: 8000, 16: 11025, 17: 22050, 18: 8000,
-                 25: 90000, 26: 90000, 28: 90000, 31: 90000, 32: 90000, 33: 90000, 34: 90000}
-AUDIO_CLOCKS = (8000, 16000, 24000, 32000, 44100, 48000)
+from throttledetect.wire.rtp import (COMMON_CLOCK_RATES, DYNAMIC_PT_FIRST, SEQ_MOD,  # noqa: F401 - re-exported
+                                     STATIC_CLOCK_RATES, TS_MOD, rtp_fields, unwrap)
 VIDEO_CLOCK = 90000
+AUDIO_CLOCKS = tuple(c for c in COMMON_CLOCK_RATES if c != VIDEO_CLOCK)
 FRAME_GRID_MS = 2.5          # audio frames last a whole number of 2.5 ms (Opus 2.5-120 ms, G.7xx 10/20/30)
 MAX_SEQ_GAP = 1000           # a longer run of missing numbers is a jump (a new sender state), not loss
 MAX_SKEW = 0.01              # clock skews beyond 1 % are not a crystal's: the "skew" would be a queue
@@ -40,21 +33,7 @@ SKEW_WINDOW_S = 2.0
 MIN_SKEW_WINDOWS = 6
 
 
-def unwrap(values: np.ndarray, modulus: int) -> np.ndarray:
-    """Extend wrapping counters to int64 in arrival order (RFC 1982 serial arithmetic; RFC 3550 A.1)."""
-    v = np.asarray(values, dtype=np.int64) % modulus
-    if len(v) == 0:
-        return v
-    half = modulus // 2
-    steps = (np.diff(v) + half) % modulus - half
-    ext = v[0] + np.concatenate((np.zeros(1, np.int64), np.cumsum(steps)))
-    lowest = ext.min()
-    if lowest < 0:
-        ext += modulus * ((-lowest + modulus - 1) // modulus)
-    return ext
-
-
-def clock_rate(pt: int, t: np.ndarray, seq: np.ndarray, ts: np.ndarray) -> int | None:
+def clock_rate(pt: int, t: np.ndarray, seq: np.ndarray | None, ts: np.ndarray) -> int | None:
     """The stream's RTP clock: RFC 3551's for a static payload type, else read from its timestamps.
 
     The slope of timestamp against arrival proposes a rate; a shaper's queue growing by a second
@@ -62,8 +41,8 @@ def clock_rate(pt: int, t: np.ndarray, seq: np.ndarray, ts: np.ndarray) -> int |
     only proposes: near 90 kHz it is video's 90 kHz; for audio the candidate whose packet time
     (the median timestamp step between consecutive sequence numbers) is a whole number of
     FRAME_GRID_MS and that lies within 25 % of the slope wins."""
-    if pt < DYNAMIC_PT_FIRST and pt in STATIC_CLOCKS:
-        return STATIC_CLOCKS[pt]
+    if pt < DYNAMIC_PT_FIRST and pt in STATIC_CLOCK_RATES:
+        return STATIC_CLOCK_RATES[pt]
     if len(t) < 3 or np.ptp(t) <= 0:
         return None
     # slope from the lower envelope of (arrival, timestamp): robust to queueing, not to skew (small)
@@ -72,10 +51,12 @@ def clock_rate(pt: int, t: np.ndarray, seq: np.ndarray, ts: np.ndarray) -> int |
         return None
     if abs(np.log(slope / VIDEO_CLOCK)) < np.log(1.1):
         return VIDEO_CLOCK
-    o = np.argsort(seq, kind="stable")
-    ds, dts = np.diff(seq[o]), np.diff(ts[o])
-    step = dts[(ds == 1) & (dts > 0)]
     best, best_d = None, None
+    step = np.zeros(0)
+    if seq is not None:
+        o = np.argsort(seq, kind="stable")
+        ds, dts = np.diff(seq[o]), np.diff(ts[o])
+        step = dts[(ds == 1) & (dts > 0)]
     if len(step):
         step_v = float(np.median(step))
         for c in AUDIO_CLOCKS:

@@ -50,6 +50,50 @@ RTCP_PSFB = 206             # RFC 4585 payload-specific feedback (PLI, FIR, REMB
 RTCP_XR = 207               # RFC 3611
 RTCP_TYPE_MIN, RTCP_TYPE_MAX = 192, 213   # the range nDPI accepts (up to RFC 8861 SNM)
 
+SEQ_MOD = 1 << 16           # sequence numbers and timestamps wrap (RFC 3550 A.1)
+TS_MOD = 1 << 32
+DYNAMIC_PT_FIRST = 96
+
+# RFC 3551 6, table 4 and 5: clock rates of the static payload types. PT 1 (1016), 2 (G721)
+# and 19 (CN) are withdrawn assignments that Wireshark still rates, so they are kept.
+STATIC_CLOCK_RATES: dict[int, int] = {
+    0: 8000, 1: 8000, 2: 8000, 3: 8000, 4: 8000, 5: 8000, 6: 16000, 7: 8000, 8: 8000,
+    9: 8000,    # G.722 samples at 16 kHz but RFC 3551 4.5.2 fixes its RTP clock at 8000
+    10: 44100, 11: 44100, 12: 8000, 13: 8000, 14: 90000, 15: 8000, 16: 11025, 17: 22050,
+    18: 8000, 19: 8000, 25: 90000, 26: 90000, 28: 90000, 31: 90000, 32: 90000, 33: 90000,
+    34: 90000,
+}
+
+# Clock rates met in practice for dynamic payload types (Opus and WebRTC audio 48000,
+# video 90000, wideband speech codecs 16000 ...); an estimated rate snaps to one of them.
+COMMON_CLOCK_RATES = (8000, 16000, 24000, 32000, 44100, 48000, 90000)
+
+
+def clock_rate_for(payload_type: int) -> int | None:
+    """RTP clock rate (Hz) of a static payload type (RFC 3551), None for dynamic/unassigned."""
+    return STATIC_CLOCK_RATES.get(int(payload_type))
+
+
+def unwrap(values: np.ndarray, modulus: int) -> np.ndarray:
+    """Extend wrapping counters (sequence numbers, timestamps) to int64, in arrival order.
+
+    Each step is read as the shortest signed distance modulo `modulus` (serial number
+    arithmetic, RFC 1982), so wraps count a cycle (RFC 3550 A.1) and late packets step back
+    without counting one. The result is shifted by whole cycles so that it is never negative.
+    """
+    v = np.asarray(values, dtype=np.int64) % modulus
+    if len(v) == 0:
+        return v
+    half = modulus // 2
+    steps = (np.diff(v) + half) % modulus - half
+    ext = v[0] + np.concatenate((np.zeros(1, np.int64), np.cumsum(steps)))
+    lowest = ext.min()
+    if lowest < 0:
+        ext += modulus * ((-lowest + modulus - 1) // modulus)
+    return ext
+
+
+
 RTCP_COMMON = Layout("RtcpCommonHeader", ("v_p_count", "B"), ("packet_type", "B"), ("length", "H"))  # length: words - 1
 RTCP_COUNT_MASK = 0x1F
 SENDER_INFO = Layout("SenderInfo", ("ntp_ts", "Q"), ("rtp_ts", "I"), ("packet_count", "I"), ("octet_count", "I"))
@@ -321,3 +365,54 @@ def _report_blocks(body: bytes, pos: int, count: int) -> tuple[ReportBlock, ...]
         blocks.append(ReportBlock(block.ssrc, block.fraction_and_lost >> 24, lost, block.highest_seq,
                                   block.jitter, block.lsr, block.dlsr))
     return tuple(blocks)
+
+
+def _be16(b: np.ndarray) -> np.ndarray:
+    return (b[:, 0].astype(np.int64) << 8) | b[:, 1]
+
+
+def _be32(b: np.ndarray) -> np.ndarray:
+    return (_be16(b[:, 0:2]) << 16) | _be16(b[:, 2:4])
+
+
+def rtp_header_mask(prefix: np.ndarray, payload_len: np.ndarray, payload_wirelen: np.ndarray,
+                    buffer: np.ndarray, payload_off: np.ndarray) -> np.ndarray:
+    """Which UDP payloads carry an RTP header (RFC 3550 5.1); RTCP is told apart first.
+
+    prefix: uint8[n, >=12] first payload bytes; payload_len / payload_wirelen: payload bytes
+    captured / on the wire; buffer, payload_off: the capture bytes, for what lies beyond the
+    prefix (header extension length, padding count).
+
+    - version 2;
+    - not RTCP: a second byte of 192-213 whose length field fits is RTCP (RFC 5761 4);
+    - payload type 0-34 (RFC 3551's audio and video range) or 96-127 (dynamic);
+    - the CSRC list and the header extension (RFC 3550 5.3.1) fit in the packet;
+    - with the P bit, the padding count (last octet, which counts itself) is 1 or more and
+      fits after the header (RFC 3550 5.1); unchecked when the last octet was not captured.
+    Wireshark's RTP heuristic checks the same, except that it takes any payload type but
+    72-76; payload types 35-71 and 77-95 are unassigned, and random bytes land there.
+    """
+    plen = np.asarray(payload_len, dtype=np.int64)
+    wlen = np.asarray(payload_wirelen, dtype=np.int64)
+    off = np.asarray(payload_off, dtype=np.int64)
+    b0 = prefix[:, 0].astype(np.int64)
+    b1 = prefix[:, 1].astype(np.int64)
+    v2 = (b0 >> 6) == RTP_VERSION
+    rtcp = v2 & (b1 >= RTCP_TYPE_MIN) & (b1 <= RTCP_TYPE_MAX) & ((_be16(prefix[:, 2:4]) + 1) * 4 <= wlen)
+    pt = b1 & 0x7F
+    header = RTP_HEADER_LEN + 4 * (b0 & 0x0F)
+    ok = v2 & ~rtcp & ((pt <= 34) | (pt >= DYNAMIC_PT_FIRST)) & (plen >= RTP_HEADER_LEN)
+
+    has_ext = ok & ((b0 & 0x10) != 0)
+    ok &= ~has_ext | (header + 4 <= plen)          # the extension's length word is captured
+    rows = np.flatnonzero(has_ext & ok)
+    if len(rows):
+        at = off[rows] + header[rows] + 2
+        header[rows] += 4 + 4 * ((buffer[at].astype(np.int64) << 8) | buffer[at + 1])
+    ok &= header <= wlen
+
+    rows = np.flatnonzero(ok & ((b0 & 0x20) != 0) & (plen == wlen))
+    if len(rows):
+        padding = buffer[off[rows] + plen[rows] - 1].astype(np.int64)
+        ok[rows] = (padding >= 1) & (padding <= wlen[rows] - header[rows])
+    return ok

@@ -52,13 +52,12 @@ from throttledetect.metrics.series import (
     serial_unwrap,
 )
 from throttledetect.read.table import FRAG_LATER
+from throttledetect.streams.tcp import REORDER_WINDOW_S, sequence_pass
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 SEQ_BITS = 32
-REORDER_WINDOW_S = 0.003      # Wireshark's out-of-order threshold when no RTT is known
 STALL_RTT_FACTOR = 4.0
 STALL_MIN_S = 1.0
-MAX_HOLES = 1024              # holes tracked per direction; the oldest is forgotten beyond this
 
 
 @dataclass(frozen=True)
@@ -207,99 +206,6 @@ class TcpFlowMetrics:
                 "ab": self.ab.to_json(), "ba": self.ba.to_json()}
 
 
-@njit
-def _sequence_pass(gid, s, e, ts, keepalive_cand, retx, fill, new, fill_delay, keepalive):
-    """Class every sequence-occupying segment of every direction (grouped, time-ordered).
-
-    Per segment: bytes already seen (retx), bytes filling a hole (fill, with the time since the
-    hole opened in fill_delay, -1 if none), bytes above the highest seen (new), keep-alive flag.
-    Holes below the highest sequence number are kept sorted and disjoint.
-    """
-    n = s.shape[0]
-    hs = np.empty(MAX_HOLES + 1, dtype=np.int64)
-    he = np.empty(MAX_HOLES + 1, dtype=np.int64)
-    ht = np.empty(MAX_HOLES + 1, dtype=np.int64)
-    nh = 0
-    high = 0
-    cur = -1
-    for i in range(n):
-        if gid[i] != cur:
-            cur = gid[i]
-            nh = 0
-            high = s[i]
-        si = s[i]
-        ei = e[i]
-        fill_delay[i] = -1
-        if keepalive_cand[i] and si == high - 1:
-            keepalive[i] = True
-            continue
-        top = min(ei, high)
-        if si < top:
-            unseen = 0
-            # first hole ending after si (holes are sorted and disjoint: ends are sorted too)
-            lo, hi = 0, nh
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if he[mid] <= si:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            j = lo
-            while j < nh and hs[j] < top:
-                a = max(hs[j], si)
-                b = min(he[j], top)
-                if a < b:
-                    unseen += b - a
-                    if fill_delay[i] < 0:
-                        fill_delay[i] = ts[i] - ht[j]
-                    if a == hs[j] and b == he[j]:
-                        for k in range(j, nh - 1):
-                            hs[k] = hs[k + 1]
-                            he[k] = he[k + 1]
-                            ht[k] = ht[k + 1]
-                        nh -= 1
-                        continue
-                    elif a == hs[j]:
-                        hs[j] = b
-                    elif b == he[j]:
-                        he[j] = a
-                    else:
-                        for k in range(nh, j + 1, -1):
-                            hs[k] = hs[k - 1]
-                            he[k] = he[k - 1]
-                            ht[k] = ht[k - 1]
-                        hs[j + 1] = b
-                        he[j + 1] = he[j]
-                        ht[j + 1] = ht[j]
-                        he[j] = a
-                        nh += 1
-                        j += 1
-                        if nh > MAX_HOLES:      # forget the lowest hole
-                            for k in range(nh - 1):
-                                hs[k] = hs[k + 1]
-                                he[k] = he[k + 1]
-                                ht[k] = ht[k + 1]
-                            nh -= 1
-                            j -= 1
-                j += 1
-            fill[i] = unseen
-            retx[i] = (top - si) - unseen
-        if ei > high:
-            if si > high:
-                if nh == MAX_HOLES:
-                    for k in range(nh - 1):
-                        hs[k] = hs[k + 1]
-                        he[k] = he[k + 1]
-                        ht[k] = ht[k + 1]
-                    nh -= 1
-                hs[nh] = high
-                he[nh] = si
-                ht[nh] = ts[i]
-                nh += 1
-            new[i] = ei - max(si, high)
-            high = ei
-
-
 def _first_per_group(gid: np.ndarray, n_groups: int, fill=-1) -> np.ndarray:
     """Index of the first element of each group id in a group-sorted array (fill where absent)."""
     out = np.full(n_groups, fill, dtype=np.int64)
@@ -367,7 +273,7 @@ def compute_tcp_metrics(cap, ft, *, bin_s: float = 1.0, groups: DirGroups | None
     keepalive = np.zeros(nd, dtype=bool)
     ka_cand = (d_plen == 1) & ~syn[dpos] & ~fin[dpos]
     if nd:
-        _sequence_pass(d_gid, d_s, d_e, d_ts, ka_cand, retx, fill, new, fill_delay, keepalive)
+        sequence_pass(d_gid, d_s, d_e, d_ts, ka_cand, retx, fill, new, fill_delay, keepalive)
 
     # --- handshake per flow -------------------------------------------------------------------
     handshakes = _handshakes(gid, ts, flags, pk.tcp_seq[rows], pk.tcp_ack[rows], nf)

@@ -1,11 +1,15 @@
-"""The data segments of one TCP direction: sequence space, resends, and holes (lost segments).
+"""The data segments of one TCP direction: sequence space, resends, holes, and the losses they show.
 
-Seen where the data arrives, a segment lost upstream leaves a hole in the sequence space (the
-next segment starts beyond everything received so far); the hole's size in segments (bytes over
-the largest segment) counts the losses, at the time the hole showed. A hole filled sooner than a
-resend could come back (under 0.8 x the handshake RTT) is reordering, not loss. Seen where the
-data is sent, losses show as resends instead (``retransmission``): policing_tcp reads those.
-This is the project's one definition of TCP loss (metrics and detectors both use it).
+The project's one definition of TCP loss (metrics.tcp and the detectors both use
+``sequence_pass``): every segment that occupies sequence space is classed, in time order, as
+*new* (above the highest sequence number seen), *retransmission* (bytes already seen: sent
+again, because they were lost after the capture point or spuriously) or *gap filled* (bytes
+below the highest that were never seen: lost before the capture point, or reordered; a hole
+filled within the reordering window, the handshake RTT, else Wireshark's 3 ms, is reordering).
+
+Seen where the data arrives, the losses are the gaps filled (``TcpSegments.loss_units``: one
+lost unit per MSS of such bytes, at the time the hole opened). Seen where the data is sent, they
+are the retransmissions; the SIGCOMM'16 detector (detect/policing_tcp.py) reads those with SACK.
 """
 from __future__ import annotations
 
@@ -13,9 +17,113 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from throttledetect.streams.rtp import unwrap
+from throttledetect.jit import njit
+from throttledetect.wire.rtp import unwrap
 
-REORDER_DEFAULT_S = 0.01    # a hole filled this soon is reordering (no handshake RTT to go by)
+REORDER_WINDOW_S = 0.003      # Wireshark's out-of-order threshold when no RTT is known
+MAX_HOLES = 1024              # holes tracked per direction; the oldest is forgotten beyond this
+
+
+@njit
+def sequence_pass(gid, s, e, ts, keepalive_cand, retx, fill, new, fill_delay, keepalive):
+    """Class every sequence-occupying segment of every direction (grouped, time-ordered).
+
+    Per segment: bytes already seen (retx), bytes filling a hole (fill, with the time since the
+    hole opened in fill_delay, -1 if none), bytes above the highest seen (new), keep-alive flag.
+    Holes below the highest sequence number are kept sorted and disjoint.
+    """
+    n = s.shape[0]
+    hs = np.empty(MAX_HOLES + 1, dtype=np.int64)
+    he = np.empty(MAX_HOLES + 1, dtype=np.int64)
+    ht = np.empty(MAX_HOLES + 1, dtype=np.int64)
+    nh = 0
+    high = 0
+    cur = -1
+    for i in range(n):
+        if gid[i] != cur:
+            cur = gid[i]
+            nh = 0
+            high = s[i]
+        si = s[i]
+        ei = e[i]
+        fill_delay[i] = -1
+        if keepalive_cand[i] and si == high - 1:
+            keepalive[i] = True
+            continue
+        top = min(ei, high)
+        if si < top:
+            unseen = 0
+            # first hole ending after si (holes are sorted and disjoint: ends are sorted too)
+            lo, hi = 0, nh
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if he[mid] <= si:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            j = lo
+            while j < nh and hs[j] < top:
+                a = max(hs[j], si)
+                b = min(he[j], top)
+                if a < b:
+                    unseen += b - a
+                    if fill_delay[i] < 0:
+                        fill_delay[i] = ts[i] - ht[j]
+                    if a == hs[j] and b == he[j]:
+                        for k in range(j, nh - 1):
+                            hs[k] = hs[k + 1]
+                            he[k] = he[k + 1]
+                            ht[k] = ht[k + 1]
+                        nh -= 1
+                        continue
+                    elif a == hs[j]:
+                        hs[j] = b
+                    elif b == he[j]:
+                        he[j] = a
+                    else:
+                        for k in range(nh, j + 1, -1):
+                            hs[k] = hs[k - 1]
+                            he[k] = he[k - 1]
+                            ht[k] = ht[k - 1]
+                        hs[j + 1] = b
+                        he[j + 1] = he[j]
+                        ht[j + 1] = ht[j]
+                        he[j] = a
+                        nh += 1
+                        j += 1
+                        if nh > MAX_HOLES:      # forget the lowest hole
+                            for k in range(nh - 1):
+                                hs[k] = hs[k + 1]
+                                he[k] = he[k + 1]
+                                ht[k] = ht[k + 1]
+                            nh -= 1
+                            j -= 1
+                j += 1
+            fill[i] = unseen
+            retx[i] = (top - si) - unseen
+        if ei > high:
+            if si > high:
+                if nh == MAX_HOLES:
+                    for k in range(nh - 1):
+                        hs[k] = hs[k + 1]
+                        he[k] = he[k + 1]
+                        ht[k] = ht[k + 1]
+                    nh -= 1
+                hs[nh] = high
+                he[nh] = si
+                ht[nh] = ts[i]
+                nh += 1
+            new[i] = ei - max(si, high)
+            high = ei
+
+
+def _first_per_group(gid: np.ndarray, n_groups: int, fill=-1) -> np.ndarray:
+    """Index of the first element of each group id in a group-sorted array (fill where absent)."""
+    out = np.full(n_groups, fill, dtype=np.int64)
+    if len(gid):
+        g, idx = np.unique(gid, return_index=True)
+        out[g] = idx
+    return out
 
 
 @dataclass(eq=False)
@@ -27,20 +135,22 @@ class TcpSegments:
     seq: np.ndarray              # relative, unwrapped start sequence number
     length: np.ndarray           # payload bytes
     size: np.ndarray             # frame bytes
-    retransmission: np.ndarray   # bool: covers no new sequence space (a resend, or a late copy)
-    hole_segments: np.ndarray    # int: segments missing in the hole this segment revealed (0: none)
+    retransmission: np.ndarray   # bool: bytes already seen (a resend, or a late copy)
+    gap_filled: np.ndarray       # payload bytes that filled a hole outside the reordering window
+    hole_age: np.ndarray         # s since that hole opened (0 where none)
 
     @property
     def n(self) -> int:
         return len(self.t)
 
     def loss_units(self):
-        """One unit per data segment received plus one lost unit per segment missing in a hole;
-        resends are not counted again."""
+        """One unit per segment carrying new data, plus one lost unit per MSS of bytes that
+        filled a hole (at the time the hole opened); resends of data already seen are not units."""
         from throttledetect.streams.loss import LossUnits
+        mss = max(int(self.length.max()), 1) if self.n else 1
         fresh = ~self.retransmission
-        k = self.hole_segments
-        lost_t = np.repeat(self.t, k)
+        k = np.ceil(self.gap_filled / mss).astype(np.int64)
+        lost_t = np.repeat(self.t - self.hole_age, k)
         t = np.concatenate((self.t[fresh], lost_t))
         lost = np.concatenate((np.zeros(int(fresh.sum()), bool), np.ones(len(lost_t), bool)))
         size = np.concatenate((self.size[fresh], np.repeat(self.size, k)))
@@ -68,29 +178,22 @@ def build_tcp_segments(cap, ft, i: int, d: int, rows: np.ndarray, t: np.ndarray,
                        payload: np.ndarray) -> TcpSegments:
     data = payload > 0
     rows, t, size, length = rows[data], t[data], size[data], payload[data]
-    if len(rows) == 0:
-        z = np.zeros(0)
-        return TcpSegments(i, d, rows, z, z.astype(np.int64), z.astype(np.int64), z, z.astype(bool),
-                           z.astype(np.int64))
-    seq = unwrap(cap.packets.tcp_seq[rows].astype(np.int64), 1 << 32)
-    seq = seq - seq.min()
-    end = seq + length
-    prev_max = np.concatenate(([-1], np.maximum.accumulate(end)[:-1]))
-    retrans = end <= prev_max
-    mss = max(int(length.max()), 1)
-    hole = np.where(prev_max >= 0, seq - prev_max, 0)
-    hole_segments = np.where(hole > 0, np.ceil(hole / mss), 0).astype(np.int64)
-    holes = np.flatnonzero(hole_segments)
-    if len(holes):
-        rtt = handshake_rtt(cap, ft, i)
-        window = 0.8 * rtt if rtt else REORDER_DEFAULT_S
-        by_seq = np.lexsort((np.arange(len(seq)), seq))
-        s_sorted = seq[by_seq]
-        for k in holes:                      # one lookup per hole (a loss event), not per packet
-            start = prev_max[k]
-            j = np.searchsorted(s_sorted, start)
-            cand = by_seq[j:np.searchsorted(s_sorted, start, side="right")]
-            cand = cand[cand > k]
-            if len(cand) and t[cand.min()] - t[k] < window:
-                hole_segments[k] = 0
-    return TcpSegments(i, d, rows, t, seq, length, size, retrans, hole_segments)
+    n = len(rows)
+    seq = unwrap(cap.packets.tcp_seq[rows].astype(np.int64), 1 << 32) if n else np.zeros(0, np.int64)
+    if n:
+        seq = seq - seq.min()
+    retx = np.zeros(n, np.int64)
+    fill = np.zeros(n, np.int64)
+    new = np.zeros(n, np.int64)
+    fill_delay = np.zeros(n, np.int64)
+    keepalive = np.zeros(n, bool)
+    if n:
+        t_ns = np.round(t * 1e9).astype(np.int64)
+        sequence_pass(np.zeros(n, np.int64), seq, seq + length, t_ns, (length == 1), retx, fill, new, fill_delay,
+                      keepalive)
+    rtt = handshake_rtt(cap, ft, i)
+    window_ns = int((rtt if rtt else REORDER_WINDOW_S) * 1e9)
+    is_retx = (retx > 0) & ~keepalive
+    gap = (fill > 0) & ~((fill_delay >= 0) & (fill_delay < window_ns)) & ~is_retx
+    return TcpSegments(i, d, rows, t, seq, length, size, is_retx | keepalive,
+                       np.where(gap, np.minimum(fill, length), 0), np.where(gap, fill_delay, 0) / 1e9)

@@ -171,15 +171,33 @@ def classify_cmd(files, idle_timeout, local, output, fmt, show_all):
 @common_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--bin", "bin_s", type=float, default=1.0, show_default=True, help="Rate-series bin width, seconds.")
-@click.option("--alpha", type=float, default=0.01, show_default=True,
-              help="False-discovery rate across the flows tested (Benjamini-Hochberg).")
-def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="False-discovery rate across every test of a capture (Benjamini-Hochberg).")
+@click.option("--test", "test_scope", type=click.Choice(["calls", "all"]), default="calls", show_default=True,
+              help="Which flows to test: the call flows, or every flow with enough packets (TCP downloads, "
+                   "calls that fell back to TCP, captures taken at a server).")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+              help="Override a decision threshold (repeatable): alpha, floor.dropping, floor.policing, "
+                   "floor.shaping, floor.shaping_spacing, floor.blocking. The JSON output records them.")
+def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha, test_scope, thresholds):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol."""
     from throttledetect import pipeline
     from throttledetect.classify.labels import APP_CHAT, is_call
+    from throttledetect.detect.config import DEFAULT_CONFIG
+    overrides = {"alpha": alpha}
+    for item in thresholds:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE with a number", param_hint="--threshold")
+    try:
+        config = DEFAULT_CONFIG.with_thresholds(**overrides)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--threshold")
     caps, failed = _read_each(files)
     analyses = [pipeline.analyze_capture(cap, idle_timeout=idle_timeout, local_nets=_parse_local(local),
-                                         bin_s=bin_s, alpha=alpha) for cap in caps]
+                                         bin_s=bin_s, config=config, test=test_scope) for cap in caps]
     doc = pipeline.to_document(analyses)
     if fmt == "json":
         _emit(json.dumps(doc, indent=2) + "\n", output)
@@ -195,7 +213,7 @@ def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
                                                 prot_rows, max_width=80))
         call_rows = [[f["id"], f["a"], f["b"], f["protocol"], f["packets_ab"] + f["packets_ba"],
                       round(f["last_ts"] - f["first_ts"], 1), f.get("verdict", "-"), f["reason"]]
-                     for f in doc["flows"] if is_call(f["protocol"]) or f["protocol"] in APP_CHAT]
+                     for f in doc["flows"] if is_call(f["protocol"]) or f["protocol"] in APP_CHAT or f.get("tested")]
         if call_rows:
             parts.append("Call flows and the apps' chat flows:\n"
                          + table(["id", "a", "b", "protocol", "pkts", "dur s", "verdict", "why this label"],

@@ -81,6 +81,7 @@ class DetectContext:
     ft: object
     cl: object | None = None
     streams: Streams | None = None
+    metrics: list | None = None              # metrics.flow.FlowMetrics per flow (TCP RTT samples)
     config: DetectConfig = DEFAULT_CONFIG
     tested: np.ndarray | None = None        # bool per flow: goes through the detectors
     _cache: dict = field(default_factory=dict, repr=False)

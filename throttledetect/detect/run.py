@@ -151,7 +151,7 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
     """Test the selected flows of one capture; one false-discovery family over every p-value."""
     if test not in TEST_SCOPES:
         raise ValueError(f"test must be one of {TEST_SCOPES}, not {test!r}")
-    ctx = DetectContext(cap, ft, cl, streams=streams, config=config)
+    ctx = DetectContext(cap, ft, cl, streams=streams, metrics=metrics, config=config)
     n = len(ft)
     tested = select_flows(ctx, test)
     ctx.tested = tested

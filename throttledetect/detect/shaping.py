@@ -202,6 +202,63 @@ def spacing_test(pk, P) -> dict | None:
             "p": float(r.pvalue)}
 
 
+def detect_tcp(ctx: DetectContext, i: int) -> Detection:
+    """A TCP flow: the queue shows in its round-trip times (metrics.tcp: ACK RTT samples, Karn-
+    clean) of the direction carrying data. H0: no standing queue (the window minima of the RTT do
+    not rise); the same onset test as the media's delay. A bulk TCP flow fills the buffer of any
+    bottleneck on its path, deliberate or not: a queue alone says nothing about throttling, so
+    without another flow that got more than this one's rate at the same time the result cannot
+    clear or convict the flow (``otherwise`` inconclusive, ``selective`` check)."""
+    P = ctx.config.shaping
+    data = [int(ctx.packets(i, k).payload.sum()) for k in (0, 1)]
+    k = int(np.argmax(data))
+    direction = dir_name(k)
+    toward = "local" if k == ctx.toward_local(i) else "remote"
+    fm = ctx.metrics[i] if ctx.metrics is not None else None
+    tcp = getattr(fm, "tcp", None)
+    dm = None if tcp is None else (tcp.ab if k == 0 else tcp.ba)
+    if dm is None or len(dm.rtt_samples_s) < P.min_frames:
+        return Detection.inconclusive(KIND, direction, "TCP: too few round-trip samples to see a queue",
+                                      toward=toward, test="rtt")
+    t = np.asarray(dm.rtt_times_s, dtype=np.float64)
+    rtt_ms = np.asarray(dm.rtt_samples_s, dtype=np.float64) * 1e3
+    width = max(P.window_s, (t[-1] - t[0]) / 200.0)
+    kk = np.floor((t - t[0]) / width).astype(np.int64)
+    nb = int(kk[-1]) + 1
+    mins = np.full(nb, np.inf)
+    np.minimum.at(mins, kk, rtt_ms)
+    ok = np.isfinite(mins)
+    m, c = mins[ok], t[0] + (np.flatnonzero(ok) + 0.5) * width
+    if len(m) < P.min_windows:
+        return Detection.inconclusive(KIND, direction, "TCP: too short to see a queue build", toward=toward,
+                                      test="rtt")
+    base = float(np.min(m))
+    cp = change_point(m, c, min_size=3, alternative="increase", rng=ctx.rng("tcp-rtt", i))
+    rise = float(np.median(m) - base)
+    p = cp.pvalue if cp is not None else 1.0
+    pk = ctx.packets(i, k)
+    rate = pk.mean_rate_bps()
+    mss = float(np.max(pk.size)) if pk.n else 1500.0
+    q_pk = rise / 1e3 * rate / 8.0 / mss
+    # another flow getting more than this flow's rate at the same time shows the limit is this flow's
+    t0, t1 = ctx.flow_span(i)
+    faster = [j for j in range(len(ctx.ft)) if j != i and int(ctx.ft.proto[j]) in (6, 17)
+              and ctx.packets(j, ctx.toward_local(j)).window(t0, t1).mean_rate_bps() > 1.2 * rate]
+    checks = {"queue_of_several_packets": q_pk >= P.min_queue_packets, "selective": bool(faster)}
+    det = Detection(kind=KIND, direction=direction, toward=toward, decision="not_detected", test="rtt",
+                    statistic=rise, pvalue=p, effect=rise, effect_unit="ms of queueing delay", checks=checks,
+                    estimates={"rate_bps": rate, "rtt_base_ms": base, "rtt_median_ms": base + rise,
+                               "queue_packets": q_pk, "faster_flows": faster[:10]},
+                    evidence=f"round-trip time rises from {base:.0f} ms to a median {base + rise:.0f} ms: a queue of "
+                             f"{q_pk:.0f} packets at {fmt_rate(rate)} (p={p:.2g})",
+                    null="no standing queue: the round-trip time's window minima do not rise")
+    if not faster:
+        det.otherwise = "inconclusive"
+        det.reason = ("TCP fills the buffer of any bottleneck: with no other flow faster than this one at the same "
+                      "time, a queue cannot be told from the link's own")
+    return det
+
+
 def detect(ctx: DetectContext, i: int) -> list:
     d = ctx.toward_local(i)
     direction = dir_name(d)
@@ -209,6 +266,8 @@ def detect(ctx: DetectContext, i: int) -> list:
     pk = ctx.packets(i, d)
     if pk.n < MIN_PACKETS:
         return [Detection.inconclusive(KIND, direction, f"only {pk.n} packets arrived", test="delay")]
+    if int(ctx.ft.proto[i]) == 6:
+        return [detect_tcp(ctx, i)]
     q = queue_estimate(ctx, i, d)
     if q is not None:
         looks = list(q["looks"])

@@ -55,7 +55,9 @@ class BlockingParams:
     answer_rate_h0: float = 0.5     # setup: H0 each request answered with at least this probability
     min_requests: int = 5
     request_grace_s: float = 3.0    # requests this close to the capture's end are not judged
-    min_media_packets: int = 50     # a flow with fewer non-STUN packets each way carries no media
+    min_media_packets: int = 50     # a flow with fewer non-STUN packets both ways carries no media to test
+    min_two_way_packets: int = 20   # this many non-STUN packets each way: the call was set up
+    same_call_gap_s: float = 30.0   # the app's attempts this close in time are one call (setup.py)
 
 
 @dataclass(frozen=True)

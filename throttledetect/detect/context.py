@@ -195,7 +195,8 @@ class DetectContext:
         return self._cached(("role", i), build)
 
     def two_way_media(self, i: int) -> bool:
-        m = self.config.blocking.min_media_packets
+        """Media flowed both ways (a call that was set up, if only for a moment)."""
+        m = self.config.blocking.min_two_way_packets
         return min(self.non_stun_packets(i, 0), self.non_stun_packets(i, 1)) >= m
 
     @cached_property

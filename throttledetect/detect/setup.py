@@ -7,7 +7,9 @@ call flows of one app from one host close in time), not per flow: ICE probes man
 pairs that fail by design while another pair carries the call.
 
 - An attempt that got two-way media on some flow was set up: its other flows' unanswered checks
-  are ICE at work (``not_detected``).
+  are ICE at work (``not_detected``); so was one when the same app's call from the same host at
+  the same time (within ``same_call_gap_s``) got two-way media (a one-way leg or a probe that
+  the grouping kept apart).
 - Otherwise its requests are counted: STUN transactions sent by this host (a request and its
   retransmissions are one transaction; answered = a success or error response with its ID), and
   for flows without STUN, the half-second bins in which this host sent something (answered =
@@ -64,9 +66,12 @@ def attempt_requests(ctx: DetectContext, call: CallAttempt) -> dict:
         t_req = t_req[t_req <= cutoff]
         if len(t_req) == 0:
             continue
-        j = np.searchsorted(t_in, t_req)
-        nxt = np.where(j < len(t_in), t_in[np.minimum(j, len(t_in) - 1)], np.inf)
-        ans = nxt - t_req <= ANSWER_WINDOW_S + PROBE_BIN_S
+        if len(t_in):
+            j = np.searchsorted(t_in, t_req)
+            nxt = np.where(j < len(t_in), t_in[np.minimum(j, len(t_in) - 1)], np.inf)
+            ans = nxt - t_req <= ANSWER_WINDOW_S + PROBE_BIN_S
+        else:
+            ans = np.zeros(len(t_req), dtype=bool)
         n += len(t_req)
         k += int(np.count_nonzero(ans))
         first = min(first if first is not None else np.inf, float(t_req[0]))
@@ -83,6 +88,15 @@ def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
         return Detection.nothing_to_find(
             KIND, direction, f"the call got two-way media (flow{'s' * (len(call.media_flows) > 1)} "
             f"{', '.join(str(j) for j in call.media_flows)}); unanswered checks elsewhere are ICE at work",
+            test=NAME, call=call.id)
+    # the same app's call at the same time got through (a leg or probe the grouping kept apart)
+    gap = ctx.config.blocking.same_call_gap_s
+    through = [c for c in ctx.calls if c is not call and c.label == call.label and c.two_way_media
+               and c.start <= call.end + gap and call.start <= c.end + gap]
+    if through:
+        return Detection.nothing_to_find(
+            KIND, direction, f"{call.label}'s call at the same time got two-way media (flows "
+            f"{', '.join(str(j) for c in through for j in c.media_flows)}): these flows were part of it",
             test=NAME, call=call.id)
     icmp = [x for j in call.flows for x in ctx.icmp_unreachable().get(j, []) if not x[3]]
     req = attempt_requests(ctx, call)

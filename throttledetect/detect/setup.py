@@ -13,7 +13,8 @@ pairs that fail by design while another pair carries the call.
 - Otherwise its requests are counted: STUN transactions sent by this host (a request and its
   retransmissions are one transaction; answered = a success or error response with its ID), and
   for flows without STUN, the half-second bins in which this host sent something (answered =
-  anything arriving on that flow within ANSWER_WINDOW_S). Requests in the capture's last
+  anything arriving on that flow within ANSWER_WINDOW_S). A flow whose remote host itself sent
+  ICMP port unreachable was answered (by a refusal: the host is reachable, nothing blocked it). Requests in the capture's last
   ``request_grace_s`` are not judged (their answer may come after the capture ended).
   H0: the far end is reachable and answers each request with probability at least
   ``answer_rate_h0`` (0.5: a path losing half of everything both ways is still "reachable").
@@ -45,10 +46,18 @@ def attempt_requests(ctx: DetectContext, call: CallAttempt) -> dict:
     n = k = 0
     first = None
     stun_n = stun_k = 0
+    icmp = ctx.icmp_unreachable()
     for i in call.flows:                          # the attempt's flows (a handful)
         d_in = ctx.toward_local(i)
         st = ctx.stun(i)
         sent = st.requests_from(1 - d_in)
+        refused = [x[0] for x in icmp.get(i, []) if x[3]]
+        if refused:
+            # the remote host itself said "port unreachable": it is reachable, and it answered
+            judged = [t for t in (sent.values() if sent else ctx.packets(i, 1 - d_in).t) if t <= cutoff]
+            n += len(judged)
+            k += len(judged)
+            continue
         if sent:
             answered = st.answered_in(d_in)
             judged = {tid: t for tid, t in sent.items() if t <= cutoff or tid in answered}

@@ -165,7 +165,8 @@ def test_missing_file(tmp_path):
 
 def test_write_model_round_trips(tmp_path, model):
     out = tmp_path / "sub" / "m.json"
-    mm.write_model(model, out)
+    from throttledetect.training.media_model import write_model
+    write_model(model, out)
     again = mm.load_media_model(out)
     assert np.array_equal(again.coef, model.coef) and again.threshold == model.threshold
 

@@ -1,6 +1,6 @@
 """`throttledetect train`: fit the real-time media model on the corpus and write models/media_model.json.
 
-Parses options and calls throttledetect.classify.media_model; no training logic lives here.
+Parses options and calls throttledetect.training.media_model; no training logic lives here.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def command(corpus, captures, out, vca, seed):
     Labels come from nDPI's per-flow labels, the external captures' signatures and the testbed's
     MANIFEST.json; evaluation is leave-one-capture-out. Writes plain JSON, never a pickle.
     """
-    from throttledetect.classify import media_model as mm
+    from throttledetect.training import media_model as mm
 
     corpus = corpus or default_corpus()
     if not (corpus / "ndpi" / "pcap").is_dir():

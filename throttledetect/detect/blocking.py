@@ -31,7 +31,6 @@ import numpy as np
 
 from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.result import Detection
-from throttledetect.verdicts import fmt_rate  # noqa: F401 - wording helpers live in verdicts
 
 KIND = "blocking"
 NAME = "silence"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from throttledetect.verdicts import KINDS  # noqa: F401 - re-exported
 
 TOWARD_LOCAL, TOWARD_REMOTE = "local", "remote"
 

@@ -13,7 +13,7 @@ The detectors, each a module with ``KIND`` and ``detect(ctx, flow) -> list[Detec
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 

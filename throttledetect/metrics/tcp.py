@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from throttledetect.jit import njit
 from throttledetect.metrics.series import (
     BinLayout,
     DirGroups,

@@ -1,7 +1,6 @@
 """The JSON output contract (schema "throttledetect/1", see docs/DESIGN.md): plain dicts from results."""
 from __future__ import annotations
 
-import numpy as np
 
 from throttledetect import verdicts
 from throttledetect.flows import FlowTable, transport_name

@@ -1,0 +1,1 @@
+"""Model training (offline; never imported by classification)."""

@@ -241,6 +241,30 @@ class DetectContext:
         idx = self._cached(("call_index",), lambda: {f: c for c in self.calls for f in c.flows})
         return idx.get(i)
 
+    def host_group(self, i: int) -> list:
+        """The tested flows from flow i's remote host that overlap it in time (i included): what
+        one policer or shaper on the path to this host meters together (audio, video and data on
+        separate 5-tuples draw on one bucket or queue)."""
+        def build():
+            a = self._flow_arrays
+            same = (a["r_hi"] == a["r_hi"][i]) & (a["r_lo"] == a["r_lo"][i])
+            same &= (a["end"] > a["start"][i]) & (a["start"] < a["end"][i])
+            if self.tested is not None:
+                same &= self.tested
+            same[i] = True
+            return np.flatnonzero(same).tolist()
+        return self._cached(("host_group", i), build)
+
+    def merged_packets(self, flows: list):
+        """The packets arriving from several flows, merged in time (a shared queue's output)."""
+        from throttledetect.streams.packets import DirectionPackets
+        parts = [self.packets(j, self.toward_local(j)) for j in flows]
+        t = np.concatenate([p.t for p in parts])
+        o = np.argsort(t, kind="stable")
+        return DirectionPackets(flow=flows[0], direction=-1, rows=np.concatenate([p.rows for p in parts])[o], t=t[o],
+                                size=np.concatenate([p.size for p in parts])[o],
+                                payload=np.concatenate([p.payload for p in parts])[o])
+
     # ---------------------------------------------------------------- controls
     @cached_property
     def _flow_arrays(self) -> dict:

@@ -51,6 +51,7 @@ from scipy import stats
 from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.result import Detection
 from throttledetect.jit import njit
+from throttledetect.streams import merge_loss
 from throttledetect.verdicts import fmt_rate
 
 KIND = "policing"
@@ -341,6 +342,43 @@ def _from_regularity(ctx: DetectContext, i: int, d: int, loss, reg) -> Detection
                      null="independent losses with one probability")
 
 
+def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
+    """The two tests and the estimate on one loss signal (a flow's, or its host group's merged);
+    cached by ``key``. None when there is too little to fit."""
+    ck = ("police-fit", key)
+    if ck in ctx._cache:
+        return ctx._cache[ck]
+    P = ctx.config.policing
+    out = None
+    t = loss.t - loss.t[0]
+    lost = loss.lost.astype(np.bool_)
+    size = loss.size.astype(np.float64)
+    stream = loss.stream.astype(np.int64) if loss.stream is not None else np.zeros(len(t), np.int64)
+    span = float(t[-1]) if len(t) > 1 else 0.0
+    if span > 0 and loss.n_lost >= P.min_losses and loss.n - loss.n_lost >= P.min_losses:
+        recv_bps = float(size[~lost].sum() * 8.0 / span)
+        seed = int(ctx.rng("police", key).integers(1, 2**31 - 1))
+        j_obs, p_align, z_align = alignment_test(t, size, lost, stream, recv_bps, P, seed)
+        reg = regularity_test(lost, P.dispersion_window) if loss.source in ("rtp", "tcp") else None
+        looks = {"alignment": p_align}
+        if reg is not None:
+            looks["regularity"] = reg[1]
+        name, pmin = min(looks.items(), key=lambda kv: kv[1])
+        grid, rates, bursts = fit_bucket(t, size, lost, recv_bps, P, fine=True)
+        m, a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
+        j_best = float(grid[m, a, b])
+        fits = np.flatnonzero(grid[m].max(axis=1) >= j_best - J_TOLERANCE)
+        r_lo, r_hi = float(rates[fits.min()] * 8), float(rates[fits.max()] * 8)
+        out = {"test": name, "p": min(1.0, pmin * len(looks)), "j_obs": j_obs, "j_best": j_best,
+               "p_align": p_align, "z_align": z_align, "reg": reg, "rate": float(rates[a] * 8),
+               "burst": float(bursts[b]), "r_lo": r_lo, "r_hi": r_hi,
+               "identifiable": r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1,
+               "mode": int(m), "first_loss_t": float(loss.t[int(np.argmax(lost))]), "recv_bps": recv_bps,
+               "mean_size": float(size[~lost].mean()), "loss": loss.fraction, "lost": loss.n_lost, "n": loss.n}
+    ctx._cache[ck] = out
+    return out
+
+
 def detect(ctx: DetectContext, i: int) -> list:
     d = ctx.toward_local(i)
     direction = dir_name(d)
@@ -361,56 +399,47 @@ def detect(ctx: DetectContext, i: int) -> list:
     if loss.source == "cadence":
         reg = regularity_test(loss.lost.astype(np.bool_), P.dispersion_window)
         return [_from_regularity(ctx, i, d, loss, reg)]
-    t = loss.t - loss.t[0]
-    lost = loss.lost.astype(np.bool_)
-    size = loss.size.astype(np.float64)
-    stream = loss.stream.astype(np.int64) if loss.stream is not None else np.zeros(len(t), np.int64)
-    span = float(t[-1]) if len(t) > 1 else 0.0
-    if span <= 0:
-        return [Detection.inconclusive(KIND, direction, "all packets at one instant", test="bucket")]
-    recv_bps = float(size[~lost].sum() * 8.0 / span)
-    seed = int(ctx.rng("police", i).integers(1, 2**31 - 1))
-    j_obs, p_align, z_align = alignment_test(t, size, lost, stream, recv_bps, P, seed)
-    reg = regularity_test(lost, P.dispersion_window) if loss.source in ("rtp", "tcp") else None
-    looks = {"alignment": p_align}
-    if reg is not None:
-        looks["regularity"] = reg[1]
-    name, pmin = min(looks.items(), key=lambda kv: kv[1])
-    p = min(1.0, pmin * len(looks))
-    # the estimate, on the finer grid
-    grid, rates, bursts = fit_bucket(t, size, lost, recv_bps, P, fine=True)
-    m, a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
-    j_best = float(grid[m, a, b])
-    fits = np.flatnonzero(grid[m].max(axis=1) >= j_best - J_TOLERANCE)
-    r_lo, r_hi = float(rates[fits.min()] * 8), float(rates[fits.max()] * 8)
-    rate = float(rates[a] * 8)
-    identifiable = r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1
-    first_loss_t = float(loss.t[int(np.argmax(lost))])
-    q_pk = queue_packets(ctx, i, d, rate / 8.0, float(size[~lost].mean()))
+    scopes = [("flow", [i], fit_and_test(ctx, loss, ("flow", i)))]
+    group = [j for j in ctx.host_group(i) if ctx.streams.loss_source(j, ctx.toward_local(j)) in ("rtp", "tcp")]
+    if len(group) > 1:
+        # one policer on the path to this host meters the call's flows together: each alone shows
+        # only its share of the bucket (the tests on the merged signal count once: family_key)
+        merged = merge_loss([ctx.streams.loss(j, ctx.toward_local(j)) for j in group])
+        scopes.append(("host", group, fit_and_test(ctx, merged, ("host", tuple(group)))))
+    scopes = [s for s in scopes if s[2] is not None]
+    if not scopes:
+        return [Detection.nothing_to_find(KIND, direction, "too few losses and passes to fit a bucket", test="bucket")]
+    scope, flows, f = min(scopes, key=lambda s: s[2]["p"])
+    p = min(1.0, f["p"] * len(scopes))
+    q_pk = queue_packets(ctx, i, d, f["rate"] / 8.0, f["mean_size"])
     checks = {}
     if q_pk is not None:
         checks["no_standing_queue"] = q_pk < P.min_queue_packets
-    est = {"rate_bps": rate, "burst_bytes": float(bursts[b]), "rate_range_bps": [r_lo, r_hi],
-           "rate_identifiable": bool(identifiable), "loss": loss.fraction, "lost": nl, "expected": loss.n,
-           "loss_source": loss.source, "j_held_out": j_obs, "z_alignment": z_align, "p_alignment": p_align,
-           "bucket_start": "full" if m == 0 else "empty at the first loss", "received_bps": recv_bps}
-    if reg is not None:
-        est.update(dispersion=reg[0], p_regularity=reg[1])
-    if m == 1:
-        est["onset_s"] = first_loss_t
+    est = {"rate_bps": f["rate"], "burst_bytes": f["burst"], "rate_range_bps": [f["r_lo"], f["r_hi"]],
+           "rate_identifiable": bool(f["identifiable"]), "loss": loss.fraction, "lost": nl, "expected": loss.n,
+           "loss_source": loss.source, "j_held_out": f["j_obs"], "z_alignment": f["z_align"],
+           "p_alignment": f["p_align"], "bucket_start": "full" if f["mode"] == 0 else "empty at the first loss",
+           "received_bps": f["recv_bps"], "scope": scope}
+    if scope == "host":
+        est["flows"] = flows
+    if f["reg"] is not None:
+        est.update(dispersion=f["reg"][0], p_regularity=f["reg"][1])
+    if f["mode"] == 1:
+        est["onset_s"] = f["first_loss_t"]
     if q_pk is not None:
         est["queue_packets"] = q_pk
-    pred_note = f"{j_best:.2f}"
-    why = ("losses line up with the flow's own load (circular-shift test)" if name == "alignment"
+    why = ("losses line up with the packets' own load (cross-fitted permutation test)" if f["test"] == "alignment"
            else "losses spread more evenly than random loss would (dispersion test)")
-    rate_txt = fmt_rate(rate) if identifiable else f"at least {fmt_rate(r_lo)}"
-    ev = (f"{loss.fraction:.1%} of packets lost; a token bucket of {rate_txt} and {bursts[b]:.0f} B "
-          f"({est['bucket_start']}) explains them (J {pred_note}); {why}, p={p:.2g}")
+    rate_txt = fmt_rate(f["rate"]) if f["identifiable"] else f"at least {fmt_rate(f['r_lo'])}"
+    where = "" if scope == "flow" else f" over the {len(flows)} call flows from this host together ({f['loss']:.1%} lost)"
+    ev = (f"{loss.fraction:.1%} of packets lost; a token bucket of {rate_txt} and {f['burst']:.0f} B "
+          f"({est['bucket_start']}){where} explains them (J {f['j_best']:.2f}); {why}, p={p:.2g}")
     if q_pk is not None:
         ev += f"; the delay shows a queue of {q_pk:.1f} packets at that rate"
-    if not identifiable:
+    if not f["identifiable"]:
         est["rate_note"] = "the bucket refills between bursts: the rate is bounded from below only"
-    return [Detection(kind=KIND, direction=direction, decision="not_detected", test=name, statistic=j_obs, pvalue=p,
-                      effect=j_best, effect_unit="Youden's J of the bucket's explanation of the losses",
+    return [Detection(kind=KIND, direction=direction, decision="not_detected", test=f["test"], statistic=f["j_obs"],
+                      pvalue=p, effect=f["j_best"], effect_unit="Youden's J of the bucket's explanation of the losses",
                       checks=checks, estimates=est, evidence=ev,
-                      null="losses unrelated to a token bucket on the flow's own traffic")]
+                      family_key=None if scope == "flow" else f"police-host:{tuple(flows)}",
+                      null="losses unrelated to a token bucket on the traffic it meters")]

@@ -38,7 +38,8 @@ ms (floor.shaping). Checks: the queue holds ``min_queue_packets`` packets at the
 queue holds a packet or so drops like a policer and is one); an onset's rise persists (the last
 third of the windows after it keep half of it: congestion episodes end, shapers stay); and while
 the queue stands, ``min_busy_share`` of the arrival gaps are the packet's size over one rate (a
-shaper's signature: congestion interleaves others' packets at no fixed rate).
+shaper's signature: congestion interleaves others' packets at no fixed rate); the call's flows
+from the same host are also read merged, as a queue they share releases them together.
 Estimates: rate_bps (the cap: what arrives while the queue stands), onset_s, delay_rise_ms,
 queue_packets, queue_bytes.
 """
@@ -296,6 +297,14 @@ def detect(ctx: DetectContext, i: int) -> list:
         at_cap = sp["share"] if sp is not None else 0.0
         if sp is not None and best["how"] in ("spacing", "coupling"):
             est["rate_bps"] = sp["cap"]
+        group = ctx.host_group(i)
+        if len(group) > 1:
+            # a queue shared with the call's other flows from this host spaces their packets together
+            agg = ctx.merged_packets(group)
+            spg = spacing_test(agg.window(best["onset"], agg.t[-1] + 1e-9), P)
+            if spg is not None and spg["share"] > at_cap:
+                at_cap = spg["share"]
+                est.update(rate_bps=spg["cap"], shared_with_flows=[j for j in group if j != i], rate_is_shared=True)
         est["at_cap_share"] = at_cap
         checks = {"queue_of_several_packets": q_pk >= P.min_queue_packets,
                   "rise_persists": best["persist"] >= 0.5 * best["rise"],

@@ -198,9 +198,12 @@ def spacing_test(pk, P) -> dict | None:
     edges_at = np.diff(np.r_[0, at.astype(np.int8), 0])
     starts, ends = np.flatnonzero(edges_at == 1), np.flatnonzero(edges_at == -1) - 1
     longest = float(np.max(t[ends] - t[starts] + g[starts])) if len(starts) else 0.0
-    r = stats.spearmanr(g, s, alternative="greater")
-    return {"cap": cap, "share": share, "size_cv": size_cv, "backlog_s": longest, "rho": float(r.statistic),
-            "p": float(r.pvalue)}
+    if np.ptp(g) > 0 and np.ptp(s) > 0:
+        r = stats.spearmanr(g, s, alternative="greater")
+        rho, p = float(r.statistic), float(r.pvalue)
+    else:                       # one size or one gap: no correlation to speak of
+        rho, p = 0.0, 1.0
+    return {"cap": cap, "share": share, "size_cv": size_cv, "backlog_s": longest, "rho": rho, "p": p}
 
 
 def detect_tcp(ctx: DetectContext, i: int) -> Detection:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from throttledetect.detect.context import DetectContext, dir_name
+from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 
 KIND = "blocking"
@@ -140,3 +141,6 @@ def detect(ctx: DetectContext, i: int) -> list:
         evidence=f"nothing arrives after {last_in:.1f} s while this host sends {est['outbound_after']} more packets "
                  f"over {silence:.1f} s at {after_rate:.1f}/s (before: {before_rate:.1f}/s); the longest earlier "
                  f"gap was {longest:.2f} s ({how}, p={p:.2g})")]
+
+
+DETECTOR = Detector(name="blocking", kind=KIND, params="blocking", detect=detect, roles=('media',))

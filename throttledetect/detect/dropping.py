@@ -34,6 +34,7 @@ from scipy import stats
 
 from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.onset import change_point
+from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 from throttledetect.streams import merge_loss
 
@@ -167,3 +168,6 @@ def detect(ctx: DetectContext, i: int) -> list:
         det.reason = (f"lossy path: {loss.fraction:.1%} loss ({what}), nothing shows it is selective "
                       "(no other flow with a loss signal to compare, no onset)")
     return [det]
+
+
+DETECTOR = Detector(name="dropping", kind=KIND, params="dropping", detect=detect, roles=('media',))

@@ -49,6 +49,7 @@ import numpy as np
 from scipy import stats
 
 from throttledetect.detect.context import DetectContext, dir_name
+from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 from throttledetect.jit import njit
 from throttledetect.streams import merge_loss
@@ -443,3 +444,6 @@ def detect(ctx: DetectContext, i: int) -> list:
                       checks=checks, estimates=est, evidence=ev,
                       family_key=None if scope == "flow" else f"police-host:{tuple(flows)}",
                       null="losses unrelated to a token bucket on the traffic it meters")]
+
+
+DETECTOR = Detector(name="policing", kind=KIND, params="policing", detect=detect, roles=('media',))

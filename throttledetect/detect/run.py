@@ -8,7 +8,8 @@ policing, captures taken at a server). A flow's **role** decides its tests: a me
 through every detector below; a flow that only carried call setup (STUN checks, probes,
 signalling) through the call-setup test.
 
-The detectors, each a module with ``KIND`` and ``detect(ctx, flow) -> list[Detection]``:
+The detectors, each a module declaring a ``Detector`` (detector.py: name, kind, its Params in
+DetectConfig, the roles it runs on, ``detect(ctx, flow) -> list[Detection]``):
 """
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ from throttledetect.detect.context import DetectContext
 from throttledetect.detect.result import Detection
 from throttledetect.streams import Streams
 
-# The registry: adding a detector touches one new module and this list.
-MEDIA_DETECTORS = (shaping, policing, dropping, blocking, setup)
-SETUP_DETECTORS = (setup,)
+# The registry: adding a detector touches one new module (declaring DETECTOR) and this list.
+DETECTORS = (shaping.DETECTOR, policing.DETECTOR, dropping.DETECTOR, blocking.DETECTOR, setup.DETECTOR)
 TEST_SCOPES = ("calls", "all")
 CONTRACT_FIELDS = ("kind", "direction", "decision", "pvalue", "qvalue", "effect")
 
@@ -36,15 +36,14 @@ def _strict() -> bool:
     return os.environ.get("THROTTLEDETECT_STRICT") == "1"
 
 
-def _run_one(module, ctx: DetectContext, i: int) -> list:
+def _run_one(det, ctx: DetectContext, i: int) -> list:
     try:
-        return list(module.detect(ctx, i))
+        return det.run(ctx, i)
     except Exception as exc:  # noqa: BLE001 - one odd flow must not sink a user's report
         if _strict():
             raise
         d = ("ab", "ba")[ctx.toward_local(i)]
-        return [Detection.inconclusive(module.KIND, d, f"detector error: {type(exc).__name__}: {exc}",
-                                       test=module.__name__.rsplit(".", 1)[-1])]
+        return [Detection.inconclusive(det.kind, d, f"detector error: {type(exc).__name__}: {exc}", test=det.name)]
 
 
 def detection_json(d: Detection) -> dict:
@@ -159,9 +158,9 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
     dets: list = [[] for _ in range(n)]
     for i in np.flatnonzero(tested).tolist():
         roles[i] = ctx.role(i)
-        mods = MEDIA_DETECTORS if roles[i] == "media" else SETUP_DETECTORS
-        for m in mods:
-            dets[i].extend(detection_json(d) for d in _run_one(m, ctx, i))
+        for det in DETECTORS:
+            if roles[i] in det.roles:
+                dets[i].extend(detection_json(d) for d in _run_one(det, ctx, i))
     values = dict(config.thresholds)
     verdicts.redecide([d for fl in dets for d in fl], values)
     vs = [verdicts.flow_verdict(dets[i], roles[i]) if tested[i] else ("none", "not tested") for i in range(n)]
@@ -172,5 +171,10 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
     return report
 
 
-__doc__ += "\n" + "\n".join(f"- ``{m.__name__.rsplit('.', 1)[-1]}``: {(m.__doc__ or '').strip().splitlines()[0]}"
-                            for m in MEDIA_DETECTORS)
+def _first_line(detector) -> str:
+    import sys
+    doc = sys.modules[detector.detect.__module__].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+__doc__ += "\n" + "\n".join(f"- ``{d.name}`` ({d.kind}): {_first_line(d)}" for d in DETECTORS)

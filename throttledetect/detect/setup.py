@@ -31,6 +31,7 @@ import numpy as np
 from scipy import stats
 
 from throttledetect.detect.context import CallAttempt, DetectContext, dir_name
+from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 
 KIND = "blocking"
@@ -147,3 +148,6 @@ def detect(ctx: DetectContext, i: int) -> list:
     from dataclasses import replace
     return [replace(shared, direction=dir_name(ctx.toward_local(i)), estimates=dict(shared.estimates),
                     checks=dict(shared.checks))]
+
+
+DETECTOR = Detector(name="setup", kind=KIND, params="blocking", detect=detect, roles=('media', 'setup'))

@@ -52,6 +52,7 @@ from scipy import stats
 
 from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.onset import change_point
+from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 from throttledetect.verdicts import fmt_rate
 
@@ -342,3 +343,6 @@ def detect(ctx: DetectContext, i: int) -> list:
         det.reason = ("no sender clock (no RTP timestamps) and packets of one size: a cap cannot be told from the "
                       "sender's own pacing")
     return [det]
+
+
+DETECTOR = Detector(name="shaping", kind=KIND, params="shaping", detect=detect, roles=('media',))

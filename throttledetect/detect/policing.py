@@ -50,7 +50,7 @@ from scipy import stats
 
 from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.detector import Detector
-from throttledetect.detect.result import Detection
+from throttledetect.detect.result import Detection, TestResult
 from throttledetect.jit import njit
 from throttledetect.streams import merge_loss
 from throttledetect.verdicts import fmt_rate
@@ -248,8 +248,9 @@ def fit_bucket(t, size, lost, recv_bps, P, fine=False, use=None):
     return out, rates, bursts
 
 
-def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> tuple[float, float, float]:
-    """(J on the held-out half, its permutation p-value, z against the permutations).
+def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> TestResult:
+    """J of the bucket on the held-out half (statistic), its permutation p-value, and z against
+    the permutations (estimates["z"]).
 
     Cross-fitting: the bucket is fitted on alternate blocks of HALF_BLOCK_S and judged on the
     others (then the halves swap; the smaller p-value doubled), so the search over rates and
@@ -293,13 +294,15 @@ def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> tuple[float
             p = 0.0
         if best is None or p < best[1]:
             best = (j_obs, p, z)
+    null = "within short stretches, which packets are lost has nothing to do with the traffic"
     if best is None:
-        return 0.0, 1.0, 0.0
-    return best[0], min(1.0, 2.0 * best[1]), best[2]
+        return TestResult(0.0, 1.0, "greater", null, len(t), {"z": 0.0})
+    return TestResult(best[0], min(1.0, 2.0 * best[1]), "greater", null, len(t), {"z": best[2]})
 
 
-def regularity_test(lost: np.ndarray, k: int):
-    """(dispersion statistic, p-value of under-dispersion) between the first and last loss."""
+def regularity_test(lost: np.ndarray, k: int) -> TestResult | None:
+    """Under-dispersion of the losses per window of k expected packets, between the first and
+    the last loss (see the module docstring); None with fewer than 5 windows."""
     idx = np.flatnonzero(lost)
     seg = lost[idx[0]:idx[-1] + 1]
     m = len(seg) // k
@@ -310,7 +313,8 @@ def regularity_test(lost: np.ndarray, k: int):
     if p <= 0 or p >= 1:
         return None
     d = float(np.sum((x - k * p) ** 2) / (k * p * (1 - p)))
-    return d, float(stats.chi2.cdf(d, m - 1))
+    return TestResult(statistic=d, pvalue=float(stats.chi2.cdf(d, m - 1)), alternative="less",
+                      null="independent losses with one probability (Bernoulli)", n=m * k)
 
 
 def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, mean_size: float) -> float | None:
@@ -331,7 +335,7 @@ def _from_regularity(ctx: DetectContext, i: int, d: int, loss, reg) -> Detection
     if reg is None:
         return Detection.inconclusive(KIND, direction, "losses counted from the voice cadence are too few to "
                                       "show a bucket's regular drops", test="regularity", loss=loss.fraction)
-    disp, p = reg
+    disp, p = reg.statistic, reg.pvalue
     cad = ctx.streams.cadence(i, d)
     return Detection(kind=KIND, direction=direction, decision="not_detected", test="regularity", statistic=disp,
                      pvalue=p, effect=None, estimates={"loss": loss.fraction, "loss_source": loss.source,
@@ -359,11 +363,12 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
     if span > 0 and loss.n_lost >= P.min_losses and loss.n - loss.n_lost >= P.min_losses:
         recv_bps = float(size[~lost].sum() * 8.0 / span)
         seed = int(ctx.rng("police", key).integers(1, 2**31 - 1))
-        j_obs, p_align, z_align = alignment_test(t, size, lost, stream, recv_bps, P, seed)
+        al = alignment_test(t, size, lost, stream, recv_bps, P, seed)
+        j_obs, p_align, z_align = al.statistic, al.pvalue, al.estimates["z"]
         reg = regularity_test(lost, P.dispersion_window) if loss.source in ("rtp", "tcp") else None
         looks = {"alignment": p_align}
         if reg is not None:
-            looks["regularity"] = reg[1]
+            looks["regularity"] = reg.pvalue
         name, pmin = min(looks.items(), key=lambda kv: kv[1])
         grid, rates, bursts = fit_bucket(t, size, lost, recv_bps, P, fine=True)
         m, a, b = np.unravel_index(int(np.argmax(grid)), grid.shape)
@@ -424,7 +429,7 @@ def detect(ctx: DetectContext, i: int) -> list:
     if scope == "host":
         est["flows"] = flows
     if f["reg"] is not None:
-        est.update(dispersion=f["reg"][0], p_regularity=f["reg"][1])
+        est.update(dispersion=f["reg"].statistic, p_regularity=f["reg"].pvalue)
     if f["mode"] == 1:
         est["onset_s"] = f["first_loss_t"]
     if q_pk is not None:

@@ -17,6 +17,7 @@ class TestResult:
     alternative: str = "greater"
     null: str = ""          # the null hypothesis, one line
     n: int = 0              # sample size the test rests on
+    estimates: dict = field(default_factory=dict)   # what else the test measured (named)
 
 
 @dataclass

@@ -53,7 +53,7 @@ from scipy import stats
 from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.onset import change_point
 from throttledetect.detect.detector import Detector
-from throttledetect.detect.result import Detection
+from throttledetect.detect.result import Detection, TestResult
 from throttledetect.verdicts import fmt_rate
 
 KIND = "shaping"
@@ -73,11 +73,13 @@ def _delay_series(ctx: DetectContext, i: int, d: int):
     return best
 
 
-def leading_test(ms: np.ndarray) -> tuple[int, float, float]:
-    """(L, p, gap ms): L leading frames all below every later frame; p = 1 / C(N, L)."""
+def leading_test(ms: np.ndarray) -> TestResult:
+    """L (statistic) leading frames all below every later frame; p = 1 / C(N, L), exact under
+    exchangeable delays; estimates["gap_ms"]: the later frames' median above the leading ones."""
     n = len(ms)
+    null = "the frames' delays are exchangeable (no queue that the first frames alone escaped)"
     if n < 10:
-        return 0, 1.0, 0.0
+        return TestResult(0, 1.0, "greater", null, n, {"gap_ms": 0.0})
     later_min = np.minimum.accumulate(ms[::-1])[::-1]      # min of ms[k:]
     lead_max = np.maximum.accumulate(ms)
     L = 0
@@ -85,10 +87,10 @@ def leading_test(ms: np.ndarray) -> tuple[int, float, float]:
         if lead_max[k - 1] < later_min[k]:
             L = k
     if L == 0:
-        return 0, 1.0, 0.0
+        return TestResult(0, 1.0, "greater", null, n, {"gap_ms": 0.0})
     gap = float(np.median(ms[L:]) - np.max(ms[:L]))
     log_p = -(math.lgamma(n + 1) - math.lgamma(L + 1) - math.lgamma(n - L + 1))
-    return L, float(math.exp(log_p)), gap
+    return TestResult(L, float(math.exp(log_p)), "greater", null, n, {"gap_ms": gap})
 
 
 def _leading_all(ctx: DetectContext, i: int, d: int):
@@ -102,9 +104,9 @@ def _leading_all(ctx: DetectContext, i: int, d: int):
         if dl is None or dl.n < 10:
             continue
         n += 1
-        L, p, gap = leading_test(dl.ms)
-        if L and (best is None or p < best[1]):
-            best = (L, p, gap, float(dl.t[0]))
+        r = leading_test(dl.ms)
+        if r.statistic and (best is None or r.pvalue < best[1]):
+            best = (int(r.statistic), r.pvalue, r.estimates["gap_ms"], float(dl.t[0]))
     if best is None:
         return None
     return best[0], min(1.0, best[1] * n), best[2], best[3]

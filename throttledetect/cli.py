@@ -211,6 +211,7 @@ def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha):
 # Commands that live in their own modules (one line each; see docs/CONTRACT.md).
 COMMAND_MODULES = [
     "throttledetect.commands.capture",
+    "throttledetect.commands.replay",
     "throttledetect.commands.simulate",
     "throttledetect.commands.train",
     "throttledetect.commands.validate",

@@ -111,6 +111,10 @@ def summary_lines(t: dict) -> list[str]:
         lines.append(f"  throttled flows {d}: sent {a['sent']}, lost {a['lost']} ({a['drop_fraction']}), delay p50/p90 "
                      f"{a['delay_ms_p50']}/{a['delay_ms_p90']} ms, offered {a['offered_bps_after_onset']} bit/s -> "
                      f"received {a['received_bps_after_onset']} bit/s after the onset")
+    for side, c in t["tcpdump"].items():
+        if c.get("packets dropped by kernel"):
+            lines.append(f"  WARNING: the {side}'s tcpdump dropped {c['packets dropped by kernel']} packets "
+                         "(the machine could not keep up): the capture misses packets the network did not drop")
     if r["left_out"]:
         lines.append("  not replayed: " + ", ".join(f"{n} {why}" for why, n in r["left_out"].items()))
     return lines

@@ -72,6 +72,7 @@ MTU_FRAME = 1500
 MAX_REPLAY_S = 3600.0        # a longer replay needs --loop/seconds to say how much of it to play
 START_DELAY_S = 0.3          # between telling the senders the start time and the first packet
 SENDER = str(Path(__file__).with_name("replay_send.py"))
+PR_SET_PDEATHSIG = 1
 
 
 def truth_path(out_path) -> str:
@@ -263,10 +264,17 @@ def _max_queue_delay_s(resolved: dict) -> float:
 
 
 # ------------------------------------------------------------------------------------- processes
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the replaying process dies, however it dies (even
+    SIGKILL), so no sender or tcpdump outlives it (`ip netns exec` execs, the setting stays)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _sender(topo: ReplayTopology, ns: str, sched: str, log: str) -> subprocess.Popen:
     # the sender is run by path: it imports numpy and the standard library only
     return subprocess.Popen(topo.ns_cmd(ns, [sys.executable, SENDER, sched, log]), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
 
 
 def _await(p: subprocess.Popen, word: str, timeout: float, what: str) -> None:
@@ -285,7 +293,8 @@ def _tcpdump(topo: ReplayTopology, ns: str, path: str) -> subprocess.Popen:
     # SIGINT; `not ether multicast`: the router's own MLD/IGMP reports, never part of a replay
     argv = ["tcpdump", "-U", "--immediate-mode", "-n", "-Z", "root", "-B", "8192", "--time-stamp-precision",
             "nano", "-i", "eth0", "-w", path, "not ether multicast"]
-    p = subprocess.Popen(topo.ns_cmd(ns, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(topo.ns_cmd(ns, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         preexec_fn=_die_with_parent)
     _wait_line(p, p.stderr, "listening on", 10)
     return p
 
@@ -356,6 +365,8 @@ def replay(capture_path: str, out_path: str, spec, *, seconds: float | None = No
     sweep_stale()
     say = progress or (lambda msg: None)
     out_path = os.path.abspath(os.fspath(out_path))
+    if not os.path.isdir(os.path.dirname(out_path)):
+        raise ValueError(f"{os.path.dirname(out_path)}: no such directory for the output capture")
     t_prep = time.perf_counter()
     plan, ft, cl, loop = prepare(capture_path, spec, seconds)
     resolved = resolve(spec, plan)
@@ -571,7 +582,7 @@ def _truth(capture_path, out_path, spec, plan, ft, cl, loop, resolved, info, see
     tl_free = ok & plan.to_local & ~(plan.throttled_flow[plan.flow] & (spec.kind != "none"))
     precision["to_local_unthrottled_at_client"] = rm.timing_precision(intended[tl_free], at_client[tl_free])
     sender_cpu = sum(s["cpu_s"] for s in info["senders"].values())
-    wall = max(s["wall_s"] for s in info["senders"].values()) or 1e-9
+    span = float(np.nanmax(sent_t) - np.nanmin(sent_t)) if n > 1 and not np.isnan(sent_t).all() else 0.0
 
     cfg = {d: {"qdisc": _qdisc_name(t), "rate_bps": t.rate_bps or None, "burst_bytes": t.burst_bytes or None,
                "queue_limit_bytes": t.limit_bytes or None, "queue_limit_packets": t.limit_packets or None,
@@ -616,7 +627,8 @@ def _truth(capture_path, out_path, spec, plan, ft, cl, loop, resolved, info, see
                    "send_failed": int(np.isnan(sent_t).sum()),
                    "senders": info["senders"], "timing_precision": precision,
                    "sender_cpu_s": round(sender_cpu, 3), "children_cpu_s": info["children_cpu_s"],
-                   "packets_per_s": round(n / wall, 1),
+                   "scheduled_pps": round(n / (plan.duration_s / speed), 1) if plan.duration_s else None,
+                   "sent_pps": round(n / span, 1) if span > 0 else None,
                    "onset_activation_ms": info.get("onset_activation_ms")},
         "measured": {"capture_packets": int(len(ck)), "extra_packets": int(extra.sum()),
                      "extra_packets_by_protocol": extra_protos,

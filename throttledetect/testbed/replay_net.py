@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
 
 from throttledetect.testbed import netns
@@ -40,7 +41,8 @@ PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 def sweep_stale() -> list[str]:
-    """Delete replay namespaces whose creating process is gone (a trial killed with SIGKILL)."""
+    """Delete replay namespaces whose creating process is gone (killed before it could clean up).
+    Their senders and tcpdump die with that process (PR_SET_PDEATHSIG); a leftover is ended first."""
     gone = []
     try:
         names = os.listdir("/run/netns")
@@ -48,10 +50,15 @@ def sweep_stale() -> list[str]:
         return gone
     for name in names:
         m = NAME_RE.match(name)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
-            if not pids and run(["ip", "netns", "del", name], check=False).returncode == 0:
-                gone.append(name)
+        if not m or os.path.exists(f"/proc/{m.group(1)}"):
+            continue
+        for pid in run(["ip", "netns", "pids", name], check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        if run(["ip", "netns", "del", name], check=False).returncode == 0:
+            gone.append(name)
     return gone
 
 

@@ -54,7 +54,7 @@ def rtp(seq: int, ts: int, ssrc: int, n: int) -> bytes:
 
 def write_mixed_call(path, seconds: float = 5.0) -> None:
     """An IPv6 RTP flow at 50 packets/s each way, an IPv4 TCP connection (handshake, 1000-byte
-    segments down, ACKs up), and one multicast packet (never replayed)."""
+    segments down, ACKs up), one multicast packet (never replayed), two TTL-1 probes."""
     frames, times = [], []
     for k in range(int(seconds * 50)):
         t = T0 + k * 20_000_000
@@ -75,6 +75,11 @@ def write_mixed_call(path, seconds: float = 5.0) -> None:
         times.append(T0 + 101_000_000 + k * 125_000_000)
     frames.append(ip4(LOCAL4, "239.255.255.250", 17, struct.pack("!HHHH", 1900, 1900, 8, 0)))
     times.append(T0 + 2_000_000)
+    # traceroute-like probes that die at the first hop: the router must not answer them
+    frames.append(ip4(LOCAL4, REMOTE4, 17, struct.pack("!HHHH", 40001, 33434, 8, 0), ttl=1))
+    times.append(T0 + 3_000_000)
+    frames.append(udp6(LOCAL6, REMOTE6, 40002, 33434, b"", hop=1))
+    times.append(T0 + 4_000_000)
     order = sorted(range(len(frames)), key=times.__getitem__)
     write_pcap(path, [frames[i] for i in order], [times[i] for i in order])
 

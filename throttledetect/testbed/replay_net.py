@@ -122,8 +122,11 @@ class ReplayTopology(Topology):
             off6 = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
             for ns in (self.client_ns, self.server_ns):
                 self._sysctls(ns, off6)
+            # icmp_msgs_burst 0: the router sends no ICMP error of its own (a recorded TTL-1 probe would
+            # otherwise bring a "time exceeded" into the capture that the original did not hold)
             router = {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0,
-                      "net.ipv4.conf.default.rp_filter": 0}
+                      "net.ipv4.conf.default.rp_filter": 0, "net.ipv4.icmp_msgs_per_sec": 0,
+                      "net.ipv4.icmp_msgs_burst": 0}
             router.update({"net.ipv6.conf.default.addr_gen_mode": 1, "net.ipv6.conf.all.accept_ra": 0,
                            "net.ipv6.conf.default.accept_ra": 0, "net.ipv6.conf.all.forwarding": 1}
                           if self.ipv6 else off6)
@@ -208,7 +211,7 @@ class ReplayTopology(Topology):
             path = os.path.join(self._tmp, f"{tool}.rules")
             with open(path, "w") as f:
                 f.write("*filter\n" + "\n".join(rules) + "\nCOMMIT\n")
-            self.netfilter_rules.extend(rules)
+            self.netfilter_rules.extend(f"{tool.replace('-restore', '')} {r}" for r in rules)
             self.commands.extend(f"{tool.replace('-restore', '')} {r}   # in {self.router_ns}" for r in rules)
             run(self.ns_cmd(self.router_ns, [tool, "--noflush", path]), timeout=60)
 

@@ -433,6 +433,7 @@ def _run(plan, ft, spec, resolved, out_path, tmp, speed, server_pcap) -> dict:
                     topo.steer(tuples, d)
 
         onset = spec.effective_onset_s / speed
+        clocks0 = (time.time(), time.monotonic())
         start = time.time() + START_DELAY_S
         if spec.kind != "none" and onset <= 0:
             activate()
@@ -454,6 +455,10 @@ def _run(plan, ft, spec, resolved, out_path, tmp, speed, server_pcap) -> dict:
             p.wait(timeout=10)
         drain = 0.3 + _max_queue_delay_s(resolved)
         time.sleep(drain)
+        clocks1 = (time.time(), time.monotonic())
+        # the capture's clock (CLOCK_REALTIME) against the kernel's own (CLOCK_MONOTONIC, which tbf and
+        # htb count in): a VM's realtime clock may be slewed, and a rate seen in the capture with it
+        info["realtime_vs_monotonic_ppm"] = round(((clocks1[0] - clocks0[0]) / (clocks1[1] - clocks0[1]) - 1) * 1e6, 1)
         info["tcpdump"] = {"client": _tcpdump_counts(_stop(td_c))}
         if td_s is not None:
             info["tcpdump"]["server"] = _tcpdump_counts(_stop(td_s))
@@ -629,7 +634,10 @@ def _truth(capture_path, out_path, spec, plan, ft, cl, loop, resolved, info, see
                    "sender_cpu_s": round(sender_cpu, 3), "children_cpu_s": info["children_cpu_s"],
                    "scheduled_pps": round(n / (plan.duration_s / speed), 1) if plan.duration_s else None,
                    "sent_pps": round(n / span, 1) if span > 0 else None,
-                   "onset_activation_ms": info.get("onset_activation_ms")},
+                   "onset_activation_ms": info.get("onset_activation_ms"),
+                   "realtime_vs_monotonic_ppm": info.get("realtime_vs_monotonic_ppm"),
+                   "clock_note": "timestamps (capture, senders) are CLOCK_REALTIME; qdiscs count time in "
+                                 "CLOCK_MONOTONIC: a rate read from the capture is off by realtime_vs_monotonic_ppm"},
         "measured": {"capture_packets": int(len(ck)), "extra_packets": int(extra.sum()),
                      "extra_packets_by_protocol": extra_protos,
                      "throttled_aggregate": aggregate, "flows": flows},

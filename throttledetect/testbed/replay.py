@@ -605,7 +605,9 @@ def _truth(capture_path, out_path, spec, plan, ft, cl, loop, resolved, info, see
         "seed": seed,
         "seed_note": "the replay is deterministic apart from the kernel: timing, and netfilter's random drops "
                      "(not seedable) make each run its own",
-        "kind": spec.kind, "expected_verdict": EXPECTED_VERDICT[spec.kind],
+        "kind": spec.kind,
+        # what a capture on the calling host can show: a from-local throttle only past the router
+        "expected_verdict": EXPECTED_VERDICT[spec.kind] if "to-local" in spec.directions else "none",
         "direction": spec.direction if spec.kind != "none" else None,
         "onset_s": round(info["onset_epoch"] - start, 4) if info["onset_epoch"] is not None else None,
         "onset_epoch": info["onset_epoch"], "start_epoch": start,

@@ -373,7 +373,7 @@ def replay(capture_path: str, out_path: str, spec, *, seconds: float | None = No
     prep_s = time.perf_counter() - t_prep
     say(f"replaying {len(plan.rows)} packets over {plan.duration_s:.1f} s "
         f"({int((~plan.to_local).sum())} from the client, {int(plan.to_local.sum())} from the server)")
-    tmp = tempfile.mkdtemp(prefix="tdreplay-")
+    tmp = tempfile.mkdtemp(prefix=f"tdreplay-{os.getpid()}-")
     try:
         run_info = _run(plan, ft, spec, resolved, out_path, tmp, speed, server_pcap)
         truth = _truth(capture_path, out_path, spec, plan, ft, cl, loop, resolved, run_info, seed, speed, tmp)

@@ -37,12 +37,14 @@ from throttledetect.testbed.replay_plan import CLIENT_MAC, ROUTER_LAN_MAC, ROUTE
 LAN_NEXTHOP4, WAN_NEXTHOP4 = "169.254.0.1", "169.254.0.2"
 LAN_NEXTHOP6, WAN_NEXTHOP6 = "fe80::c1", "fe80::5e"
 NAME_RE = re.compile(r"^td[csr]-rp(\d+)x[0-9a-f]+$")
+TMP_RE = re.compile(r"^tdreplay-(?:net-)?(\d+)-")     # replay.py's and ReplayTopology's temporary folders
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 def sweep_stale() -> list[str]:
-    """Delete replay namespaces whose creating process is gone (killed before it could clean up).
-    Their senders and tcpdump die with that process (PR_SET_PDEATHSIG); a leftover is ended first."""
+    """Delete replay namespaces and temporary folders whose creating process is gone (killed before
+    it could clean up). Their senders and tcpdump die with that process (PR_SET_PDEATHSIG); a
+    leftover is ended first."""
     gone = []
     try:
         names = os.listdir("/run/netns")
@@ -58,6 +60,12 @@ def sweep_stale() -> list[str]:
             except (ProcessLookupError, ValueError):
                 pass
         if run(["ip", "netns", "del", name], check=False).returncode == 0:
+            gone.append(name)
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        m = TMP_RE.match(name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
             gone.append(name)
     return gone
 
@@ -96,7 +104,7 @@ class ReplayTopology(Topology):
         self.mtu = max(1500, int(mtu))
         self.ipv6 = ipv6
         self.netfilter_rules: list[str] = []
-        self._tmp = tempfile.mkdtemp(prefix="tdreplay-net-")
+        self._tmp = tempfile.mkdtemp(prefix=f"tdreplay-net-{os.getpid()}-")
 
     def _sysctls(self, ns: str, values: dict) -> None:
         argv = self.ns_cmd(ns, ["sysctl", "-q", "-w", *[f"{k}={v}" for k, v in values.items()]])

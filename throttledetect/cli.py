@@ -229,6 +229,7 @@ def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha, test_scope, t
 # Commands that live in their own modules (one line each; see docs/CONTRACT.md).
 COMMAND_MODULES = [
     "throttledetect.commands.capture",
+    "throttledetect.commands.replay",
     "throttledetect.commands.simulate",
     "throttledetect.commands.train",
     "throttledetect.commands.validate",

@@ -336,6 +336,14 @@ def _stop(p: subprocess.Popen, sig=signal.SIGINT, timeout=5.0) -> str:
     return err
 
 
+def _end(procs: list[subprocess.Popen]) -> None:
+    """Kill whatever of ours still runs (the normal path has stopped them already)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _tcpdump_counts(text: str) -> dict:
     out = {}
     for line in text.splitlines():
@@ -488,10 +496,7 @@ def _run_scenario(tmp: str, name: str, seconds: float, out: str, *, onset: float
             "endpoint_stats": endpoint,
         })
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _end(procs)
         topo.destroy()
     measured = measure(out, spcap, truth)
     first = measured.get("capture_first_ts")

@@ -13,9 +13,10 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
    receives, the call moved there (ICE switched pairs): not blocking.
    H0: the inbound packets keep arriving as they did before. p-value: when every whole second
    of the flow's active period had packets, the Poisson probability of no packet in the silence
-   at a low quantile of the per-second counts (a rate the flow always kept up); else the rank of
-   the silence among the flow's own earlier gaps, (1 + #gaps >= silence) / (1 + #gaps), valid
-   whatever the arrival process as long as gaps are exchangeable.
+   at a low quantile of the per-second counts (a rate the flow always kept up); else the chance
+   of a gap that long from the tail of the flow's own gaps (peaks over threshold: gap_tail_p);
+   with too few gaps for that, the rank of the silence among them, (1 + #gaps >= silence) /
+   (1 + #gaps), valid whatever the arrival process as long as gaps are exchangeable.
 2. **ICMP destination unreachable** from a router on the path (not from the remote host: a
    finished peer-to-peer call or ICE probing of a stale candidate produce those), after which
    nothing arrives: direct evidence, no p-value.
@@ -37,6 +38,25 @@ KIND = "blocking"
 NAME = "silence"
 RATE_QUANTILE = 0.1
 OUTBOUND_PAUSE_S = 10.0     # the local side's activity ends at its first pause this long
+TAIL_MIN = 5                # exceedances needed to fit the tail of the gaps
+
+
+def gap_tail_p(gaps: np.ndarray, silence: float) -> float | None:
+    """P(a gap at least as long as the silence) from the flow's own gaps, peaks over threshold:
+    above their 90th percentile u the gaps' excesses are taken as exponential with their mean
+    excess b (the generalised Pareto tail of shape 0), so P = P(gap > u) exp(-(silence - u) / b).
+    Heavy-tailed gaps (DTX pauses, talk spurts) give a large b and a modest p; None with fewer
+    than TAIL_MIN exceedances."""
+    if len(gaps) < 10:
+        return None
+    u = float(np.quantile(gaps, 0.9))
+    exc = gaps[gaps > u] - u
+    if len(exc) < TAIL_MIN or silence <= u:
+        return None
+    b = float(exc.mean())
+    if b <= 0:
+        return None
+    return float(len(exc) / len(gaps) * np.exp(-(silence - u) / b))
 
 
 def outbound_times(ctx: DetectContext, i: int, last_in: float) -> tuple[np.ndarray, bool]:
@@ -126,9 +146,13 @@ def detect(ctx: DetectContext, i: int) -> list:
     else:
         lam = (p_in.n - 1) / dur if dur > 0 else 0.0
     longest = float(gaps.max()) if len(gaps) else 0.0
+    tail = gap_tail_p(gaps, silence)
     if lam >= 1.0:
         p = float(np.exp(-lam * silence))
         how = f"Poisson at {lam:.0f} packets/s, the rate every second kept"
+    elif tail is not None:
+        p = tail
+        how = f"exponential tail of its {len(gaps)} earlier gaps"
     else:
         p = float((1 + np.count_nonzero(gaps >= silence)) / (1 + len(gaps)))
         how = f"rank among its {len(gaps)} earlier gaps"

@@ -39,6 +39,16 @@ NAME = "silence"
 RATE_QUANTILE = 0.1
 OUTBOUND_PAUSE_S = 10.0     # the local side's activity ends at its first pause this long
 TAIL_MIN = 5                # exceedances needed to fit the tail of the gaps
+MOVED_MIN_PACKETS = 20      # media packets another flow of the call receives after the silence: it moved
+
+
+def _media_after(ctx: DetectContext, j: int, t0: float) -> int:
+    """Non-STUN packets flow j received after t0."""
+    d = ctx.toward_local(j)
+    p = ctx.packets(j, d)
+    st = ctx.stun(j)
+    n_stun = int(np.count_nonzero((st.direction == d) & (st.t > t0)))
+    return int(np.count_nonzero(p.t > t0)) - n_stun
 
 
 def gap_tail_p(gaps: np.ndarray, silence: float) -> float | None:
@@ -67,7 +77,8 @@ def outbound_times(ctx: DetectContext, i: int, last_in: float) -> tuple[np.ndarr
     P = ctx.config.blocking
     call = ctx.call_of(i)
     others = [j for j in (call.flows if call else []) if j != i]
-    alive_elsewhere = any(np.any(ctx.packets(j, ctx.toward_local(j)).t > last_in + P.keeps_sending_window_s)
+    # the call moved when another of its flows goes on receiving media (not just STUN answers)
+    alive_elsewhere = any(_media_after(ctx, j, last_in + P.keeps_sending_window_s) >= MOVED_MIN_PACKETS
                           for j in others)
     parts = [ctx.packets(i, 1 - ctx.toward_local(i)).t]
     if not alive_elsewhere:

@@ -52,7 +52,7 @@ class BlockingParams:
     keeps_sending_share: float = 0.5  # ... at least half its earlier packet rate (a hang-up stops it)
     keeps_sending_window_s: float = 3.0
     min_active_packets: int = 8     # inbound packets before the silence (2 s of a slow voice stream)
-    answer_rate_h0: float = 0.5     # setup: H0 each request answered with at least this probability
+    answer_rate_h0: float = 0.8     # setup: H0 each request answered with at least this probability
     min_requests: int = 5
     request_grace_s: float = 3.0    # requests this close to the capture's end are not judged
     min_media_packets: int = 50     # a flow with fewer non-STUN packets both ways carries no media to test

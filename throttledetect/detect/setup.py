@@ -17,7 +17,9 @@ pairs that fail by design while another pair carries the call.
   ICMP port unreachable was answered (by a refusal: the host is reachable, nothing blocked it). Requests in the capture's last
   ``request_grace_s`` are not judged (their answer may come after the capture ended).
   H0: the far end is reachable and answers each request with probability at least
-  ``answer_rate_h0`` (0.5: a path losing half of everything both ways is still "reachable").
+  ``answer_rate_h0`` (0.8: a STUN transaction retransmits up to 7 times, RFC 8489 6.2.1, so even
+  a path losing half the packets each way answers 87 % of transactions; a flow's probe bin is
+  answered by anything arriving within ANSWER_WINDOW_S, which a live flow always has).
   Test: exact binomial lower tail of the answered count (scipy.stats.binom.cdf).
   Effect: the share of requests left unanswered.
 - Requests answered but no media (a call that rang out or was rejected) is not blocking.

@@ -41,25 +41,9 @@ class Streams:
 
     def toward_local(self, i: int) -> int:
         """The direction of flow i that arrives at the capturing host (0: a->b arrives at b).
-
-        When the address ranges cannot say (both or neither side local) and that direction is
-        empty while the other is not (one-way media between two local hosts, on loopback), the
-        direction that carries packets is taken, unless it carries STUN requests (then it is this
-        host asking, unanswered)."""
-        d = 1 if self.local_is_a[i] else 0
-        ambiguous = bool(self.ft.a_local[i]) == bool(self.ft.b_local[i])
-        n = (int(self.ft.packets_ab[i]), int(self.ft.packets_ba[i]))
-        if ambiguous and n[d] == 0 and n[1 - d] > 0 and not self._sends_requests(i, 1 - d):
-            d = 1 - d
-        return d
-
-    def _sends_requests(self, i: int, d: int) -> bool:
-        """Does direction d carry STUN requests? (the side asking is a client: a one-way flow
-        of requests left unanswered is this host's, not a stream it receives)"""
-        if self.cl is None:
-            return False
-        st = self.cl.evidence.flows[i].stun
-        return (st.requests_ab if d == 0 else st.requests_ba) > 0
+        The local side is flows.local_side_is_a's: the address ranges, else the endpoint seen in
+        more flows (the capturing host is in all of them), else the side that sent first."""
+        return 1 if self.local_is_a[i] else 0
 
     def flow_span(self, i: int) -> tuple[float, float]:
         return ((int(self.ft.first_ns[i]) - self.t0_ns) / 1e9, (int(self.ft.last_ns[i]) - self.t0_ns) / 1e9)

@@ -41,28 +41,59 @@ def test_evidence_lists_what_made_each_verdict():
              "evidence": "lost when a bucket ran dry"},
             {"kind": "dropping", "decision": "detected", "direction": "ba", "qvalue": 1e-3, "effect": 0.1,
              "evidence": "more loss than the controls"}]},
-        {"id": "0:3", "verdict": "inconclusive", "detections": [
+        {"id": "0:3", "verdict": "inconclusive", "verdict_reason": "lossy path: 3.0% loss", "detections": [
+            {"kind": "dropping", "decision": "inconclusive", "direction": "ba", "reason": "lossy path: 3.0% loss"},
+            {"kind": "blocking", "decision": "not_detected", "direction": "ba", "reason": "media arrives"}]},
+        {"id": "0:4", "verdict": "inconclusive", "detections": [
             {"kind": "dropping", "decision": "inconclusive", "direction": "ba", "reason": "too few packets"},
-            {"kind": "blocking", "decision": "inconclusive", "direction": "ba", "reason": "media stops",
-             "estimates": {"suspect": True}}]},
+            {"kind": "shaping", "decision": "inconclusive", "direction": "ba", "reason": "no sender clock"},
+            {"kind": "policing", "decision": "inconclusive", "direction": "ba", "reason": "too few packets"}]},
     ]
     text = evidence(flows)
     lines = text.splitlines()
     assert lines[0] == "0:2 policing (ba, q=1e-09, effect 0.50): lost when a bucket ran dry"
     assert "more loss than the controls" not in text            # only the verdict's kind
-    assert lines[1] == "0:3 inconclusive: media stops; too few packets"   # the sign worth a look first
+    assert lines[1] == "0:3 inconclusive: lossy path: 3.0% loss"  # the flow's own reason when it has one
+    assert "media arrives" not in text
+    assert lines[2] == "0:4 inconclusive: too few packets; no sender clock"   # else the tests' reasons, once each
     assert "0:1" not in text
     assert evidence([flows[0]]) == ""
 
 
-def test_analyze_prints_the_evidence(tmp_path):
-    from pathlib import Path
-
+def _analyze_cli(*args):
     from click.testing import CliRunner
 
     from throttledetect.cli import cli
-    sample = Path(__file__).resolve().parents[1] / "captures" / "call_policed.pcap"
-    out = CliRunner().invoke(cli, ["analyze", str(sample)])
-    assert out.exit_code == 0
+    return CliRunner().invoke(cli, ["analyze", *map(str, args)])
+
+
+def test_analyze_prints_the_evidence():
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sample = root / "captures" / "call_policed.pcap"
+    truth = next(c["truth"] for c in json.loads((root / "captures" / "MANIFEST.json").read_text())["captures"]
+                 if c["file"] == "call_policed.pcap")
+    out = _analyze_cli(sample)
+    assert out.exit_code == 0, out.output
+    assert "Per protocol:" in out.output and "policing" in out.output.split("Evidence")[0]
     tail = out.output.split("Evidence")[1]
-    assert "policing (ba, q=" in tail and "token bucket of 358 kbit/s" in tail
+    assert "policing (ba, q=" in tail and "token bucket of" in tail
+    # the rate the evidence states is the configured one (within 5 %)
+    import re
+    rates = [float(x) * 1e3 for x in re.findall(r"token bucket of (?:at least )?([\d.]+) kbit/s", tail)]
+    assert rates and all(abs(r / truth["rate_bps"] - 1) < 0.05 for r in rates), rates
+
+
+def test_analyze_json_of_several_captures_merges_protocols():
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "captures"
+    out = _analyze_cli(root / "call_clean.pcap", root / "call_policed.pcap", "--format", "json")
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output[out.output.index("{"):])
+    assert len(doc["captures"]) == 2
+    p = next(p for p in doc["protocols"] if p["protocol"] == "webrtc")
+    assert p["verdict"] == "policing"                         # the most severe of none and policing
+    assert [x["verdict"] for x in p["per_capture"]] == ["none", "policing"]
+    assert {f["capture"] for f in doc["flows"]} == {0, 1}

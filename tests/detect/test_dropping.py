@@ -1,130 +1,121 @@
-"""Selective dropping: random loss on the call only is found against clean controls; loss shared by
-every flow (congestion, or random loss on all) is not selective; DTX is not loss; no loss signal
-means inconclusive."""
+"""Selective dropping: loss on the call that other traffic on the path does not have (controls), or
+that starts at some point and stays (onset). Loss alone, with nothing to show it is the call's own,
+is "inconclusive" (a lossy path), never dropping."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from throttledetect.detect import run_detectors
-from throttledetect.detect.common import DetectContext
-from throttledetect.detect.dropping import coincidence_test, runs_test
-from throttledetect.simulate import Congest, Drop, Jitter
-from tests.detect.test_registry import (CALL_PORT, TCP_CTRL_PORT, UDP_CTRL_PORT, analyze, base_call,  # noqa: F401
-                                        flow_of, impaired, make_call, of_kind, relabel)
+from tests.detect.calls import (AUDIO, CALL_PORT, ENCRYPTED, SOLO, TCP_CTRL_PORT, THROTTLING, UDP_CTRL_PORT,
+                                UDP_ONLY, analyze, detect, flow_of, of_kind, why)
+from throttledetect.simulate import Drop, Jitter, simulate
 
 
-def test_random_drop_on_the_call_only(base_call, tmp_path):
-    cap, ft, cl = impaired(base_call, tmp_path / "d.pcap", Drop(0.05), seed=2)
-    rep = run_detectors(cap, ft, cl)
-    i, tcp, udp = flow_of(ft, CALL_PORT), flow_of(ft, TCP_CTRL_PORT), flow_of(ft, UDP_CTRL_PORT)
+def _measured_drop(src, p, seed, onset_s=None):
+    """What the simulator really dropped of the call's inbound packets (its truth)."""
+    cap, ft, cl = analyze(src)
+    i = flow_of(ft, CALL_PORT)
+    res = simulate(cap, ft, cl, Drop(p), select="calls", direction="to-local", seed=seed, onset_s=onset_s)
+    f = next(f for f in res.truth["flows"] if f["id"] == i)
+    return next(v for v in f["measured"].values() if v["impaired"])["drop_fraction"]
+
+
+@pytest.mark.parametrize("p", [0.02, 0.05, 0.2])
+def test_random_drop_on_the_call_with_a_tcp_control_is_dropping(synthetic_call, scenario, p):
+    cap, ft, cl, rep = scenario(AUDIO, Drop(p), seed=2)
+    i, tcp = flow_of(ft, CALL_PORT), flow_of(ft, TCP_CTRL_PORT)
+    assert rep.verdict(i) == "dropping", why(rep, i)
     d = of_kind(rep, i, "dropping")
-    assert rep.verdict(i) == "dropping", d
-    assert d.decision == "detected" and d.qvalue < 1e-6
-    assert d.estimates["loss_rate"] == pytest.approx(0.05, abs=0.012)
-    assert d.estimates["control_loss_rate"] == 0.0 and tcp in d.estimates["controls"]
-    assert d.effect == pytest.approx(d.estimates["loss_rate"])
-    assert d.estimates["runs_p_clustered"] > 0.01          # independent losses
-    assert rep.verdict(tcp) == rep.verdict(udp) == "none"
-    ctx = DetectContext(cap, ft, cl)
-    assert ctx.loss(tcp, ctx.inbound(tcp)[0]).n_lost == 0   # the control is clean
+    assert d["decision"] == "detected" and d["test"] == "controls" and d["qvalue"] < 1e-4
+    est = d["estimates"]
+    assert est["loss"] == pytest.approx(_measured_drop(synthetic_call(**AUDIO), p, seed=2), abs=0.005)
+    assert est["loss_source"] == "rtp"
+    assert est["control_loss"] == 0.0 and tcp in est["control_flows"]
+    assert d["effect"] == pytest.approx(est["loss"], abs=1e-9)
+    assert d["direction"] == "ba" and d["toward"] == "local"
+    assert not rep.tested[tcp] and not rep.tested[flow_of(ft, UDP_CTRL_PORT)]
 
 
-def test_drop_starting_mid_call(base_call, tmp_path):
-    cap, ft, cl = impaired(base_call, tmp_path / "d.pcap", Drop(0.05), onset_s=30.0, seed=3)
-    rep = run_detectors(cap, ft, cl)
+@pytest.mark.parametrize("base", [SOLO, UDP_ONLY], ids=["call-alone", "control-without-loss-signal"])
+def test_random_drop_without_a_control_is_a_lossy_path(scenario, base):
+    """5 % random loss from the start and nothing to compare with: inconclusive, with the reason."""
+    cap, ft, cl, rep = scenario(base, Drop(0.05), seed=3)
+    i = flow_of(ft, CALL_PORT)
+    verdict, reason = rep.verdicts[i]
+    assert verdict == "inconclusive", why(rep, i)
+    assert reason.startswith("lossy path") and "nothing shows it is selective" in reason
+    d = of_kind(rep, i, "dropping")
+    assert d["decision"] == "inconclusive"
+    assert d["estimates"]["loss"] == pytest.approx(0.05, abs=0.015)
+    assert not any(x["decision"] == "detected" for x in rep.detections[i])
+
+
+def test_a_little_loss_without_controls_is_nothing_to_find(scenario):
+    """0.5 % loss, under DroppingParams.lossy_path (1 %): no sign of throttling, "none"."""
+    cap, ft, cl, rep = scenario(SOLO, Drop(0.005), seed=4)
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdicts[i] == ("none", ""), why(rep, i)
+    assert 0 < of_kind(rep, i, "dropping")["estimates"]["loss"] < 0.01
+
+
+@pytest.mark.parametrize("onset", [15.0, 20.0])
+def test_drop_from_the_middle_is_dropping_with_its_onset(scenario, onset):
+    """The call alone, 5 % loss from `onset` s: the change point finds it (within 4 s)."""
+    cap, ft, cl, rep = scenario(SOLO, Drop(0.05), onset_s=onset, seed=5)
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "dropping", why(rep, i)
+    d = of_kind(rep, i, "dropping")
+    assert d["test"] == "onset" and d["decision"] == "detected"
+    assert d["onset_s"] == pytest.approx(onset, abs=4.0)
+    assert d["estimates"]["loss_before"] < 0.01 and d["estimates"]["loss_after"] == pytest.approx(0.05, abs=0.02)
+    assert all(d["checks"].values())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "detect.dropping keeps only the estimates of the look with the smaller p-value: with a control on the "
+    "path the Fisher test wins and the onset that the change-point look found (about 20 s) is dropped, so "
+    "the detection carries no onset_s"))
+def test_drop_from_the_middle_with_controls_reports_the_onset(scenario):
+    cap, ft, cl, rep = scenario(AUDIO, Drop(0.05), onset_s=20.0, seed=5)
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "dropping", why(rep, i)
+    assert of_kind(rep, i, "dropping").get("onset_s") == pytest.approx(20.0, abs=4.0)
+
+
+def test_a_loss_burst_that_ends_is_not_an_onset(synthetic_call, tmp_path):
+    """10 % loss from 12 s to 20 s only (a bad patch that ended), the call alone: the step does not
+    persist, so it is not dropping."""
+    from throttledetect.write import write_rows
+    src = synthetic_call(**SOLO)
+    cap, ft, cl = analyze(src)
+    res = simulate(cap, ft, cl, Drop(0.1), select="calls", direction="to-local", seed=6, onset_s=12.0)
+    t = (cap.packets.ts_ns[res.dropped].astype(np.int64) - int(cap.packets.ts_ns.min())) / 1e9
+    dropped = res.dropped[t < 20.0]
+    assert len(dropped) > 20
+    rows = np.setdiff1d(np.arange(len(cap.packets)), dropped)
+    write_rows(cap, rows, cap.packets.ts_ns[rows], tmp_path / "burst.pcap")
+    cap2, ft2, cl2 = analyze(tmp_path / "burst.pcap")
+    rep = detect(cap2, ft2, cl2)
+    j = flow_of(ft2, CALL_PORT)
+    assert rep.verdict(j) not in THROTTLING, why(rep, j)
+
+
+def test_dropping_on_encrypted_voice_from_the_cadence(scenario):
+    """Media without RTP headers (relabelled as a telegram call: the classifier cannot name it):
+    5 % dropped, a TCP control clean: dropping, read from the voice cadence's empty slots."""
+    cap, ft, cl, rep = scenario(ENCRYPTED, Drop(0.05), port=CALL_PORT, seed=7, label="telegram_call")
+    i = flow_of(ft, CALL_PORT)
+    assert rep.tested[i]
+    assert rep.verdict(i) == "dropping", why(rep, i)
+    d = of_kind(rep, i, "dropping")
+    assert d["estimates"]["loss_source"] == "cadence"
+    assert d["estimates"]["loss"] == pytest.approx(0.05, abs=0.015)
+
+
+def test_no_loss_signal_is_inconclusive(scenario):
+    """Encrypted media whose arrival times hold no clock (30 ms jitter): loss cannot be measured."""
+    cap, ft, cl, rep = scenario(ENCRYPTED, Jitter(30.0), seed=8, label="telegram_call")
     i = flow_of(ft, CALL_PORT)
     d = of_kind(rep, i, "dropping")
-    assert rep.verdict(i) == "dropping", d
-    assert 26.0 <= d.estimates["onset_s"] <= 34.0
-
-
-def test_congestion_on_all_flows_is_not_selective(base_call, tmp_path):
-    """Correlated bursty losses on every flow (a congested shared link) -> not selective dropping."""
-    cap, ft, cl = impaired(base_call, tmp_path / "c.pcap", Congest(p_gb=0.02, p_bg=0.1, loss_bad=0.5), seed=4)
-    rep = run_detectors(cap, ft, cl)
-    i = flow_of(ft, CALL_PORT)
-    d = of_kind(rep, i, "dropping")
-    assert d.estimates["loss_rate"] > 0.02                  # the call did lose packets
-    assert d.decision == "not_detected" and rep.verdict(i) != "dropping", d
-    assert flow_of(ft, TCP_CTRL_PORT) in d.estimates["shared_with"]
-    assert "congestion" in d.evidence
-    assert d.estimates["runs_p_clustered"] < 0.01           # bursts
-
-
-def test_random_loss_on_every_flow_is_not_selective(base_call, tmp_path):
-    cap, ft, cl = impaired(base_call, tmp_path / "a.pcap", Drop(0.04), select="all", seed=5)
-    rep = run_detectors(cap, ft, cl)
-    i = flow_of(ft, CALL_PORT)
-    assert of_kind(rep, i, "dropping").decision == "not_detected"
-    assert rep.verdict(i) == "none"
-
-
-def test_dtx_is_not_loss(tmp_path):
-    src = tmp_path / "dtx.pcap"
-    make_call(src, seed=7, dtx=True)
-    cap, ft, cl = impaired(src, tmp_path / "j.pcap", Jitter(3.0), seed=7)
-    rep = run_detectors(cap, ft, cl)
-    i = flow_of(ft, CALL_PORT)
-    d = of_kind(rep, i, "dropping")
-    assert d.estimates["loss_rate"] == 0.0 and d.decision == "not_detected"
-    assert of_kind(rep, i, "blocking").decision != "detected"
-    assert rep.verdict(i) == "none"
-
-
-def test_no_loss_signal_is_inconclusive(tmp_path):
-    """Encrypted media without RTP headers: loss cannot be measured; gaps are reported."""
-    src = tmp_path / "enc.pcap"
-    make_call(src, seed=8, encrypted=True, seconds=30.0)
-    cap, ft, cl = impaired(src, tmp_path / "d.pcap", Drop(0.1), select=str(flow_of(analyze(src)[1], CALL_PORT)))
-    i = flow_of(ft, CALL_PORT)
-    rep = run_detectors(cap, ft, relabel(cl, i, "telegram_call"))
-    d = of_kind(rep, i, "dropping")
-    assert d.decision == "inconclusive" and "no loss signal" in d.reason
-    assert d.estimates["gap_inferred_loss"] == pytest.approx(0.1, abs=0.04)
-
-
-def test_without_controls_the_loss_pattern_decides(tmp_path):
-    """The call alone: random drops (independent, no queue before them) are called dropping with
-    selectivity unconfirmed; congestion (bursts after the delay rises) is not."""
-    src = tmp_path / "solo.pcap"
-    make_call(src, seed=9, seconds=40.0, controls=False)
-    cap, ft, cl = impaired(src, tmp_path / "d.pcap", Drop(0.04), seed=9)
-    rep = run_detectors(cap, ft, cl)
-    i = flow_of(ft, CALL_PORT)
-    d = of_kind(rep, i, "dropping")
-    assert rep.verdict(i) == "dropping", d
-    assert "unconfirmed" in d.estimates["selectivity"] and d.estimates["path_loss_pvalue"] < 1e-6
-    cap, ft, cl = impaired(src, tmp_path / "c.pcap", Congest(p_gb=0.02, p_bg=0.1, loss_bad=0.5), seed=9)
-    rep = run_detectors(cap, ft, cl)
-    i = flow_of(ft, CALL_PORT)
-    d = of_kind(rep, i, "dropping")
-    assert d.estimates["loss_rate"] > 0.02 and d.decision != "detected", d
-    assert rep.verdict(i) == "inconclusive" and d.estimates["suspect"]
-
-
-def test_tcp_holes_are_losses_and_reordering_is_not(base_call, tmp_path):
-    cap, ft, cl = impaired(base_call, tmp_path / "j.pcap", Jitter(4.0), seed=1)   # re-sorts: reordering
-    ctx = DetectContext(cap, ft, cl)
-    tcp = flow_of(ft, TCP_CTRL_PORT)
-    assert ctx.loss(tcp, ctx.inbound(tcp)[0]).n_lost == 0
-    cap, ft, cl = impaired(base_call, tmp_path / "d.pcap", Drop(0.03), select=str(tcp), seed=1)
-    ctx = DetectContext(cap, ft, cl)
-    lu = ctx.loss(tcp, ctx.inbound(tcp)[0])
-    assert lu.source == "tcp" and lu.fraction == pytest.approx(0.03, abs=0.01)
-
-
-def test_runs_and_coincidence_tests():
-    rng = np.random.default_rng(0)
-    iid = rng.random(5000) < 0.05
-    assert runs_test(iid)["p_clustered"] > 0.01
-    bursty = np.zeros(5000, bool)
-    for s in rng.integers(0, 4990, 40):
-        bursty[s:s + 6] = True
-    assert runs_test(bursty)["p_clustered"] < 1e-6
-    assert runs_test(np.zeros(100, bool)) is None
-    shared = np.sort(rng.uniform(0, 60, 80))
-    obs, exp_, p = coincidence_test(shared + rng.normal(0, 0.01, 80), shared, 0, 60, rng=rng)
-    assert p < 0.01 and obs > 3 * exp_
-    obs, exp_, p = coincidence_test(np.sort(rng.uniform(0, 60, 80)), shared, 0, 60, rng=rng)
-    assert p > 0.01
+    assert d["decision"] == "inconclusive" and d["reason"].startswith("no loss signal")
+    assert rep.verdict(i) == "inconclusive"

@@ -1,0 +1,124 @@
+"""Real call traces (the Wehe Teams and Skype captures of the corpus: one UDP flow carrying audio
+and video RTP), looped to 40 s and impaired by throttledetect.simulate towards the client, as the
+validation matrix does. These traces hold no other flow: there is no control on the path, so random
+loss from the start can only be "inconclusive" (a lossy path).
+
+Stated tolerances: policer and shaper rates within 10 % of the configured rate when the detector
+says the rate is identifiable (else its lower bound must not exceed the rate); onsets within 5 s.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.corpus import need_corpus
+from tests.detect.calls import THROTTLING, trace_base as base, trace_run as run, why
+from throttledetect.simulate import MTU_BYTES, BlockAfter, Congest, Drop, Jitter, Police, Shape
+
+SECONDS = 40.0          # calls.TRACE_SECONDS
+pytestmark = need_corpus
+
+
+def rate(name: str) -> float:
+    b = base(name)
+    return b.rate_bps[b.targets[0]]
+
+
+TRACES = ["teams", "skype"]
+
+
+def detected(a, j, kind):
+    return [d for d in a.detections.detections[j] if d["kind"] == kind and d["decision"] == "detected"]
+
+
+def check_rate(d, truth, tolerance=0.10):
+    est = d["estimates"]
+    if est.get("rate_identifiable", True):
+        assert d["rate_bps"] == pytest.approx(truth, rel=tolerance), (d["rate_bps"], truth, est.get("rate_range_bps"))
+    else:
+        assert est["rate_range_bps"][0] <= truth * (1 + tolerance), (est["rate_range_bps"], truth)
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_the_trace_is_one_call_flow(name):
+    b = base(name)
+    assert len(b.targets) == 1 and b.info["duration_s"] >= SECONDS - 1
+    assert rate(name) > 50_000
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_clean_is_none(name):
+    a, j = run(name)
+    assert a.detections.verdicts[j] == ("none", ""), why(a.detections, j)
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_random_drop_from_the_start_without_controls_is_inconclusive(name):
+    a, j = run(name, Drop(0.05))
+    v, reason = a.detections.verdicts[j]
+    assert v == "inconclusive" and reason.startswith("lossy path"), why(a.detections, j)
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_drop_from_the_middle_is_dropping_at_its_onset(name):
+    a, j = run(name, Drop(0.05), onset_s=20.0)
+    assert a.detections.verdict(j) == "dropping", why(a.detections, j)
+    assert detected(a, j, "dropping")[0]["onset_s"] == pytest.approx(20.0, abs=5.0)
+
+
+TEAMS_RATE = pytest.mark.xfail(strict=True, reason=(
+    "detect.policing on the Teams trace (bursty video): the fitted rate is reported identifiable while its "
+    "range excludes the configured rate -- 0.5x with a 1.5 kB bucket: 315 kbit/s (range 300-328) for 363; "
+    "0.85x with a 1.5 kB bucket: 318 (299-328) for 618, although the bucket refills between video bursts and "
+    "passes only 269 kbit/s (the rate is not identifiable, the estimate should say 'at least'); 0.85x with a "
+    "19 kB bucket: 344 (336-369) for 618 with a 168 kB bucket fitted"))
+SLOW = pytest.mark.slow
+POLICE_CASES = [pytest.param("teams", 0.5, 0.02, marks=TEAMS_RATE), ("teams", 0.7, 0.25),
+                pytest.param("teams", 0.85, 0.02, marks=[TEAMS_RATE, SLOW]),
+                pytest.param("teams", 0.85, 0.25, marks=[TEAMS_RATE, SLOW]),
+                ("skype", 0.5, 0.02), pytest.param("skype", 0.7, 0.25, marks=SLOW),
+                pytest.param("skype", 0.85, 0.02, marks=SLOW), ("skype", 0.85, 0.25)]
+
+
+@pytest.mark.parametrize("name,factor,burst_s", POLICE_CASES)
+def test_policer_is_policing_with_its_rate(name, factor, burst_s):
+    r = factor * rate(name)
+    a, j = run(name, Police(r, max(float(MTU_BYTES), r / 8 * burst_s)))
+    assert a.detections.verdict(j) == "policing", why(a.detections, j)
+    check_rate(detected(a, j, "policing")[0], r)
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_shaper_with_a_deep_queue_is_shaping_with_its_rate(name):
+    r = 0.5 * rate(name)
+    a, j = run(name, Shape(r, r / 8 * 0.5))
+    assert a.detections.verdict(j) == "shaping", why(a.detections, j)
+    check_rate(detected(a, j, "shaping")[0], r, 0.05)
+    assert not detected(a, j, "policing")
+
+
+@pytest.mark.parametrize("name", ["teams", pytest.param("skype", marks=pytest.mark.xfail(strict=True, reason=(
+    "a tbf at 0.7x with a 1500-byte queue on the Skype trace is called neither policing nor shaping: the two "
+    "detectors read the same queue differently (policing: 2.3 packets at its fitted 135.5 kbit/s, >= "
+    "min_queue_packets, so 'no_standing_queue' fails; shaping: 1.4 packets at 143.4 kbit/s, < "
+    "min_queue_packets, so 'queue_of_several_packets' fails) and 21.6 % loss ends 'inconclusive' (lossy path)")))])
+def test_tbf_with_a_tiny_queue_is_policing(name):
+    r = 0.7 * rate(name)
+    a, j = run(name, Shape(r, float(MTU_BYTES)))
+    assert a.detections.verdict(j) == "policing", why(a.detections, j)
+
+
+@pytest.mark.parametrize("imp", [Drop(0.03), Congest(), Jitter(20.0), Jitter(50.0)],
+                         ids=["drop-every-flow", "congest", "jitter20", "jitter50"])
+@pytest.mark.parametrize("name", TRACES)
+def test_confounders_are_never_throttling(name, imp):
+    a, j = run(name, imp, select="all")
+    assert a.detections.verdict(j) not in THROTTLING, why(a.detections, j)
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_blocking_after_15_s(name):
+    a, j = run(name, BlockAfter(15.0))
+    assert a.detections.verdict(j) == "blocking", why(a.detections, j)
+    # BlockAfter counts from the flow's first packet
+    start = (int(a.flows.first_ns[j]) - int(a.capture.packets.ts_ns.min())) / 1e9
+    assert detected(a, j, "blocking")[0]["onset_s"] == pytest.approx(start + 15.0, abs=0.5)

@@ -36,7 +36,8 @@ def test_evidence_lists_what_made_each_verdict():
     from throttledetect.report.text import evidence
     flows = [
         {"id": "0:1", "verdict": "none", "detections": []},
-        {"id": "0:2", "verdict": "policing", "detections": [
+        {"id": "0:2", "verdict": "policing", "local": "a", "a": "10.0.0.2:5000", "b": "198.51.100.7:3478",
+         "detections": [
             {"kind": "policing", "decision": "detected", "direction": "ba", "qvalue": 1e-9, "effect": 0.5,
              "evidence": "lost when a bucket ran dry"},
             {"kind": "dropping", "decision": "detected", "direction": "ba", "qvalue": 1e-3, "effect": 0.1,
@@ -48,7 +49,7 @@ def test_evidence_lists_what_made_each_verdict():
     ]
     text = evidence(flows)
     lines = text.splitlines()
-    assert lines[0] == "0:2 policing (ba, q=1e-09, effect 0.50): lost when a bucket ran dry"
+    assert lines[0] == "0:2 policing (to you, q=1e-09, effect 0.50): lost when a bucket ran dry"
     assert "more loss than the controls" not in text            # only the verdict's kind
     assert lines[1] == "0:3 inconclusive: media stops; too few packets"   # the sign worth a look first
     assert "0:1" not in text
@@ -65,4 +66,18 @@ def test_analyze_prints_the_evidence(tmp_path):
     out = CliRunner().invoke(cli, ["analyze", str(sample)])
     assert out.exit_code == 0
     tail = out.output.split("Evidence")[1]
-    assert "policing (ba, q=" in tail and "token bucket of 358 kbit/s" in tail
+    assert "policing (to you, q=" in tail and "token bucket of 358 kbit/s" in tail
+
+
+@pytest.mark.parametrize("local,direction,expected", [
+    ("a", "ba", "to you"), ("a", "ab", "from you"), ("b", "ab", "to you"), ("b", "ba", "from you"),
+    (None, "ba", "from 198.51.100.7 to 10.0.0.2"), (None, "ab", "from 10.0.0.2 to 198.51.100.7"),
+])
+def test_direction_does_not_depend_on_who_sent_first(local, direction, expected):
+    from throttledetect.report.text import direction_phrase
+    flow = {"a": "10.0.0.2:5000", "b": "198.51.100.7:3478", "local": local}
+    assert direction_phrase(flow, direction) == expected
+    # the same flow seen with the other side first: the same words
+    if local:
+        swapped = {"a": flow["b"], "b": flow["a"], "local": "b" if local == "a" else "a"}
+        assert direction_phrase(swapped, "ab" if direction == "ba" else "ba") == expected

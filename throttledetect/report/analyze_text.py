@@ -16,20 +16,19 @@ def render(doc: dict, *, width: int) -> str:
     parts = ["\n".join(capture_line(doc, ci, c) for ci, c in enumerate(doc["captures"]))]
     several = len(doc["captures"]) > 1
     order = {p["protocol"]: k for k, p in enumerate(doc["protocols"])}
-    per_capture = {}
     if several:
         rows = []
         for ci, c in enumerate(doc["captures"]):
             for p in capture_protocols(doc, ci):
-                per_capture.setdefault(p["protocol"], []).append((ci, p.get("verdict", "-")))
-                rows.append([p["protocol"], f"#{ci + 1}", p["flows"], p["packets"], p.get("verdict", "-"),
+                rows.append([p["protocol"], f"#{ci}", p["flows"], p["packets"], p.get("verdict", "-"),
                              rate_text(p), p.get("summary", "")])
         rows.sort(key=lambda r: (order.get(r[0], len(order)), int(r[1][1:])))
-        parts.append("Per protocol and capture (#n = the n-th capture above):\n"
+        parts.append("Per protocol and capture (#n = capture n above; flow ids are capture:flow):\n"
                      + table(["protocol", "capture", "flows", "packets", "verdict", "rate", "summary"], rows,
                              width=width, wrap=("summary",)))
+        per_capture = verdicts_by_capture(doc)
         prot_rows = [[p["protocol"], p["flows"], p["packets"], p["bytes"], p.get("verdict", "-"), rate_text(p),
-                      by_capture(per_capture.get(p["protocol"], []))] for p in doc["protocols"]]
+                      per_capture.get(p["protocol"], "")] for p in doc["protocols"]]
         parts.append("Per protocol, all captures together (the most severe verdict):\n"
                      + table(["protocol", "flows", "packets", "bytes", "verdict", "rate", "verdict per capture"],
                              prot_rows, width=width, wrap=("verdict per capture",)))
@@ -59,12 +58,13 @@ def render(doc: dict, *, width: int) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def by_capture(verdicts: list[tuple[int, str]]) -> str:
-    """'policing in #3; none in #1, #2': which capture had which verdict."""
-    groups: dict[str, list[str]] = {}
-    for ci, v in verdicts:
-        groups.setdefault(v, []).append(f"#{ci + 1}")
-    return "; ".join(f"{v} in {', '.join(cs)}" for v, cs in groups.items())
+def verdicts_by_capture(doc: dict) -> dict[str, str]:
+    """protocol -> 'policing in #3; none in #1, #2': which capture had which verdict."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    for ci in range(len(doc["captures"])):
+        for p in capture_protocols(doc, ci):
+            groups.setdefault(p["protocol"], {}).setdefault(p.get("verdict", "-"), []).append(f"#{ci}")
+    return {proto: "; ".join(f"{v} in {', '.join(cs)}" for v, cs in g.items()) for proto, g in groups.items()}
 
 
 def sides(flow: dict) -> tuple[str, str, bool]:
@@ -84,7 +84,7 @@ def rate_text(p: dict) -> str:
 
 def capture_line(doc: dict, ci: int, c: dict) -> str:
     flows = [f for f in doc["flows"] if f["capture"] == ci]
-    head = f"#{ci + 1} {c['path']}" if len(doc["captures"]) > 1 else c["path"]
+    head = f"#{ci} {c['path']}" if len(doc["captures"]) > 1 else c["path"]
     return f"{head}: {c['packets']} packets, {len(flows)} flows, {span_text(c, flows)}"
 
 

@@ -128,7 +128,7 @@ def flows(files, idle_timeout, local, output, fmt):
                     for e in entries if e["capture"] == ci]
             parts.append(f"{cap.path}: {len(cap.packets)} packets, {len(ft)} flows ({cap.format})\n"
                          + table(["id", "proto", "a", "b", "local", "pkts a>b", "pkts b>a", "bytes a>b", "bytes b>a",
-                                  "dur s"], rows, width=width, wrap=("a", "b")))
+                                  "dur s"], rows, width=width))
         _emit("\n\n".join(parts) + "\n", output)
     _exit_status(loaded)
 
@@ -182,7 +182,7 @@ def classify_cmd(files, idle_timeout, local, output, fmt, show_all):
             calls = sum(1 for e in entries if e["capture"] == ci and is_call(e["protocol"]))
             parts.append(f"{cap.path}: {len(ft)} flows, {calls} call flows\n"
                          + table(["id", "proto", "a", "b", "protocol", "conf", "pkts", "reason"], rows,
-                                 width=width, wrap=("reason", "a", "b")))
+                                 width=width, wrap=("reason",)))
         _emit("\n\n".join(parts) + "\n", output)
     _exit_status(loaded)
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import datetime as _dt
 
 from throttledetect.report.build import capture_protocols
-from throttledetect.report.text import evidence, table
+from throttledetect.report.text import evidence, fill, table
 
 GAP_S = 3600.0      # packets further apart than this: the capture's clock jumped (merged or mis-stamped files)
 
 
 def render(doc: dict, *, width: int) -> str:
     from throttledetect.classify.labels import APP_CHAT, is_call
-    parts = ["\n".join(capture_line(doc, ci, c) for ci, c in enumerate(doc["captures"]))]
+    parts = ["\n".join(fill(capture_line(doc, ci, c), width) for ci, c in enumerate(doc["captures"]))]
     several = len(doc["captures"]) > 1
     order = {p["protocol"]: k for k, p in enumerate(doc["protocols"])}
     if several:
@@ -23,13 +23,13 @@ def render(doc: dict, *, width: int) -> str:
                 rows.append([p["protocol"], f"#{ci}", p["flows"], p["packets"], p.get("verdict", "-"),
                              rate_text(p), p.get("summary", "")])
         rows.sort(key=lambda r: (order.get(r[0], len(order)), int(r[1][1:])))
-        parts.append("Per protocol and capture (#n = capture n above; flow ids are capture:flow):\n"
+        parts.append(fill("Per protocol and capture (#n = capture n above; flow ids are capture:flow):", width) + "\n"
                      + table(["protocol", "capture", "flows", "packets", "verdict", "rate", "summary"], rows,
                              width=width, wrap=("summary",)))
         per_capture = verdicts_by_capture(doc)
         prot_rows = [[p["protocol"], p["flows"], p["packets"], p["bytes"], p.get("verdict", "-"), rate_text(p),
                       per_capture.get(p["protocol"], "")] for p in doc["protocols"]]
-        parts.append("Per protocol, all captures together (the most severe verdict):\n"
+        parts.append(fill("Per protocol, all captures together (the most severe verdict):", width) + "\n"
                      + table(["protocol", "flows", "packets", "bytes", "verdict", "rate", "verdict per capture"],
                              prot_rows, width=width, wrap=("verdict per capture",)))
     else:
@@ -47,14 +47,15 @@ def render(doc: dict, *, width: int) -> str:
             rows.append([f["id"], local + ("" if known else " (?)"), remote, f["protocol"],
                          f["packets_ab"] + f["packets_ba"], round(f["last_ts"] - f["first_ts"], 1),
                          f.get("verdict", "-"), f.get("reason", "")])
-        note = ("\n(?) which side is the capturing host is not known from the addresses (give --local CIDR); "
-                "the side that sent first is shown") if guessed else ""
-        parts.append("Call flows and the apps' chat flows (local = the capturing host, you):\n"
+        note = "\n" + fill("(?) which side is the capturing host is not known from the addresses (give --local "
+                            "CIDR); the side that sent first is shown", width, "") if guessed else ""
+        parts.append(fill("Call flows and the apps' chat flows (local = the capturing host, you):", width) + "\n"
                      + table(["id", "local", "remote", "protocol", "pkts", "dur s", "verdict", "why this label"],
-                             rows, width=width, wrap=("why this label", "remote", "local")) + note)
+                             rows, width=width, wrap=("why this label",)) + note)
     why = evidence(doc["flows"], width=width)
     if why:
-        parts.append("Evidence (flows whose verdict is not none; --format json has every test):\n" + why)
+        parts.append(fill("Evidence (flows whose verdict is not none; --format json has every test):", width) + "\n"
+                     + why)
     return "\n\n".join(parts) + "\n"
 
 

@@ -23,6 +23,8 @@ def table(headers: list[str], rows: list[list], *, width: int | None = None, wra
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
     if width:
         _fit(widths, heads, [i for i, h in enumerate(headers) if h in wrap], width)
+        if sum(widths) + len(GAP) * (len(widths) - 1) > width:
+            return _records(heads, cells, width)     # a narrow terminal: one block of "name: value" per row
 
     def lines_of(values: list[str]) -> list[str]:
         parts = [textwrap.wrap(v, w, break_on_hyphens=False) or [""] if len(v) > w else [v]
@@ -38,6 +40,20 @@ def table(headers: list[str], rows: list[list], *, width: int | None = None, wra
     for r in cells:
         out += lines_of(r)
     return "\n".join(out)
+
+
+def _records(heads: list[str], cells: list[list[str]], width: int) -> str:
+    """Rows as blocks of "name: value" lines (values wrapped), for a terminal too narrow for columns."""
+    label = max(len(h) for h in heads) + 2
+    blocks = []
+    for row in cells:
+        lines = []
+        for h, v in zip(heads, row):
+            body = textwrap.wrap(v, max(width - label, 10), break_on_hyphens=False) or [""]
+            lines.append(f"{h + ':':<{label}}{body[0]}".rstrip())
+            lines += [" " * label + more for more in body[1:]]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _fit(widths: list[int], heads: list[str], wrappable: list[int], width: int) -> None:

@@ -304,7 +304,8 @@ def main() -> None:
             click.echo(sanitize(f"throttledetect: error: {' '.join(e.format_message().split())}"), err=True)
         else:
             e.show()
-        sys.exit(e.exit_code if e.exit_code else EXIT_BAD_INPUT)
+        # click's default status 1 would read as "throttling found": an error here is bad input
+        sys.exit(EXIT_BAD_INPUT if e.exit_code in (0, 1) else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except SystemExit:

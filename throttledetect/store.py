@@ -56,9 +56,18 @@ CREATE TABLE protocol_results (
 CREATE INDEX tags_by_key ON tags (key, value);
 """
 
-# MIGRATIONS[k] takes a database at version k to version k + 1.
+
+
+def _statements(db: sqlite3.Connection, script: str) -> None:
+    # not executescript(): it commits first, and a migration must be one transaction
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# MIGRATIONS[k] takes a database at version k to version k + 1 (all steps run in one transaction).
 MIGRATIONS: list = [
-    lambda db: db.executescript(SCHEMA_V1),
+    lambda db: _statements(db, SCHEMA_V1),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 THROTTLING_KINDS = ("shaping", "policing", "dropping", "blocking")

@@ -58,7 +58,8 @@ def render_html(doc: dict, analyses: list) -> str:
             parts.append(_protocol_table(capture_protocols(doc, ci)))
     calls = [f for f in doc["flows"] if is_call(f["protocol"])]
     order = {"inconclusive": 1, "none": 2}
-    calls.sort(key=lambda f: (order.get(f.get("verdict"), 0), -(f["packets_ab"] + f["packets_ba"])))
+    # per capture, throttled first, then inconclusive, then the rest; the biggest flows first within each
+    calls.sort(key=lambda f: (f["capture"], order.get(f.get("verdict"), 0), -(f["packets_ab"] + f["packets_ba"])))
     parts.append("<h2>Call flows</h2>")
     if not calls:
         parts.append("<p>No call flow in the capture(s).</p>")

@@ -195,3 +195,19 @@ def test_progress_line_on_a_terminal_and_none_in_a_pipe():
     piped = subprocess.run([sys.executable, "-m", "throttledetect", "analyze", str(SAMPLE)], capture_output=True,
                            text=True, cwd=ROOT, timeout=120)
     assert "\r" not in piped.stderr and "reading" not in piped.stderr
+
+
+def test_a_cold_compile_cache_is_recognised(tmp_path):
+    """What the first-run note relies on: an empty cache folder reads as cold, the warm one as warm."""
+    code = ("from throttledetect import jit; from throttledetect.read import blocks; "
+            "print(jit.CACHE.kind, jit.cache_is_warm(blocks.read_pcap_records))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    cold = subprocess.run([sys.executable, "-c", code], env=dict(env, NUMBA_CACHE_DIR=str(tmp_path)), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert cold.stdout.split() == ["user", "False"], cold.stdout + cold.stderr
+    read = f"from throttledetect.read import read_capture; read_capture({str(SAMPLE)!r})"    # compiles the reader
+    subprocess.run([sys.executable, "-c", read], env=dict(env, NUMBA_CACHE_DIR=str(tmp_path)), cwd=ROOT,
+                   capture_output=True, timeout=300, check=True)
+    warm = subprocess.run([sys.executable, "-c", code], env=dict(env, NUMBA_CACHE_DIR=str(tmp_path)), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert warm.stdout.split() == ["user", "True"], warm.stdout + warm.stderr

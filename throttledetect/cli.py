@@ -242,7 +242,7 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, **params):
         if report is not None and html:
             report.write_html(html)
         if report is not None and db:
-            report.save(db, dict(tags), {k: v for k, v in params.items() if k != "local"})
+            report.save(db, dict(tags), settings)
     except InputError as e:
         raise click.ClickException(str(e)) from None
     finally:

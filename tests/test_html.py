@@ -98,3 +98,16 @@ window.addEventListener('load', () => {
     assert got["viewport"] <= 640, got                      # the phone layout (tables as cards) was in use
     assert got["pageWidth"] <= got["viewport"], got         # nothing wider than the screen
     assert got["maxImageWidth"] <= got["viewport"], got
+
+
+def test_a_figure_that_fails_is_reported_and_the_rest_stands(monkeypatch):
+    import throttledetect
+    from throttledetect.report import figures
+
+    def broken(*args):
+        raise ValueError("boom")
+    report = throttledetect.analyze(CAPTURES / "call_policed.pcap")
+    monkeypatch.setattr(figures, "delay", broken)
+    html = report.to_html()
+    assert html.count("A figure could not be drawn (ValueError: boom)") == 2      # one per call flow
+    assert html.count("<img") == 6                                                # the other 3 figures of each

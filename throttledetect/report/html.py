@@ -114,10 +114,17 @@ def _flow_section(doc: dict, analyses: list, f: dict) -> str:
             f"{f['last_ts'] - f['first_ts']:.1f} s. <span class=\"muted\">{escape(f.get('reason', ''))}</span></p>")
     out = [head, _tests_table(f)]
     analysis = analyses[ci] if ci < len(analyses) else None
-    for png, caption in _flow_figures(doc, analysis, f, ci, i):
-        b64 = base64.b64encode(png).decode("ascii")
-        out.append(f"<figure><img alt=\"{escape(caption)}\" src=\"data:image/png;base64,{b64}\">"
-                   f"<figcaption>{escape(caption)}</figcaption></figure>")
+    for draw, caption in _flow_figures(doc, analysis, f, ci, i):
+        try:
+            png = draw()
+        except Exception as e:  # noqa: BLE001 - one figure that cannot be drawn must not cost the report
+            out.append(f"<p class=\"muted\">A figure could not be drawn ({escape(type(e).__name__)}: "
+                       f"{escape(str(e))}): {escape(caption)}</p>")
+            continue
+        if png:
+            b64 = base64.b64encode(png).decode("ascii")
+            out.append(f"<figure><img alt=\"{escape(caption)}\" src=\"data:image/png;base64,{b64}\">"
+                       f"<figcaption>{escape(caption)}</figcaption></figure>")
     out.append("</section>")
     return "\n".join(out)
 
@@ -138,34 +145,29 @@ def _tests_table(f: dict) -> str:
 
 
 def _flow_figures(doc: dict, analysis, f: dict, ci: int, i: int):
-    """(png, caption) of each figure that has data."""
+    """(draw, caption) of each figure: draw() gives PNG bytes, or None when it has no data."""
     first_ts = doc["captures"][ci].get("first_ts") or f["first_ts"]
     inbound = inbound_direction(f)
     outbound = "ab" if inbound == "ba" else "ba"
     dets = f.get("detections") or []
     onsets = [d["onset_s"] for d in dets if d.get("decision") == "detected" and d.get("onset_s") is not None]
-    png = figures.rate_loss(f, first_ts, inbound, onsets)
-    if png:
-        yield png, "Rate to and from you per bin, and RTP packets lost to you; dashed: the onset found by the tests."
+    yield (lambda: figures.rate_loss(f, first_ts, inbound, onsets),
+           "Rate to and from you per bin, and RTP packets lost to you; dashed: the onset found by the tests.")
     if analysis is None:
         return
     bucket = _bucket_detection(dets)
     if bucket is not None:
         scope_flows = (bucket.get("estimates") or {}).get("flows") or [i]
         parts = [(int(k), inbound_direction(_flow_entry(doc, ci, int(k)) or f)) for k in scope_flows]
-        arr = plotdata.merged_arrivals(analysis, parts)
         scope = "this flow" if len(parts) == 1 else f"{len(parts)} flows together"
-        start = bucket.get("onset_s") or 0.0
-        png = figures.token_bucket(arr, float(bucket["rate_bps"]), float(bucket["burst_bytes"]), start, scope)
-        if png:
-            yield png, ("Bytes arrived to you minus rate × time, against the most the fitted token bucket could pass: "
-                        "where the curve meets the dashed limit the bucket was empty, and a policer drops.")
-    png = figures.delay(plotdata.rtp_delay(analysis, i, inbound), onsets)
-    if png:
-        yield png, "Relative one-way delay of each RTP stream to you: a shaper's queue shows as a rise to a plateau."
-    png = figures.interarrival(plotdata.arrivals(analysis, i, inbound), plotdata.arrivals(analysis, i, outbound))
-    if png:
-        yield png, "Time between consecutive packets (log scale): media paced by its codec shows sharp peaks."
+        yield (lambda: figures.token_bucket(plotdata.merged_arrivals(analysis, parts), float(bucket["rate_bps"]),
+                                            float(bucket["burst_bytes"]), bucket.get("onset_s") or 0.0, scope),
+               "Bytes arrived to you minus rate × time, against the most the fitted token bucket could pass: "
+               "where the curve meets the dashed limit the bucket was empty, and a policer drops.")
+    yield (lambda: figures.delay(plotdata.rtp_delay(analysis, i, inbound), onsets),
+           "Relative one-way delay of each RTP stream to you: a shaper's queue shows as a rise to a plateau.")
+    yield (lambda: figures.interarrival(plotdata.arrivals(analysis, i, inbound), plotdata.arrivals(analysis, i, outbound)),
+           "Time between consecutive packets (log scale): media paced by its codec shows sharp peaks.")
 
 
 def _bucket_detection(dets: list[dict]) -> dict | None:

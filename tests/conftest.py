@@ -1,7 +1,7 @@
 """Under CI, a skip for a missing corpus or tool would hide a failure: turn it into one.
 
-.ci/run sets THROTTLEDETECT_REQUIRE_CORPUS=1 and THROTTLEDETECT_REQUIRE_TSHARK=1. Locally, without
-them, such tests skip with their reason shown.
+.ci/run sets THROTTLEDETECT_REQUIRE_CORPUS=1, THROTTLEDETECT_REQUIRE_TSHARK=1 and
+THROTTLEDETECT_REQUIRE_CHROMIUM=1. Locally, without them, such tests skip with their reason shown.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 _REQUIRED = [
     ("THROTTLEDETECT_REQUIRE_CORPUS", "corpus"),
     ("THROTTLEDETECT_REQUIRE_TSHARK", "tshark"),
+    ("THROTTLEDETECT_REQUIRE_CHROMIUM", "chromium"),
 ]
 
 

@@ -1,93 +1,81 @@
-"""Command line: parse options, call the library, render. No analysis logic lives here."""
+"""Command line: parse options, call the library, render. No analysis logic lives here.
+
+Exit statuses (README "Exit statuses"): 0 results written; 1 what --fail-on asks for was found;
+2 bad options or an input that could not be read (results for the readable ones are still
+written); 3 internal error; 130 interrupted. Heavy modules (numba, scipy, matplotlib) are imported
+inside the commands that need them, so `--help` and option errors are instant.
+"""
 from __future__ import annotations
 
-import csv
-import io
-import ipaddress
 import json
 import sys
 
 import click
 
 from throttledetect import __version__
-from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S, build_flows
-from throttledetect.read import CaptureError, read_capture
-from throttledetect.report import document
-from throttledetect.report.text import evidence, table
+from throttledetect.commands.options import (ANALYSIS_OPTIONS, EXIT_BAD_INPUT, EXIT_FOUND, EXIT_INTERNAL,
+                                             EXIT_INTERRUPTED, FAIL_ON, FILES, OUTPUT, READ_OPTIONS, OutputFile, Tag,
+                                             analysis_settings, check_outputs, flatten_networks, options)
+from throttledetect.report.terminal import output_width, sanitize
 
-EXIT_NOTHING_READABLE = 2
-
-
-def _parse_local(values: tuple[str, ...]):
-    nets = []
-    for v in values:
-        for part in v.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                nets.append(ipaddress.ip_network(part, strict=False))
-            except ValueError:
-                raise click.BadParameter(f"{part!r} is not an address or CIDR", param_hint="--local")
-    return nets or None
+EXIT_NOTHING_READABLE = EXIT_BAD_INPUT      # the name older code and tests use
 
 
-def _classified(results):
-    from throttledetect.classify import classify
-    return [(cap, ft, classify(cap, ft)) for cap, ft in results]
+class Run:
+    """One command's session: the progress line on stderr and the messages printed around it."""
 
+    def __init__(self):
+        from throttledetect.progress import Progress
+        self.progress = Progress()
 
-def _read_each(files):
-    """Read each file, reporting its warnings; a file with nothing readable is reported and
-    skipped, not fatal to the others. Returns (captures, number of files that failed)."""
-    caps, failed = [], 0
-    for path in files:
+    def say(self, line: str) -> None:
+        if self.progress.enabled:
+            self.progress.note(line)
+        else:
+            click.echo(sanitize(line, keep_newlines=True), err=True)
+
+    def first_run_note(self) -> None:
+        """Tell a person at a terminal why the very first run takes ~10 s (numba compiling)."""
+        if not self.progress.enabled:
+            return
+        from throttledetect import jit
+        from throttledetect.read import blocks
+        if jit.cache_is_warm(blocks.read_pcap_records) is False:
+            where = f" (cached in {jit.CACHE.path})" if jit.CACHE.path else " (no writable cache directory: every run)"
+            self.say("throttledetect: note: first run: compiling the packet decoders, about 10 s" + where)
+
+    def read(self, files):
+        from throttledetect.inputs import InputError, expand, read_all
         try:
-            cap = read_capture(path)
-        except CaptureError as e:
-            click.echo(f"throttledetect: error: {e}", err=True)
-            failed += 1
-            continue
-        for w in cap.warnings:
-            click.echo(f"throttledetect: warning: {path}: {w}", err=True)
-        skipped = cap.skipped_summary()
-        if skipped:
-            click.echo(f"throttledetect: note: {path}: not decoded: {skipped}", err=True)
-        caps.append(cap)
-    return caps, failed
+            paths = expand(files)
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint="FILES") from None
+        self.first_run_note()
+        return read_all(paths, progress=self.progress, say=self.say)
 
-
-def _read_all(files, idle_timeout, local):
-    caps, failed = _read_each(files)
-    return [(cap, build_flows(cap, idle_timeout=idle_timeout, local_nets=local)) for cap in caps], failed
+    def close(self) -> None:
+        self.progress.close()
 
 
 def _emit(text: str, output) -> None:
+    """Write a result to `output` (atomically) or stdout (sanitised when it is a terminal)."""
     if output:
+        from throttledetect.report.output import OutputError, write_atomic
         try:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as e:
-            raise click.FileError(output, hint=e.strerror or str(e)) from None
+            write_atomic(output, text)
+        except OutputError as e:
+            raise click.ClickException(str(e)) from None
     else:
+        if sys.stdout.isatty():
+            text = sanitize(text, keep_newlines=True)
         click.echo(text, nl=not text.endswith("\n"))
 
 
-_common = [
-    click.argument("files", nargs=-1, required=True, type=click.Path()),
-    click.option("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, show_default=True,
-                 help="Seconds of silence after which a 5-tuple starts a new flow."),
-    click.option("--local", "local", multiple=True, metavar="CIDR",
-                 help="Address range(s) of the capturing host's side (repeatable or comma-separated). "
-                      "Default: private, CGNAT, link-local and loopback ranges."),
-    click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file instead of stdout."),
-]
-
-
-def common_options(fn):
-    for deco in reversed(_common):
-        fn = deco(fn)
-    return fn
+def _exit_status(loaded, found: bool = False) -> None:
+    if loaded.failed:
+        sys.exit(EXIT_BAD_INPUT)
+    if found:
+        sys.exit(EXIT_FOUND)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -95,30 +83,44 @@ def common_options(fn):
 def cli():
     """Tell from a packet capture whether voice and video calls are being throttled, and how.
 
-    FILES are pcap or pcapng captures, optionally compressed (.gz, .xz, .bz2).
-    Exit status: 0 results (warnings go to stderr), 2 nothing readable in any file.
+    FILES are pcap or pcapng captures, optionally compressed (.gz, .xz, .bz2), folders of them,
+    or - for standard input (tcpdump -w - | throttledetect analyze -).
+
+    \b
+    Exit status: 0 results written (warnings go to stderr)
+                 1 --fail-on: throttling (or what was asked for) found
+                 2 bad options, or an input could not be read (results for the others are written)
+                 3 internal error
     """
 
 
 @cli.command()
-@common_options
+@FILES
+@options(READ_OPTIONS)
+@OUTPUT
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def flows(files, idle_timeout, local, output, fmt):
     """List the bidirectional flows of each capture (a = the side that sent first)."""
-    results, failed = _read_all(files, idle_timeout, _parse_local(local))
+    from throttledetect.flows import build_flows
+    from throttledetect.report import document
+    from throttledetect.report.text import table
+    check_outputs({"--output": output}, files)
+    run = Run()
+    try:
+        loaded = run.read(files)
+        results = [(cap, build_flows(cap, idle_timeout=idle_timeout, local_nets=flatten_networks(local)))
+                   for cap in loaded.captures]
+    finally:
+        run.close()
     entries = [document.flow_entry(ft, i, ci) for ci, (cap, ft) in enumerate(results) for i in range(len(ft))]
     if fmt == "json":
         doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _ in results], "flows": entries}
         _emit(json.dumps(doc, indent=2) + "\n", output)
     elif fmt == "csv":
-        buf = io.StringIO()
-        cols = ["id", "capture", "transport", "a", "b", "local", "packets_ab", "packets_ba", "bytes_ab", "bytes_ba",
-                "first_ts", "last_ts"]
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(entries)
-        _emit(buf.getvalue(), output)
+        from throttledetect.report.csvout import flows_csv
+        _emit(flows_csv(entries), output)
     else:
+        width = output_width(to_terminal=not output)
         parts = []
         for ci, (cap, ft) in enumerate(results):
             rows = [[e["id"], e["transport"], e["a"], e["b"], e["local"] or "", e["packets_ab"], e["packets_ba"],
@@ -126,33 +128,51 @@ def flows(files, idle_timeout, local, output, fmt):
                     for e in entries if e["capture"] == ci]
             parts.append(f"{cap.path}: {len(cap.packets)} packets, {len(ft)} flows ({cap.format})\n"
                          + table(["id", "proto", "a", "b", "local", "pkts a>b", "pkts b>a", "bytes a>b", "bytes b>a",
-                                  "dur s"], rows))
+                                  "dur s"], rows, width=width))
         _emit("\n\n".join(parts) + "\n", output)
-    if not results and failed:
-        sys.exit(EXIT_NOTHING_READABLE)
+    _exit_status(loaded)
 
 
 @cli.command("classify")
-@common_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@FILES
+@options(READ_OPTIONS)
+@OUTPUT
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--all/--calls", "show_all", default=True, show_default=True,
               help="Table: every flow, or only the call flows and the apps' chat flows.")
 def classify_cmd(files, idle_timeout, local, output, fmt, show_all):
     """Label each flow by protocol/app, with a confidence and the sign that matched."""
+    from throttledetect.classify import classify
     from throttledetect.classify.labels import APP_CHAT, is_call
-    results, failed = _read_all(files, idle_timeout, _parse_local(local))
-    triples = _classified(results)
+    from throttledetect.flows import build_flows
+    from throttledetect.report import document
+    from throttledetect.report.text import table
+    check_outputs({"--output": output}, files)
+    run = Run()
+    try:
+        loaded = run.read(files)
+        triples = []
+        for cap in loaded.captures:
+            run.progress.show(f"classifying {cap.path}")
+            ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=flatten_networks(local))
+            triples.append((cap, ft, classify(cap, ft)))
+    finally:
+        run.close()
     entries = []
     for ci, (cap, ft, cl) in enumerate(triples):
         for i in range(len(ft)):
             e = document.flow_entry(ft, i, ci)
             e.update(protocol=cl.labels[i], confidence=round(float(cl.confidence[i]), 3), reason=cl.reasons[i])
             entries.append(e)
+    doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _, _ in triples],
+           "flows": entries, "protocols": document.protocol_summary(entries)}
     if fmt == "json":
-        doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _, _ in triples],
-               "flows": entries, "protocols": document.protocol_summary(entries)}
         _emit(json.dumps(doc, indent=2) + "\n", output)
+    elif fmt == "csv":
+        from throttledetect.report.csvout import classify_csv
+        _emit(classify_csv(doc), output)
     else:
+        width = output_width(to_terminal=not output)
         parts = []
         for ci, (cap, ft, cl) in enumerate(triples):
             rows = [[e["id"], e["transport"], e["a"], e["b"], e["protocol"], e["confidence"],
@@ -161,78 +181,92 @@ def classify_cmd(files, idle_timeout, local, output, fmt, show_all):
                     and (show_all or is_call(e["protocol"]) or e["protocol"] in APP_CHAT)]
             calls = sum(1 for e in entries if e["capture"] == ci and is_call(e["protocol"]))
             parts.append(f"{cap.path}: {len(ft)} flows, {calls} call flows\n"
-                         + table(["id", "proto", "a", "b", "protocol", "conf", "pkts", "reason"], rows, max_width=60))
+                         + table(["id", "proto", "a", "b", "protocol", "conf", "pkts", "reason"], rows,
+                                 width=width, wrap=("reason",)))
         _emit("\n\n".join(parts) + "\n", output)
-    if not results and failed:
-        sys.exit(EXIT_NOTHING_READABLE)
+    _exit_status(loaded)
+
+
+def _html_available(ctx, param, value):
+    if value:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.BadParameter("the HTML report needs matplotlib: pip install matplotlib") from None
+    return value
+
+
+REPORT_OPTIONS = [
+    click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+                 help="What -o (or stdout) gets: the terminal tables, the JSON document, or CSV (a row per "
+                      "capture and protocol, then per flow)."),
+    click.option("--html", "html", type=OutputFile(), callback=_html_available, metavar="FILE",
+                 help="Also write a self-contained HTML report (figures per call; no network needed to view)."),
+    click.option("--db", type=OutputFile(), metavar="FILE",
+                 help="Also keep each capture's per-protocol results in this SQLite database "
+                      "(see `throttledetect history`); a capture analysed again is updated, not duplicated."),
+    click.option("--tag", "tags", type=Tag(), multiple=True,
+                 help="KEY=VALUE stored with the results in --db (repeatable), e.g. --tag isp=acme --tag city=Kazan."),
+    FAIL_ON,
+    click.option("--stdin-name", hidden=True, help="Name for the capture read from standard input."),
+]
 
 
 @cli.command()
-@common_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--bin", "bin_s", type=float, default=1.0, show_default=True, help="Rate-series bin width, seconds.")
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01,
-              show_default=True, help="False-discovery rate across every test of a capture (Benjamini-Hochberg).")
-@click.option("--test", "test_scope", type=click.Choice(["calls", "all"]), default="calls", show_default=True,
-              help="Which flows to test: the call flows, or every flow with enough packets (TCP downloads, "
-                   "calls that fell back to TCP, captures taken at a server).")
-@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
-              help="Override a decision threshold (repeatable): alpha, floor.dropping, floor.policing, "
-                   "floor.shaping, floor.shaping_spacing, floor.blocking. The JSON output records them.")
-def analyze(files, idle_timeout, local, output, fmt, bin_s, alpha, test_scope, thresholds):
-    """Read, classify, measure and test each call flow for throttling; summarise per protocol."""
-    from throttledetect import pipeline
-    from throttledetect.classify.labels import APP_CHAT, is_call
-    from throttledetect.detect.config import DEFAULT_CONFIG
-    overrides = {"alpha": alpha}
-    for item in thresholds:
-        name, _, value = item.partition("=")
-        try:
-            overrides[name.strip()] = float(value)
-        except ValueError:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE with a number", param_hint="--threshold")
+@FILES
+@options(READ_OPTIONS)
+@options(ANALYSIS_OPTIONS)
+@OUTPUT
+@options(REPORT_OPTIONS)
+def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, **params):
+    """Read, classify, measure and test each call flow for throttling; summarise per protocol
+    (and per capture when there are several)."""
+    from throttledetect.api import Report, run_analyses
+    from throttledetect.inputs import InputError, expand
+    from throttledetect.report.build import document_from
+    if tags and not db:
+        raise click.BadParameter("tags are stored with --db FILE; give one", param_hint="--tag")
+    check_outputs({"--output": output, "--html": html, "--db": db}, files)
+    settings = analysis_settings(params)
     try:
-        config = DEFAULT_CONFIG.with_thresholds(**overrides)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--threshold")
-    caps, failed = _read_each(files)
-    analyses = [pipeline.analyze_capture(cap, idle_timeout=idle_timeout, local_nets=_parse_local(local),
-                                         bin_s=bin_s, config=config, test=test_scope) for cap in caps]
-    doc = pipeline.to_document(analyses)
+        paths = expand(files)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint="FILES") from None
+    run = Run()
+    try:
+        run.first_run_note()
+        analyses, loaded = run_analyses(paths, settings, progress=run.progress, say=run.say, stdin_name=stdin_name)
+        if analyses and (html or db):
+            run.progress.show("writing the reports")
+        report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
+        if report is not None and html:
+            report.write_html(html)
+        if report is not None and db:
+            report.save(db, dict(tags), settings)
+    except InputError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        run.close()
+    if report is None:
+        sys.exit(EXIT_BAD_INPUT)          # nothing readable: an existing -o report is left as it was
     if fmt == "json":
-        _emit(json.dumps(doc, indent=2) + "\n", output)
+        _emit(report.to_json(), output)
+    elif fmt == "csv":
+        _emit(report.to_csv(), output)
     else:
-        parts = []
-        for ci, c in enumerate(doc["captures"]):
-            flows = [f for f in doc["flows"] if f["capture"] == ci]
-            span = (c["last_ts"] or 0) - (c["first_ts"] or 0)
-            parts.append(f"{c['path']}: {c['packets']} packets, {len(flows)} flows, {span:.1f} s")
-        prot_rows = [[p["protocol"], p["flows"], p["packets"], p["bytes"], p.get("verdict", "-"),
-                      p.get("summary", "")] for p in doc["protocols"]]
-        parts.append("Per protocol:\n" + table(["protocol", "flows", "packets", "bytes", "verdict", "summary"],
-                                                prot_rows, max_width=80))
-        call_rows = [[f["id"], f["a"], f["b"], f["protocol"], f["packets_ab"] + f["packets_ba"],
-                      round(f["last_ts"] - f["first_ts"], 1), f.get("verdict", "-"), f["reason"]]
-                     for f in doc["flows"] if is_call(f["protocol"]) or f["protocol"] in APP_CHAT or f.get("tested")]
-        if call_rows:
-            parts.append("Call flows and the apps' chat flows:\n"
-                         + table(["id", "a", "b", "protocol", "pkts", "dur s", "verdict", "why this label"],
-                                 call_rows, max_width=60))
-        why = evidence(doc["flows"])
-        if why:
-            parts.append("Evidence (flows whose verdict is not none; --format json has every test):\n" + why)
-        _emit("\n\n".join(parts) + "\n", output)
-    if not analyses and failed:
-        sys.exit(EXIT_NOTHING_READABLE)
+        from throttledetect.report.analyze_text import render
+        _emit(render(report.document, width=output_width(to_terminal=not output)), output)
+    _exit_status(loaded, report.found(fail_on))
 
 
 # Commands that live in their own modules (one line each; see docs/CONTRACT.md).
 COMMAND_MODULES = [
     "throttledetect.commands.capture",
-    "throttledetect.commands.replay",
     "throttledetect.commands.simulate",
     "throttledetect.commands.train",
     "throttledetect.commands.validate",
+    "throttledetect.commands.compare",
+    "throttledetect.commands.history",
 ]
 
 
@@ -245,17 +279,33 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _usage_error_line(e: click.UsageError) -> str:
+    msg = " ".join(e.format_message().split())
+    where = e.ctx.command_path if e.ctx is not None else "throttledetect"
+    return f"throttledetect: error: {msg} (see '{where} --help')"
+
+
 def main() -> None:
-    """Entry point: any unexpected failure becomes one line on stderr, never a traceback."""
+    """Entry point: any failure becomes one line on stderr and an exit status, never a traceback."""
     import os
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="throttledetect", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("throttledetect: aborted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("throttledetect: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.UsageError as e:
+        click.echo(sanitize(_usage_error_line(e)), err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        if type(e).show is click.ClickException.show:
+            click.echo(sanitize(f"throttledetect: error: {' '.join(e.format_message().split())}"), err=True)
+        else:
+            e.show()
+        # click's default status 1 would read as "throttling found": an error here is bad input
+        sys.exit(EXIT_BAD_INPUT if e.exit_code in (0, 1) else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except SystemExit:
@@ -265,11 +315,11 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the promise is "never a traceback"
         from throttledetect.classify.tables import ModelError
         if isinstance(e, ModelError):
-            click.echo(f"throttledetect: error: {e}", err=True)
-            sys.exit(EXIT_NOTHING_READABLE)
+            click.echo(f"throttledetect: error: {sanitize(e)}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         if os.environ.get("THROTTLEDETECT_DEBUG"):
             raise
         detail = " ".join(f"{type(e).__name__}: {e}".split())
-        click.echo(f"throttledetect: internal error: {detail} "
-                   "(set THROTTLEDETECT_DEBUG=1 for the traceback)", err=True)
-        sys.exit(3)
+        click.echo(sanitize(f"throttledetect: internal error: {detail} "
+                            "(set THROTTLEDETECT_DEBUG=1 for the traceback)"), err=True)
+        sys.exit(EXIT_INTERNAL)

@@ -26,11 +26,13 @@ class CaptureAnalysis:
 
 def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S, local_nets=None,
                     with_metrics: bool = True, with_detection: bool = True, bin_s: float = 1.0,
-                    config=None, test: str = "calls") -> CaptureAnalysis:
+                    config=None, test: str = "calls", alpha: float | None = None,
+                    thresholds: dict | None = None) -> CaptureAnalysis:
     """Run every stage on one capture (a path or an already read Capture).
 
-    config: a detect.config.DetectConfig (thresholds; default DEFAULT_CONFIG); test: "calls" (test
-    the call flows) or "all" (every flow with enough packets)."""
+    config: a detect.config.DetectConfig (default DEFAULT_CONFIG); alpha and thresholds (names of
+    verdicts.DEFAULTS) override its decision thresholds; test: "calls" (test the call flows) or
+    "all" (every flow with enough packets)."""
     cap = source if isinstance(source, Capture) else read_capture(source)
     ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=local_nets)
     cl = classify(cap, ft)
@@ -41,8 +43,14 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     if with_detection:
         from throttledetect.detect.config import DEFAULT_CONFIG
         from throttledetect.detect.run import run_detectors
-        result.detections = run_detectors(cap, ft, cl, result.metrics, streams=result.streams,
-                                          config=config or DEFAULT_CONFIG, test=test)
+        config = config or DEFAULT_CONFIG
+        overrides = dict(thresholds or {})
+        if alpha is not None:
+            overrides["alpha"] = alpha
+        if overrides:
+            config = config.with_thresholds(**overrides)
+        result.detections = run_detectors(cap, ft, cl, result.metrics, streams=result.streams, config=config,
+                                          test=test)
     return result
 
 

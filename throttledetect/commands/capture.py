@@ -38,6 +38,9 @@ from dataclasses import dataclass
 
 import click
 
+from throttledetect.commands.options import (FAIL_ON, MAX_SECONDS, Networks, Number, OutputFile, check_outputs,
+                                             flatten_networks)
+
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 SETCAP_HINT = "sudo setcap cap_net_raw,cap_net_admin+eip $(which tcpdump)"
@@ -238,8 +241,46 @@ def _open_output(path: str, owner: pwd.struct_passwd | None):
     return os.fdopen(fd, "wb")
 
 
+class PcapStreamCounter:
+    """Counts the records of a classic pcap stream as its bytes go by (tcpdump -w - writes one),
+    for the live packet counter; chunks may split headers anywhere."""
+
+    def __init__(self):
+        self.packets = 0
+        self.bytes = 0
+        self._order: str | None = None
+        self._pending = b""          # an incomplete header
+        self._skip = 0               # bytes of the current record's data still to pass
+
+    def feed(self, chunk: bytes) -> None:
+        self.bytes += len(chunk)
+        data = self._pending + chunk
+        self._pending = b""
+        pos = 0
+        if self._order is None:
+            if len(data) < 24:
+                self._pending = data
+                return
+            magic = data[:4]
+            self._order = "big" if magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d") else "little"
+            pos = 24
+        while True:
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                if self._skip:
+                    return
+            if len(data) - pos < 16:
+                self._pending = data[pos:]
+                return
+            self._skip = int.from_bytes(data[pos + 8:pos + 12], self._order)
+            self.packets += 1
+            pos += 16
+
+
 def run_capture(interface: str, output: str, *, duration: float | None = None, bpf: str | None = None,
-                user: str | None = None, on_started=None) -> CaptureResult:
+                user: str | None = None, on_started=None, progress=None) -> CaptureResult:
     """Capture until `duration` seconds have passed or SIGINT arrives; return what was captured."""
     as_root = os.geteuid() == 0
     tool, tool_path = find_tool(as_root)
@@ -250,13 +291,7 @@ def run_capture(interface: str, output: str, *, duration: float | None = None, b
         have = ", ".join(sorted(os.listdir("/sys/class/net")))
         raise CaptureCommandError(f"no network interface named {interface!r} (this machine has: {have}, and 'any')")
     drop = unprivileged_user(user) if as_root else None
-    owner = None
-    if as_root:
-        sudo_user = os.environ.get("SUDO_USER")
-        try:
-            owner = pwd.getpwnam(sudo_user) if sudo_user else None
-        except KeyError:
-            owner = None
+    owner = _file_owner()
     cmd = tool_command(tool, tool_path, interface, bpf, drop.pw_name if drop else None)
 
     stop = {"requested": False}
@@ -268,6 +303,8 @@ def run_capture(interface: str, output: str, *, duration: float | None = None, b
     previous = signal.signal(signal.SIGINT, _on_sigint)
     t0 = time.monotonic()
     written = 0
+    counter = PcapStreamCounter()
+    stop_hint = "" if duration else ", Ctrl-C to stop"
     try:
         try:
             # Its own process group: Ctrl-C reaches this process only, which forwards one SIGINT.
@@ -297,6 +334,10 @@ def run_capture(interface: str, output: str, *, duration: float | None = None, b
                 break
             out.write(chunk)
             written += len(chunk)
+            counter.feed(chunk)
+            if progress is not None:
+                progress.show(f"capturing on {interface}: {counter.packets} packets, {_kb(written)}{stop_hint}",
+                              restart_clock=False)
         try:
             proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -321,6 +362,11 @@ def run_capture(interface: str, output: str, *, duration: float | None = None, b
     return CaptureResult(output, tool, packets, dropped, written, seconds, drop.pw_name if drop else None)
 
 
+def _kb(n: int) -> str:
+    from throttledetect.progress import human_bytes
+    return human_bytes(n)
+
+
 def _signal(proc: subprocess.Popen, sig: int) -> None:
     try:
         proc.send_signal(sig)
@@ -328,59 +374,102 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def analyze_command(path: str, as_user: pwd.struct_passwd | None) -> int:
-    """Run `throttledetect analyze PATH` in a child process (dropped to `as_user` when given)."""
-    cmd = [sys.executable, "-m", "throttledetect", "analyze", path]
-    env = dict(os.environ)
-    preexec = None
-    cache_dir = None
-    if as_user is not None:
-        preexec = drop_privileges(as_user)
-        env.update(HOME=as_user.pw_dir, USER=as_user.pw_name, LOGNAME=as_user.pw_name)
-        env.pop("SUDO_COMMAND", None)
-        if not (os.path.isdir(as_user.pw_dir) and os.stat(as_user.pw_dir).st_uid == as_user.pw_uid):
-            # numba caches compiled code; give a home-less user (nobody) a scratch place for it.
-            cache_dir = tempfile.mkdtemp(prefix="throttledetect-numba-")
-            os.chown(cache_dir, as_user.pw_uid, as_user.pw_gid)
-            env["NUMBA_CACHE_DIR"] = cache_dir
+def analyze_command(path: str, as_user: pwd.struct_passwd | None, *, options: list[str] = (),
+                    outputs: dict | None = None, owner: pwd.struct_passwd | None = None) -> int:
+    """Run `throttledetect analyze -` on the capture in a child process (dropped to `as_user` when
+    given), the capture on its standard input: the child needs no access to the file's folder and a
+    relative path means what it meant here. `outputs` maps analyze's output options (-o, --html) to
+    destinations: the child writes into a private folder of its own, and the finished files are
+    moved into place here (atomically, owned by `owner`), where the dropped user may not write."""
+    outputs = {k: v for k, v in (outputs or {}).items() if v}
+    scratch = tempfile.mkdtemp(prefix="throttledetect-analysis-") if outputs else None
     try:
-        proc = subprocess.run(cmd, env=env, preexec_fn=preexec, cwd="/")
-    except PermissionError as e:
-        who = as_user.pw_name if as_user else "this user"
-        raise CaptureCommandError(
-            f"not analysing as root, and user {who!r} cannot run {sys.executable} ({e.strerror}): the capture is "
-            f"in {path}; analyse it without sudo: throttledetect analyze {path}") from None
-    except OSError as e:
-        raise CaptureCommandError(f"cannot start the analysis ({e.strerror or e}); the capture is in {path}") from None
+        cmd = [sys.executable, "-m", "throttledetect", "analyze", "-", "--stdin-name", path, *options]
+        for option, dest in outputs.items():
+            cmd += [option, os.path.join(scratch, option.lstrip("-"))]
+        env = dict(os.environ)
+        preexec = None
+        if as_user is not None:
+            preexec = drop_privileges(as_user)
+            env.update(HOME=as_user.pw_dir, USER=as_user.pw_name, LOGNAME=as_user.pw_name)
+            env.pop("SUDO_COMMAND", None)
+            if scratch:
+                os.chown(scratch, as_user.pw_uid, as_user.pw_gid)
+            # the compiled-code cache: throttledetect.jit finds the user a lasting place of its own
+            # (its ~/.cache, else a private folder under /tmp), so only the first analysis compiles
+        try:
+            with open(path, "rb") as capture_file:
+                proc = subprocess.run(cmd, env=env, preexec_fn=preexec, cwd="/", stdin=capture_file)
+        except PermissionError as e:
+            who = as_user.pw_name if as_user else "this user"
+            raise CaptureCommandError(
+                f"not analysing as root, and user {who!r} cannot run {sys.executable} ({e.strerror}): the capture is "
+                f"in {path}; analyse it without sudo: throttledetect analyze {path}") from None
+        except OSError as e:
+            raise CaptureCommandError(f"cannot start the analysis ({e.strerror or e}); the capture is in {path}") from None
+        for option, dest in outputs.items():
+            _deliver(os.path.join(scratch, option.lstrip("-")), dest, owner)
+        return proc.returncode
     finally:
-        if cache_dir:
-            shutil.rmtree(cache_dir, ignore_errors=True)
-    return proc.returncode
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _deliver(made: str, dest: str, owner: pwd.struct_passwd | None) -> None:
+    """Move a report the analysis wrote into place (atomically), owned by whoever asked for it."""
+    from throttledetect.report.output import OutputError, write_atomic
+    try:
+        with open(made, "rb") as f:
+            data = f.read()
+    except OSError:
+        return              # the analysis failed before writing it; it said why
+    try:
+        write_atomic(dest, data)
+        if owner is not None:
+            os.chown(dest, owner.pw_uid, owner.pw_gid)
+    except (OutputError, OSError) as e:
+        raise CaptureCommandError(str(e)) from None
 
 
 @click.command("capture")
 @click.option("-i", "--interface", required=True, metavar="IFACE", help="Network interface (see `ip link`), or 'any'.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE.pcap",
+@click.option("-o", "--output", required=True, type=OutputFile(), metavar="FILE.pcap",
               help="Capture file to write (classic pcap).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+@click.option("--duration", type=Number(0, MAX_SECONDS, min_open=True), metavar="S",
               help="Stop after S seconds (default: at Ctrl-C).")
 @click.option("--filter", "bpf", metavar="BPF", help="Capture filter, e.g. \"udp or tcp port 443\" (pcap-filter(7)).")
 @click.option("--analyze", is_flag=True, help="Analyse the capture when it is done (as an unprivileged user).")
 @click.option("--user", metavar="NAME",
               help="When run as root: the user the capture and analysis drop to (default: $SUDO_USER, else nobody).")
-def command(interface, output, duration, bpf, analyze, user):
+@click.option("--local", "local", multiple=True, type=Networks(),
+              help="--analyze: address range(s) of this machine's side (default: private and similar ranges).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="--analyze: the form of the analysis.")
+@click.option("--report", type=OutputFile(), metavar="FILE",
+              help="--analyze: write the analysis to FILE instead of the terminal.")
+@click.option("--html", type=OutputFile(), metavar="FILE", help="--analyze: also write the HTML report.")
+@FAIL_ON
+def command(interface, output, duration, bpf, analyze, user, local, fmt, report, html, fail_on):
     """Capture packets on this machine (Linux) into FILE.pcap, optionally analysing them.
 
     Needs root (sudo) or tcpdump with capture capabilities; as root, the packet capture and the
     analysis run as an unprivileged user (--user, $SUDO_USER or nobody). Stops after --duration
-    seconds or at Ctrl-C, then reports how many packets were captured.
+    seconds or at Ctrl-C, then reports how many packets were captured. A packet counter runs on
+    stderr while capturing (when stderr is a terminal).
     """
+    from throttledetect.progress import Progress
     if user and os.geteuid() != 0:
         raise CaptureCommandError("--user only applies when running as root")
+    given = [name for name, v in (("--local", local), ("--report", report), ("--html", html),
+                                  ("--format", fmt != "table"), ("--fail-on", fail_on != "never")) if v]
+    if given and not analyze:
+        raise click.BadParameter(f"{', '.join(given)} apply to the analysis: add --analyze", param_hint="--analyze")
+    check_outputs({"--output": output, "--report": report, "--html": html}, [])
     click.echo(f"throttledetect: capturing on {interface}"
                + (f" for {duration:g} s" if duration else " until Ctrl-C")
                + (f" (filter: {bpf})" if bpf else "") + f" -> {output}", err=True)
-    result = run_capture(interface, output, duration=duration, bpf=bpf, user=user)
+    with Progress() as progress:
+        result = run_capture(interface, output, duration=duration, bpf=bpf, user=user, progress=progress)
     count = "an unknown number of" if result.packets is None else str(result.packets)
     drops = f", {result.dropped} dropped by the kernel" if result.dropped else ""
     who = f", {result.tool} ran as {result.user}" if result.user else ""
@@ -390,6 +479,19 @@ def command(interface, output, duration, bpf, analyze, user):
         if result.bytes_written <= 24:
             raise CaptureCommandError(f"nothing to analyse: no packet was captured in {output}")
         as_user = unprivileged_user(user) if os.geteuid() == 0 else None
-        rc = analyze_command(output, as_user)
+        options = ["--format", fmt, "--fail-on", fail_on]
+        for net in flatten_networks(local) or ():
+            options += ["--local", str(net)]
+        rc = analyze_command(output, as_user, options=options, outputs={"--output": report, "--html": html},
+                             owner=_file_owner())
         if rc:
             sys.exit(rc)
+
+
+def _file_owner() -> pwd.struct_passwd | None:
+    """Who files made as root belong to: the user who ran sudo (None: leave them as they are)."""
+    name = os.environ.get("SUDO_USER") if os.geteuid() == 0 else None
+    try:
+        return pwd.getpwnam(name) if name else None
+    except KeyError:
+        return None

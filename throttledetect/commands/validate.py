@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from throttledetect.commands.options import Number, OutputFile, check_outputs
 from throttledetect.report.jsonout import json_default
 
 QUICK_SEEDS = 2
@@ -47,13 +48,13 @@ def _select(items, wanted: str | None, what: str):
                    f"--quick: {QUICK_CONFOUNDER_SEEDS}]. 'clean' is deterministic: one trial per trace.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True,
               help="Worker processes.")
-@click.option("--seconds", type=click.FloatRange(min=10), default=60.0, show_default=True,
+@click.option("--seconds", type=Number(10, 3600), default=60.0, show_default=True,
               help="Length each base trace is looped to.")
 @click.option("--traces", default=None, help="Comma-separated subset of the base traces (names or prefixes).")
 @click.option("--scenarios", default=None, help="Comma-separated subset of the scenarios (names or prefixes).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputFile(), default=None,
               help="Write every trial, the table and the goals as JSON.")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--markdown", type=OutputFile(), default=None,
               help="Also write the tables and goals (markdown) to this file.")
 def command(corpus, quick, seeds, confounder_seeds, jobs, seconds, traces, scenarios, out, markdown):
     """Measure the detectors on a scenario matrix of simulated throttling over real call traces.
@@ -64,6 +65,8 @@ def command(corpus, quick, seeds, confounder_seeds, jobs, seconds, traces, scena
     and rate-estimate error with 95 % Wilson intervals, then each goal of issue 5 as MET / NOT MET.
     """
     from throttledetect import validate as v
+    from throttledetect.report.output import write_atomic
+    check_outputs({"--out": out, "--markdown": markdown}, [])     # checked now, not after a 20-minute run
     seeds = seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS)
     confounder_seeds = confounder_seeds or (QUICK_CONFOUNDER_SEEDS if quick else DEFAULT_CONFOUNDER_SEEDS)
     tr = _select(v.TRACES, traces, "trace")
@@ -101,8 +104,6 @@ def command(corpus, quick, seeds, confounder_seeds, jobs, seconds, traces, scena
               + (f", {failed} failed (see the JSON)" if failed else "") + f"; {meta['date']}; git {meta['git_head']}, detectors {fingerprint}; `{cmd}`")
     click.echo(text + footer)
     if markdown:
-        markdown.write_text(text + footer + "\n", encoding="utf-8")
+        write_atomic(markdown, text + footer + "\n")
     if out:
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(v.to_json(result, scored, meta), f, indent=1, default=json_default)
-            f.write("\n")
+        write_atomic(out, json.dumps(v.to_json(result, scored, meta), indent=1, default=json_default) + "\n")

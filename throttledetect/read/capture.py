@@ -71,12 +71,17 @@ class Capture:
         return ", ".join(parts)
 
 
-def _open_bytes(path: str) -> tuple[np.ndarray, str, list[ReadWarning], object]:
-    """Map or decompress the file. Returns (bytes as uint8 array, compression, warnings, keepalive)."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise CaptureError(f"{path}: byte 0: cannot open: {e.strerror or e}") from None
+def _open_bytes(source, path: str) -> tuple[np.ndarray, str, list[ReadWarning], object]:
+    """Map or decompress the file (a path, or a binary file object that can seek, such as a spooled
+    pipe). Returns (bytes as uint8 array, compression, warnings, keepalive); `path` names it in messages."""
+    if hasattr(source, "read"):
+        f = os.fdopen(os.dup(source.fileno()), "rb")    # our own descriptor: closing it leaves the caller's
+        f.seek(0)
+    else:
+        try:
+            f = open(source, "rb")
+        except OSError as e:
+            raise CaptureError(f"{path}: byte 0: cannot open: {e.strerror or e}") from None
     with f:
         head = f.read(6)
         if head[:2] == b"\x1f\x8b":
@@ -197,14 +202,21 @@ def _warnings_from(warn: np.ndarray, nwarn: int, base_offset: int = 0) -> list[R
     return out
 
 
-def read_capture(path: str, *, prefix_len: int = DEFAULT_PREFIX) -> Capture:
+def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = None) -> Capture:
     """Read a pcap or pcapng file (optionally gzip/xz/bzip2 compressed) into a Capture.
 
+    `path` is a file name or a seekable binary file object (stdin spooled to a temporary file);
+    `name` is what messages and Capture.path call it (default: the path, or the object's name).
     Damaged records are skipped with a warning naming their byte offset, and reading resumes at
     the next plausible record; CaptureError is raised only when nothing at all is readable.
     """
-    path = os.fspath(path)
-    buf, compression, warns, keep = _open_bytes(path)
+    source = path
+    if hasattr(source, "read"):
+        path = name or str(getattr(source, "name", "<stream>"))
+    else:
+        source = os.fspath(source)
+        path = name or source
+    buf, compression, warns, keep = _open_bytes(source, path)
     n = len(buf)
     head = bytes(buf[:4])
     where = f" (in the {compression}-decompressed data)" if compression else ""

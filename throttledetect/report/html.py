@@ -139,7 +139,7 @@ def _tests_table(f: dict) -> str:
         text = d.get("evidence") or ""
         if d.get("decision") != "detected" and d.get("reason"):
             text = f"{d['reason']}. {text}".strip()
-        rows.append([escape(d["kind"]), escape(direction_phrase(f, d["direction"])), escape(d.get("decision", "")),
+        rows.append([escape(d["kind"]), escape(direction_phrase(f, d["direction"], d.get("toward"))), escape(d.get("decision", "")),
                      "-" if q is None else f"{q:.2g}", escape(text)])
     return _cards_table("tests", ["test", "direction", "decision", "q", "evidence"], rows, numeric=("q",))
 

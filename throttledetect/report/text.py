@@ -87,13 +87,18 @@ def host(endpoint: str) -> str:
     return h[1:-1] if h.startswith("[") else h
 
 
-def direction_phrase(flow: dict, direction: str) -> str:
+def direction_phrase(flow: dict, direction: str, toward: str | None = None) -> str:
     """A detection's direction ("ab" = from side a to side b) in words that do not depend on who
-    sent first: "to you" / "from you" when the capturing host's side is known, else the hosts."""
+    sent first: "to you" / "from you" when the capturing host's side is known (the detection's
+    ``toward``, or the flow's ``local``), else the hosts."""
+    if toward in ("local", "remote"):
+        return "to you" if toward == "local" else "from you"
     local = flow.get("local")
     if local in ("a", "b"):
         arriving = "ba" if local == "a" else "ab"
         return "to you" if direction == arriving else "from you"
+    if "a" not in flow or "b" not in flow:
+        return direction
     src, dst = (flow["a"], flow["b"]) if direction == "ab" else (flow["b"], flow["a"])
     return f"from {host(src)} to {host(dst)}"
 
@@ -109,7 +114,7 @@ def evidence(flows: list[dict], *, width: int = 110) -> str:
         if verdict in KINDS:
             for d in (d for d in dets if d["kind"] == verdict and d["decision"] == "detected"):
                 q = d.get("qvalue", d.get("pvalue"))
-                head = f"{f['id']} {verdict} ({direction_phrase(f, d['direction'])}"
+                head = f"{f['id']} {verdict} ({direction_phrase(f, d['direction'], d.get('toward'))}"
                 head += f", q={q:.2g}" if q is not None else ""
                 head += f", effect {d['effect']:.2f}" if d.get("effect") is not None else ""
                 out.append(fill(f"{head}): {d['evidence']}", width))

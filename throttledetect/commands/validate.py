@@ -20,7 +20,7 @@ QUICK_SEEDS = 1
 @click.option("--quick", is_flag=True, help="A smoke run: 1 seed of a few scenarios on every base, no vca-sense "
               "(a few minutes on 2 cores).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
-              help="Trials per scenario and base (each seed its own draws) [default: 5; --quick: 1].")
+              help="Trials per scenario and base (each seed its own draws) [default: 10; --quick: 1].")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every trial (truth, every detection) as JSON (.json.gz: compressed); "

@@ -636,10 +636,11 @@ class SetupBlock(Stage):
     """Call-setup blocking: every to-local packet of the call's flows lost from the first one (the
     client's STUN and relay probes go unanswered, as in the August 2025 reports).
 
-    The client never gets an answer, so it never reaches media: from-local packets after the
-    flow's setup are removed and its last setup packet (STUN binding request, relay probe) is
-    retransmitted every retry_s (RFC 5389 retransmits requests unchanged) until give_up_s after
-    the flow's first packet. A flow with no setup before its media (plain RTP: the caller just
+    The client never gets an answer, so it never reaches media: it goes on sending its own setup
+    packets (STUN checks, relay probes: what it sent before media in the base) until it gives up
+    give_up_s after the flow's first packet, and its last setup packet is retransmitted every
+    retry_s after the last one it sent (RFC 5389 retransmits a request unchanged) up to then;
+    its media is never sent. A flow with no setup before its media (plain RTP: the caller just
     sends) keeps sending its media until give_up_s."""
     flows: tuple
     give_up_s: float
@@ -651,24 +652,27 @@ class SetupBlock(Stage):
         trial.drop(idx)
         n_retry = 0
         plain = 0
+        never = np.iinfo(np.int64).max
         for f in self.flows:
             mine = np.flatnonzero((sc.flow == f) & ~sc.to_local)
             if not len(mine):
                 continue
-            first = int(sc.ts[np.flatnonzero(sc.flow == f)].min())
-            stop = first + int(self.give_up_s * NS)
-            ms = int(sc.media_start[f]) if sc.media_start[f] >= 0 else np.iinfo(np.int64).max
-            setup = mine[sc.setup[mine] & (sc.ts[mine] < ms)]
-            if len(setup):
-                trial.unsend(mine[(sc.ts[mine] >= ms) | (sc.ts[mine] >= stop)])
-                probe = int(setup[-1])
-                times = np.arange(int(sc.ts[probe]) + int(self.retry_s * NS), min(stop, sc.t_end),
-                                  int(self.retry_s * NS), dtype=np.int64)
-                trial.add(np.full(len(times), probe), times)
-                n_retry += len(times)
-            else:
-                trial.unsend(mine[sc.ts[mine] >= stop])
+            stop = int(sc.ts[np.flatnonzero(sc.flow == f)].min()) + int(self.give_up_s * NS)
+            ms = int(sc.media_start[f]) if sc.media_start[f] >= 0 else never
+            setup = mine[sc.setup[mine]]
+            if not len(setup) or sc.ts[setup[0]] > ms:
+                trial.unsend(mine[sc.ts[mine] >= stop])          # the caller just sends its media
                 plain += 1
+                continue
+            trial.unsend(mine[~sc.setup[mine] | (sc.ts[mine] >= stop)])
+            kept = setup[sc.ts[setup] < stop]
+            before = setup[sc.ts[setup] < ms]
+            probe = int(before[-1] if len(before) else setup[0])
+            start = int(sc.ts[kept[-1]]) if len(kept) else int(sc.ts[probe])
+            times = np.arange(start + int(self.retry_s * NS), min(stop, sc.t_end), int(self.retry_s * NS),
+                              dtype=np.int64)
+            trial.add(np.full(len(times), probe), times)
+            n_retry += len(times)
         return {"inbound_dropped": int(len(idx)), "give_up_s": self.give_up_s, "probe_retries": n_retry,
                 "flows_sending_media_until_give_up": plain}
 

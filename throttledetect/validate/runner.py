@@ -31,7 +31,7 @@ from throttledetect.validate import network as nw
 from throttledetect.validate.scenarios import BY_NAME, KINDS
 
 SCHEMA = "throttledetect-validate/2"
-DEFAULT_SEEDS = 5
+DEFAULT_SEEDS = 10
 DEFAULT_JOBS = 2
 NICE = 10
 VCA_DIR = "vca-sense"
@@ -271,7 +271,7 @@ def run(corpus: Path | None, scenarios, *, seeds: int = DEFAULT_SEEDS, jobs: int
     vca_recs.sort(key=lambda r: r["file"])
     return {"schema": SCHEMA, "meta": meta(seeds, jobs, seconds, corpus, time.perf_counter() - t0, records),
             "bases": [prepared[s.id].info | {"spec": s.__dict__} for s in specs],
-            "discovery": [{k: v for k, v in d.items() if k != "base"} for d in found],
+            "discovery": [dict(d, base=d["base"]["app"] if d["base"] else None) for d in found],
             "scenarios": [s.describe() for s in scenarios], "skipped": skipped,
             "trials": records, "vca_sense": vca_recs}
 

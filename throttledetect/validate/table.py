@@ -78,6 +78,16 @@ def bases_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def not_bases(result: dict) -> str:
+    """Captures with call flows that did not make a base, and why."""
+    rows = [d for d in result.get("discovery", []) if not d.get("base") and d.get("why", "") != "no call flow"
+            and "media flow" not in d.get("why", "")]
+    if not rows:
+        return ""
+    return "Captures with call flows that are not bases: " + "; ".join(
+        f"`{d['id']}` ({d['why']})" for d in rows) + "."
+
+
 def vca_table(s: dict) -> str:
     v = s["vca"]
     if not v["captures"]:
@@ -117,5 +127,5 @@ def render(result: dict, s: dict, *, full: bool = True) -> str:
     out = [main_table(s), "", calibration_note(s), "", head]
     if full:
         out += ["", "Per app and scenario group (k/n trials):", "", group_table(s), "", "Bases:", "",
-                bases_table(result), "", vca_table(s)]
+                bases_table(result), "", not_bases(result), "", vca_table(s)]
     return "\n".join(out) + "\n"

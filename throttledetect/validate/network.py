@@ -391,11 +391,13 @@ def _shaper(t, size, group, rate, burst, qlimit, init, keep, depart):
 
 
 @njit
-def _shared_queue(t, size, seg_t, seg_rate, capacity, qmax, keep, delay):
+def _shared_queue(t, size, seg_t, seg_rate, capacity, qmax, own_rate, u, keep, delay):
     """A FIFO link of `capacity` bytes/ns and `qmax` bytes shared with fluid cross traffic whose
-    arrival rate is seg_rate[k] bytes/ns from seg_t[k] on. Between own packets the backlog
-    changes by (cross rate - capacity) * dt within [0, qmax] (cross traffic beyond the buffer is
-    lost); an own packet that does not fit is tail-dropped, else it waits backlog / capacity."""
+    arrival rate is seg_rate[k] bytes/ns from seg_t[k] on. Between own packets the backlog changes
+    by (cross rate - capacity) * dt within [0, qmax]. An own packet that fits waits backlog /
+    capacity. When the buffer is full, tail drop hits every arrival alike: the space the link
+    frees goes to arrivals in proportion to their rates, so an own packet gets in with
+    probability capacity / (cross rate + own rate) (u[i] uniform) and then waits a full buffer."""
     q = 0.0
     k = 0
     now = t[0] if len(t) else 0
@@ -414,13 +416,17 @@ def _shared_queue(t, size, seg_t, seg_rate, capacity, qmax, keep, delay):
             now = nxt
             if k + 1 < len(seg_t) and seg_t[k + 1] <= now:
                 k += 1
-        if q + size[i] > qmax:
-            keep[i] = False
-            delay[i] = 0
-        else:
+        if q + size[i] <= qmax:
             q += size[i]
             keep[i] = True
             delay[i] = np.int64(q / capacity)
+        elif u[i] < capacity / (seg_rate[k] + own_rate):
+            q = qmax
+            keep[i] = True
+            delay[i] = np.int64(qmax / capacity)
+        else:
+            keep[i] = False
+            delay[i] = 0
 
 
 @njit
@@ -719,7 +725,8 @@ class Congestion(Stage):
     every chosen packet and fluid cross traffic that alternates on/off periods (exponential, means
     on_s / off_s) at on_load / off_load times the capacity left after the capture's own mean rate.
     In on periods with on_load > 1 the queue fills: delay rises for every flow, then tail drops hit
-    them together (correlated losses after a delay rise: the congestion signature)."""
+    them together (correlated losses after a delay rise: the congestion signature), each arrival
+    alike, so the capture's packets lose about the overload's share, not all of them."""
     where: Where
     capacity_bps: float
     queue_ms: float
@@ -752,7 +759,7 @@ class Congestion(Stage):
         qmax = cap * self.queue_ms * 1e6
         keep = np.ones(len(idx), dtype=np.bool_)
         delay = np.zeros(len(idx), dtype=np.int64)
-        _shared_queue(t, size, seg_t, seg_r, cap, qmax, keep, delay)
+        _shared_queue(t, size, seg_t, seg_r, cap, qmax, own, rng.random(len(idx)), keep, delay)
         trial.drop(idx[~keep])
         trial.delay_to(idx[keep], trial.t[idx[keep]] + delay[keep])
         d = delay[keep] / 1e6

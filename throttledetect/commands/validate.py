@@ -18,7 +18,7 @@ QUICK_SEEDS = 1
 
 @click.command("validate")
 @click.option("--quick", is_flag=True, help="A smoke run: 1 seed of a few scenarios on every base, no vca-sense "
-              "(a few minutes on 2 cores).")
+              "(well under a minute on 2 cores).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Trials per scenario and base (each seed its own draws) [default: 10; --quick: 1].")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes.")

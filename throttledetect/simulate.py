@@ -37,23 +37,20 @@ Sizes are link-layer frame bytes (``wirelen``), the unit of ``FlowTable.bytes_*`
 Token buckets are per flow and direction unless ``shared=True`` (one bucket per link
 direction for all selected flows together, as a policer on a traffic class).
 
-Everything is numpy except the two recurrences (token bucket, shaper FIFO) and the
-Gilbert-Elliott chain, which are compiled loops (throttledetect.jit.njit). Randomness comes
+Everything is numpy except the two recurrences (token bucket, shaper FIFO: the compiled loops of
+throttledetect.validate.network, shared with the validation harness) and the Gilbert-Elliott
+chain, which are compiled loops (throttledetect.jit.njit). Randomness comes
 from ``numpy.random.default_rng(seed)`` only, so a seed fixes the output bytes.
 
-Looping (``loop_capture``) repeats a capture to a given duration keeping every RTP stream's
-sequence numbers and timestamps continuous: the RTP header bytes of each copy are rewritten and
-the UDP checksum is updated incrementally (RFC 1624), for IPv4 and IPv6 alike, so a valid
-checksum stays valid and a zero (absent) IPv4 checksum stays zero. The looped capture is
-written to a temporary pcap, read back with read_capture (memory-mapped) and the file unlinked
-at once: the returned Capture is an ordinary one, usable by build_flows, classify and metrics.
+Looping (``loop_capture``, from throttledetect.rewrite) repeats a capture to a given duration
+keeping every RTP stream's sequence numbers and timestamps and every TCP connection's sequence
+space continuous (headers rewritten, checksums updated incrementally, RFC 1624); the returned
+Capture is an ordinary one, usable by build_flows, classify and metrics.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Union
 
@@ -62,9 +59,11 @@ import numpy as np
 from throttledetect import __version__
 from throttledetect.jit import njit
 from throttledetect.flows import local_side_is_a  # noqa: F401 - part of this module's API
-from throttledetect.read import Capture, read_capture
+from throttledetect.read import Capture
 from throttledetect.report.jsonout import json_default
-from throttledetect.write import pcap_header, pcap_records, write_rows
+from throttledetect.rewrite import input_identity, loop_capture, sha256_file  # noqa: F401 - loop_capture is API
+from throttledetect.validate.network import _shaper, _token_bucket
+from throttledetect.write import write_rows
 
 SCHEMA = "throttledetect-simulate-truth/1"
 TRUTH_SUFFIX = ".truth.json"
@@ -233,77 +232,6 @@ def impairment_params(imp: Impairment) -> dict:
 # --------------------------------------------------------------------------- compiled recurrences
 
 @njit
-def _police(t_ns, size, group, rate_per_ns, burst, keep):
-    """Token bucket over packets sorted by (group, time); bucket full at each group's start."""
-    prev = -1
-    tokens = 0.0
-    last = 0
-    for i in range(len(t_ns)):
-        if group[i] != prev:
-            prev = group[i]
-            tokens = burst
-            last = t_ns[i]
-        tokens = min(burst, tokens + (t_ns[i] - last) * rate_per_ns)
-        last = t_ns[i]
-        if tokens >= size[i]:
-            tokens -= size[i]
-            keep[i] = True
-        else:
-            keep[i] = False
-
-
-@njit
-def _shape(t_ns, size, group, rate_per_ns, burst, qlimit, keep, depart):
-    """Token bucket + FIFO over packets sorted by (group, time).
-
-    A packet departs at max(arrival, previous departure, when the bucket holds its size).
-    Packets that must wait are in the queue until they depart; one that would take the
-    queue past qlimit bytes is dropped (tail drop) and changes nothing.
-    """
-    n = len(t_ns)
-    waiting = np.empty(n, dtype=np.int64)   # indices of queued packets, FIFO
-    head = 0
-    tail = 0
-    qbytes = 0.0
-    prev = -1
-    tokens = 0.0
-    t_tok = 0          # time at which `tokens` was valid
-    d_last = 0         # departure of the previous packet sent
-    for i in range(n):
-        a = t_ns[i]
-        if group[i] != prev:
-            prev = group[i]
-            tokens = burst
-            t_tok = a
-            d_last = a
-            head = 0
-            tail = 0
-            qbytes = 0.0
-        while head < tail and depart[waiting[head]] <= a:
-            qbytes -= size[waiting[head]]
-            head += 1
-        start = a if a > d_last else d_last
-        tok = min(burst, tokens + (start - t_tok) * rate_per_ns)
-        if tok >= size[i]:
-            d = start
-        else:
-            d = start + np.int64(np.ceil((size[i] - tok) / rate_per_ns))
-        if d > a:
-            if qbytes + size[i] > qlimit:
-                keep[i] = False
-                depart[i] = a
-                continue
-            waiting[tail] = i
-            tail += 1
-            qbytes += size[i]
-        keep[i] = True
-        depart[i] = d
-        tokens = min(burst, tok + (d - start) * rate_per_ns) - size[i]
-        t_tok = d
-        d_last = d
-
-
-@njit
 def _gilbert_elliott(u, p_gb, p_bg, rise, drain, qmax, bad, queue):
     """Slot states (bad[k]) and queueing delay at slot boundaries (queue[k], k = 0..n)."""
     state = False
@@ -375,24 +303,6 @@ class SimulationResult:
     dropped: np.ndarray     # dropped packet rows, ascending
     impaired: np.ndarray    # rows the impairment acted on (after onset, selected, direction), ascending
     truth: dict = field(default_factory=dict)
-
-
-def _sha256_file(path: str) -> str | None:
-    try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    except OSError:
-        return None
-
-
-def _input_identity(cap: Capture) -> dict:
-    loop = getattr(cap, "loop", None)
-    if loop is not None:
-        return dict(loop["source"])
-    return {"path": cap.path, "sha256": _sha256_file(cap.path)}
 
 
 def _r(x, nd=6):
@@ -500,13 +410,16 @@ def simulate(cap: Capture, ft, cl, impairment: Impairment, *, select="calls", di
         sz = size[r]
         rate = impairment.rate_bps / 8 / 1e9     # bytes per ns
         k = np.ones(len(r), dtype=np.bool_)
+        rates = np.full(len(r), rate)
         if isinstance(impairment, Police):
-            _police(tr, sz, g, rate, impairment.burst, k)
+            depth = np.full(len(r), impairment.burst)
+            _token_bucket(tr, sz, g, rates, depth, depth, k)          # bucket full at each group's start
         else:
             burst = max(impairment.burst, float(sz.max()) if len(sz) else 0.0)
             extra["effective_burst_bytes"] = burst
             dep = np.zeros(len(r), dtype=np.int64)
-            _shape(tr, sz, g, rate, burst, impairment.queue, k, dep)
+            depth = np.full(len(r), burst)
+            _shaper(tr, sz, g, rates, depth, np.full(len(r), impairment.queue), depth, k, dep)
             delay[r] = np.where(k, dep - tr, 0)
         keep[r] = k
     elif isinstance(impairment, Congest):
@@ -574,7 +487,7 @@ def simulate(cap: Capture, ft, cl, impairment: Impairment, *, select="calls", di
     truth = {
         "schema": SCHEMA,
         "generator": f"throttledetect {__version__} simulate",
-        "input": _input_identity(cap),
+        "input": input_identity(cap),
         "loop": getattr(cap, "loop", None),
         "output": None,
         "seed": int(seed),
@@ -617,198 +530,10 @@ def write(result: SimulationResult, cap: Capture, out_path) -> dict:
     out_path = os.fspath(out_path)
     write_rows(cap, result.rows, result.ts_ns, out_path)
     truth = dict(result.truth)
-    truth["output"] = {"path": out_path, "sha256": _sha256_file(out_path), "packets": int(len(result.rows)),
+    truth["output"] = {"path": out_path, "sha256": sha256_file(out_path), "packets": int(len(result.rows)),
                        "truth": truth_path(out_path)}
     with open(truth_path(out_path), "w", encoding="utf-8") as f:
         json.dump(truth, f, indent=1, default=json_default)
         f.write("\n")
     result.truth = truth
     return truth
-
-
-# --------------------------------------------------------------------------- looping
-
-def _ext(values: np.ndarray, first: np.ndarray, modulus: int) -> np.ndarray:
-    """Unwrap counters per group: values sorted by (group, time), first = True at group starts."""
-    v = values.astype(np.int64)
-    half = modulus // 2
-    step = np.zeros(len(v), dtype=np.int64)
-    step[1:] = (np.diff(v) + half) % modulus - half
-    step[first] = 0
-    gid = np.cumsum(first) - 1
-    cs = np.cumsum(step)
-    base = cs[np.flatnonzero(first)]
-    return v[np.flatnonzero(first)][gid] + cs - base[gid]
-
-
-def _be(buf: np.ndarray, pos: np.ndarray, nbytes: int) -> np.ndarray:
-    out = np.zeros(len(pos), dtype=np.int64)
-    for j in range(nbytes):
-        out = (out << 8) | buf[pos + j]
-    return out
-
-
-def _put_be(buf: np.ndarray, pos: np.ndarray, values: np.ndarray, nbytes: int) -> None:
-    v = values.astype(np.int64)
-    for j in range(nbytes - 1, -1, -1):
-        buf[pos + j] = (v & 0xFF).astype(np.uint8)
-        v = v >> 8
-
-
-def _words(buf: np.ndarray, start: np.ndarray, count: int) -> np.ndarray:
-    """Sum of `count` big-endian 16-bit words from each start (int64)."""
-    s = np.zeros(len(start), dtype=np.int64)
-    for j in range(count):
-        s += (buf[start + 2 * j].astype(np.int64) << 8) | buf[start + 2 * j + 1]
-    return s
-
-
-def _fold(s: np.ndarray) -> np.ndarray:
-    for _ in range(4):
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def loop_capture(cap: Capture, ft, cl, seconds: float) -> tuple[Capture, dict]:
-    """Repeat a capture until it lasts at least `seconds`, RTP streams kept continuous.
-
-    Copy k is shifted by k * (capture duration + median inter-packet gap). In every RTP stream
-    found by the classification (cl.evidence.rtp_encap_of / rtp_offset_of: plain RTP, TURN
-    ChannelData, MS-TURN and Zoom framing, all over UDP), copy k's sequence numbers advance by
-    k * (sequence span + 1) mod 2^16 and its timestamps by k * T mod 2^32, where T is the
-    capture's period in clock ticks when the stream's clock rate is known (static payload type
-    or estimated from its timestamps), never less than the timestamp span plus one packet-time,
-    and exactly that span plus one packet-time when the rate is unknown. So arrival time minus
-    RTP timestamp stays level across the joins. UDP checksums are updated incrementally
-    (RFC 1624) for IPv4 and IPv6; a zero IPv4 checksum (none) stays zero. Everything else
-    (other flows, RTCP, RTP over TCP, SRTP authentication tags) repeats byte for byte.
-
-    Returns (the looped Capture, read back from a temporary pcap that is unlinked at once, with
-    ``.loop`` = the info dict also returned).
-    """
-    t = cap.packets
-    n = len(t)
-    if n == 0:
-        raise ValueError("empty capture")
-    lts = np.unique(t.linktype)
-    if len(lts) > 1:
-        raise ValueError("capture mixes link types; a looped classic pcap holds one")
-    ts = t.ts_ns.astype(np.int64)
-    t0, t1 = int(ts.min()), int(ts.max())
-    duration = t1 - t0
-    st = np.sort(ts)
-    gaps = np.diff(st)
-    gaps = gaps[gaps > 0]
-    gap = int(np.median(gaps)) if len(gaps) else 1_000_000
-    period = duration + gap
-    want = int(round(float(seconds) * 1e9))
-    copies = max(1, int(np.ceil((want + gap) / period))) if want > duration else 1
-
-    # the looped records (copy-major, file order within a copy), assembled in one compiled pass
-    nn = n * copies
-    kk = np.repeat(np.arange(copies, dtype=np.int64), n)
-    rows_rep = np.tile(np.arange(n, dtype=np.int64), copies)
-    fo = t.frame_off.astype(np.int64)
-    caplen = t.caplen.astype(np.int64)
-    buf, rec_start = pcap_records(cap.buffer, fo[rows_rep], caplen[rows_rep], t.wirelen[rows_rep],
-                                  ts[rows_rep] + kk * period)
-    del rows_rep, kk
-
-    ev = cl.evidence
-    encap = np.asarray(ev.rtp_encap_of)
-    from throttledetect.classify.evidence import ENCAP_TCP
-    from throttledetect.metrics.rtp import STATIC_CLOCK_RATES, estimate_clock_rate
-    rtp = np.flatnonzero((encap >= 0) & (encap != ENCAP_TCP) & (t.proto == 17) & (ft.flow_of >= 0)
-                         & (t.payload_off >= 0) & (t.l4_off >= 0))
-    # in-frame offsets of the RTP header and the UDP header
-    hdr = (t.payload_off[rtp] - fo[rtp]) + np.asarray(ev.rtp_offset_of)[rtp].astype(np.int64)
-    fits = hdr + 12 <= caplen[rtp]
-    rtp, hdr = rtp[fits], hdr[fits]
-    info = {"seconds_requested": float(seconds), "copies": copies, "period_s": period / 1e9,
-            "gap_s": gap / 1e9, "source_duration_s": duration / 1e9,
-            "looped_duration_s": (duration + (copies - 1) * period) / 1e9,
-            "udp_checksum": "updated incrementally (RFC 1624) for IPv4 and IPv6; zero IPv4 checksums left zero",
-            "rtp_streams": []}
-
-    if copies > 1 and len(rtp):
-        src = cap.buffer
-        base = fo[rtp]
-        seq = _be(src, base + hdr + 2, 2)
-        rts = _be(src, base + hdr + 4, 4)
-        ssrc = _be(src, base + hdr + 8, 4)
-        pt = (src[base + hdr + 1] & 0x7F).astype(np.int64)
-        fl = ft.flow_of[rtp].astype(np.int64)
-        dr = ft.dir_of[rtp].astype(np.int64)
-        order = np.lexsort((rtp, ts[rtp], ssrc, dr, fl))
-        rtp, hdr, base, seq, rts, ssrc, pt, fl, dr = (x[order] for x in (rtp, hdr, base, seq, rts, ssrc, pt, fl, dr))
-        first = np.ones(len(rtp), dtype=bool)
-        first[1:] = (fl[1:] != fl[:-1]) | (dr[1:] != dr[:-1]) | (ssrc[1:] != ssrc[:-1])
-        starts = np.flatnonzero(first)
-        ends = np.append(starts[1:], len(rtp))
-        gid = np.cumsum(first) - 1
-        xseq = _ext(seq, first, 1 << 16)
-        xts = _ext(rts, first, 1 << 32)
-        seq_span = np.maximum.reduceat(xseq, starts) - np.minimum.reduceat(xseq, starts)
-        ts_span = np.maximum.reduceat(xts, starts) - np.minimum.reduceat(xts, starts)
-        # packet-time per stream: median positive timestamp step
-        step = np.zeros(len(rtp), dtype=np.int64)
-        step[1:] = np.diff(xts)
-        step[first] = 0
-        pos = step > 0
-        ptime = np.ones(len(starts), dtype=np.int64)
-        if pos.any():
-            pg, pv = gid[pos], step[pos]
-            o = np.lexsort((pv, pg))
-            pg, pv = pg[o], pv[o]
-            cnt = np.bincount(pg, minlength=len(starts))
-            pstart = np.zeros(len(starts) + 1, dtype=np.int64)
-            np.cumsum(cnt, out=pstart[1:])
-            has = cnt > 0
-            ptime[has] = pv[pstart[:-1][has] + (cnt[has] - 1) // 2]
-        ts_shift = ts_span + ptime
-        for s in range(len(starts)):   # one call per stream, not per packet
-            a, b = starts[s], ends[s]
-            rate = STATIC_CLOCK_RATES.get(int(pt[a])) if pt[a] < 96 else None
-            if rate is None and b - a >= 10:
-                rate = estimate_clock_rate((ts[rtp[a:b]] - ts[rtp[a]]) / 1e9, rts[a:b])
-            if rate:
-                ts_shift[s] = max(int(ts_shift[s]), int(round(period / 1e9 * rate)))
-            info["rtp_streams"].append({
-                "flow": int(fl[a]), "dir": "ab" if dr[a] == 0 else "ba", "ssrc": int(ssrc[a]),
-                "packets": int(b - a), "seq_step_per_copy": int(seq_span[s] + 1),
-                "ts_step_per_copy": int(ts_shift[s]), "clock_rate": int(rate) if rate else None})
-        seq_shift = (seq_span + 1)[gid]
-        ts_shift = ts_shift[gid]
-
-        # UDP checksum: the 16-bit words (aligned to the UDP header) covering RTP bytes 2..7
-        udp = t.l4_off[rtp] - fo[rtp]
-        wstart = udp + ((hdr + 2 - udp) & ~np.int64(1))
-        old_csum = _be(src, base + udp + 6, 2)
-        v4 = t.l3[rtp] == 4
-        upd = np.flatnonzero(~(v4 & (old_csum == 0)) & (wstart + 8 <= caplen[rtp]))
-        m_old = _fold(_words(src, base + wstart, 4))
-        for k in range(1, copies):
-            at = rec_start[k * n + rtp] + 16          # frame start of each RTP row in copy k
-            _put_be(buf, at + hdr + 2, (seq + k * seq_shift) % (1 << 16), 2)
-            _put_be(buf, at + hdr + 4, (rts + k * ts_shift) % (1 << 32), 4)
-            # RFC 1624 eq. 3: HC' = ~(~HC + ~m + m'), m and m' the ones'-complement sums of the
-            # changed words (negating a sum is summing the negations)
-            m_new = _fold(_words(buf, at + wstart, 4))
-            c = ~_fold((~old_csum & 0xFFFF) + (~m_old & 0xFFFF) + m_new) & 0xFFFF
-            c = np.where(c == 0, 0xFFFF, c)            # a computed 0 is sent as all ones (RFC 768)
-            _put_be(buf, at[upd] + udp[upd] + 6, c[upd], 2)
-
-    fd, tmp = tempfile.mkstemp(prefix="throttledetect-loop-", suffix=".pcap")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pcap_header(int(lts[0]), nano=True))
-            f.write(memoryview(buf))
-        del buf
-        looped = read_capture(tmp)
-    finally:
-        os.unlink(tmp)     # the mapping keeps the bytes alive
-    info["source"] = _input_identity(cap)
-    info["packets"] = nn
-    looped.path = f"{cap.path} (looped to {info['looped_duration_s']:.3f} s)"
-    looped.loop = info
-    return looped, info

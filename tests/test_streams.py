@@ -154,11 +154,6 @@ def test_remove_skew_leaves_a_queue_that_fills_and_drains():
     assert np.ptp(out) >= 0.19
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams.rtp.remove_skew: when jitter splits the flat part of the lower hull before a mid-capture "
-    "step into edges shorter than a quarter of the span, the only long edge is the steep one from the "
-    "last pre-step minimum to the end (0.2 s / 30 s = 0.0067 < MAX_SKEW), taken as the skew: the step "
-    "(a queue that appears at 30 s) is removed as clock skew in about half of the seeds"))
 def test_remove_skew_keeps_a_step_at_mid_capture():
     """A 200 ms queue that appears at 30 s of 60 s, 20 seeds of 2 ms exponential jitter: never a
     skew, the step stays (with and without a real 0.25 % skew beside it)."""
@@ -221,10 +216,6 @@ def test_delay_removes_a_sender_skew_and_keeps_a_queue():
     assert abs(dl.skew_ppm) == pytest.approx(2500, rel=0.05)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams.rtp.DelaySeries.skew_ppm is documented as '+ = sender clock fast', but RtpStream.delay "
-    "returns the slope of the one-way delay, which falls when the sender's clock is fast: a sender "
-    "0.25 % fast gives skew_ppm = -2500 (the evidence then says 'skew -2501 ppm removed')"))
 def test_skew_sign_follows_the_docstring():
     f = np.arange(1800)
     send = 0.5 + f / 30.0
@@ -255,11 +246,6 @@ def test_tcp_holes_count_the_segments_lost(tmp_path):
     assert np.all(np.sort(lu.t[lu.lost]) < resend_t)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams.tcp counts a TCP loss only when its hole is filled (a resend or a late copy seen in the "
-    "capture): segments lost before the capture point and never resent within it (the end of a capture, "
-    "or every segment simulate.Drop/Congest removes from a TCP control) count as nothing, so a TCP control "
-    "that lost 5 % reads 0.00 % and the dropping test's controls call path-wide loss selective"))
 def test_tcp_holes_never_filled_are_losses(tmp_path):
     lost = [30, 100, 250, 400]
     s, i, d = _tcp_stream(tmp_path, lost=lost, rtt=0.03, resend_after_rtts=None)

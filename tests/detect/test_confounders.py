@@ -30,10 +30,6 @@ def test_clean_calls_are_none(synthetic_call):
     assert not bad, "\n".join(f"{c}: {w}" for c, w in bad)
 
 
-TCP_CONTROL_BLIND = pytest.mark.xfail(strict=True, reason=(
-    "the TCP control's own losses are invisible (streams.tcp counts a loss only when a resend fills the "
-    "hole; simulate drops TCP segments without resends), so it reads 0.00 % loss while the call lost "
-    "several %, and dropping's Fisher test against it calls path-wide loss 'dropping'"))
 
 
 DEFAULT_CONGEST, HEAVY_CONGEST = Congest(), Congest(p_gb=0.02, p_bg=0.1, loss_bad=0.6, delay_ms=120.0)
@@ -41,8 +37,8 @@ DEFAULT_CONGEST, HEAVY_CONGEST = Congest(), Congest(p_gb=0.02, p_bg=0.1, loss_ba
 
 @pytest.mark.parametrize("call,congest", [
     (UDP_ONLY, DEFAULT_CONGEST), (UDP_ONLY, HEAVY_CONGEST),
-    pytest.param(AUDIO, DEFAULT_CONGEST, marks=TCP_CONTROL_BLIND),
-    pytest.param(VIDEO, HEAVY_CONGEST, marks=TCP_CONTROL_BLIND)],
+    (AUDIO, DEFAULT_CONGEST),
+    (VIDEO, HEAVY_CONGEST)],
     ids=["udp-control-default", "udp-control-heavy", "tcp-control-default", "video+tcp-control-heavy"])
 def test_congestion_is_never_throttling(scenario, congest, call):
     cap, ft, cl, rep = scenario(call, congest, seed=51)
@@ -57,7 +53,7 @@ def test_congestion_is_never_throttling(scenario, congest, call):
 
 @pytest.mark.parametrize("call,p", [
     (UDP_ONLY, 0.03), (UDP_ONLY, 0.08),
-    pytest.param(AUDIO, 0.05, marks=TCP_CONTROL_BLIND), pytest.param(VIDEO, 0.05, marks=TCP_CONTROL_BLIND)],
+    (AUDIO, 0.05), (VIDEO, 0.05)],
     ids=["udp-control-0.03", "udp-control-0.08", "tcp-control-0.05", "video+tcp-control-0.05"])
 def test_random_loss_on_every_flow_is_never_throttling(scenario, p, call):
     """Drop applied to every flow (the controls lose as much as the call): not selective."""
@@ -76,11 +72,6 @@ def test_wifi_jitter_is_never_throttling(scenario, jitter):
         assert rep.verdict(i) == "none", why(rep, i)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "detect.shaping spacing test: size_cv is measured over the gaps already at the cap, whose packets "
-    "have sizes within +-10 % of one value by construction (0.06 here, 0.14 over all packets), so "
-    "'sizes_vary' fails for every sender with a steady clock and a clean call without RTP headers is "
-    "always inconclusive ('packets of one size')"))
 def test_a_clean_call_without_rtp_headers_is_none(scenario):
     cap, ft, cl, rep = scenario(dict(AUDIO, encrypted=True), label="telegram_call")
     i = flow_of(ft, CALL_PORT)

@@ -71,10 +71,6 @@ def test_drop_from_the_middle_is_dropping_with_its_onset(scenario, onset):
     assert all(d["checks"].values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "detect.dropping keeps only the estimates of the look with the smaller p-value: with a control on the "
-    "path the Fisher test wins and the onset that the change-point look found (about 20 s) is dropped, so "
-    "the detection carries no onset_s"))
 def test_drop_from_the_middle_with_controls_reports_the_onset(scenario):
     cap, ft, cl, rep = scenario(AUDIO, Drop(0.05), onset_s=20.0, seed=5)
     i = flow_of(ft, CALL_PORT)

@@ -77,10 +77,6 @@ def test_document_contract(dropped_document):
     assert proto["verdict"] == "dropping" and proto["kinds"] == ["dropping"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "detect.run.detection_json drops every field whose value is None, so detections that have no p-value, "
-    "effect, onset, rate or burst (tests that could not run, or had nothing to find) lack the keys "
-    "docs/DESIGN.md lists for every detection (pvalue, effect, onset_s, rate_bps, burst_bytes: null expected)"))
 def test_every_detection_carries_the_contract_keys(dropped_document):
     _, doc = dropped_document
     for f in doc["flows"]:

@@ -22,7 +22,7 @@ QUEUE_DEPTH = pytest.mark.xfail(strict=True, reason=(
 
 
 @pytest.mark.parametrize("call,port,factor", [
-    pytest.param(AUDIO, CALL_PORT, 0.6, marks=QUEUE_DEPTH), (AUDIO, CALL_PORT, 0.85),
+    (AUDIO, CALL_PORT, 0.6), (AUDIO, CALL_PORT, 0.85),
     pytest.param(VIDEO, VIDEO_PORT, 0.6, marks=QUEUE_DEPTH), pytest.param(VIDEO, VIDEO_PORT, 0.8, marks=QUEUE_DEPTH)],
     ids=["voice-0.6", "voice-0.85", "video-0.6", "video-0.8"])
 def test_a_shaper_with_a_deep_queue_from_the_start(synthetic_call, scenario, call, port, factor):
@@ -40,10 +40,7 @@ def test_a_shaper_with_a_deep_queue_from_the_start(synthetic_call, scenario, cal
 
 
 @pytest.mark.parametrize("call,port", [
-    pytest.param(AUDIO, CALL_PORT, marks=pytest.mark.xfail(strict=True, reason=(
-        "detect.shaping: the coupling look (the best here, 472 ms of queue) sets the onset to the first frame "
-        "(0.5 s), so the 'spaced_at_a_cap' check is measured over the 20 s before the shaper too (44 % of gaps "
-        "at the cap < min_busy_share 0.5) and a shaper switched on at 20 s is not called shaping"))),
+    (AUDIO, CALL_PORT),
     (VIDEO, VIDEO_PORT)], ids=["voice", "video"])
 def test_a_shaper_switched_on_mid_call(synthetic_call, scenario, call, port):
     rate = 0.7 * rate_of(synthetic_call, call, port)
@@ -53,10 +50,6 @@ def test_a_shaper_switched_on_mid_call(synthetic_call, scenario, call, port):
     assert detected(rep, i, "shaping")[0]["rate_bps"] == pytest.approx(rate, rel=0.05)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "detect.shaping reports the onset of the look with the smallest p-value; the coupling and spacing "
-    "looks set it to the stream's first frame (0.5 s), so a shaper switched on at 20 s is reported "
-    "'from 0.5 s' (onset_s and the protocol summary)"))
 @pytest.mark.parametrize("call,port", [(AUDIO, CALL_PORT), (VIDEO, VIDEO_PORT)], ids=["voice", "video"])
 def test_a_shaper_switched_on_mid_call_reports_its_onset(synthetic_call, scenario, call, port):
     rate = 0.7 * rate_of(synthetic_call, call, port)

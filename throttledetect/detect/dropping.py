@@ -156,7 +156,9 @@ def detect(ctx: DetectContext, i: int) -> list:
     m = len(looks)
     best = min(looks, key=lambda x: x["pvalue"])
     p = min(1.0, best["pvalue"] * m)
-    est.update(best["est"])
+    for look in looks:             # every look's measurements (the onset too when controls decided)
+        if look is best or look["pvalue"] * m < ctx.alpha:
+            est.update(look["est"])
     det = Detection(kind=KIND, direction=direction, decision="not_detected", test=best["test"],
                     statistic=best["pvalue"], pvalue=p, effect=float(best["effect"]), effect_unit="excess loss",
                     checks=best["checks"], estimates=est, evidence=best["evidence"],

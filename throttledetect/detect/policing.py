@@ -57,6 +57,7 @@ from throttledetect.verdicts import fmt_rate
 
 KIND = "policing"
 J_TOLERANCE = 0.02          # rates whose J is within this of the best fit as well
+GROUP_MIN_LOSS = 0.005      # a host's flow joins the shared-bucket fit when it lost at least this share
 HALF_BLOCK_S = 2.0          # cross-fitting: alternate blocks of this length fit and judge
 PERM_BLOCK_S = 0.2          # the null shuffles loss labels within blocks this short ...
 PERM_BLOCK_UNITS = 8        # ... or long enough to hold this many units on average
@@ -406,7 +407,10 @@ def detect(ctx: DetectContext, i: int) -> list:
         reg = regularity_test(loss.lost.astype(np.bool_), P.dispersion_window)
         return [_from_regularity(ctx, i, d, loss, reg)]
     scopes = [("flow", [i], fit_and_test(ctx, loss, ("flow", i)))]
-    group = [j for j in ctx.host_group(i) if ctx.streams.loss_source(j, ctx.toward_local(j)) in ("rtp", "tcp")]
+    # the host's call flows that lost packets too (a flow that lost nothing met no empty bucket: a
+    # policer on another flow alone; pooled, it would raise the rate by its own)
+    group = [j for j in ctx.host_group(i) if ctx.streams.loss_source(j, ctx.toward_local(j)) in ("rtp", "tcp")
+             and ctx.streams.loss(j, ctx.toward_local(j)).fraction >= GROUP_MIN_LOSS]
     if len(group) > 1:
         # one policer on the path to this host meters the call's flows together: each alone shows
         # only its share of the bucket (the tests on the merged signal count once: family_key)

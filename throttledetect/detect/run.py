@@ -58,7 +58,9 @@ def detection_json(d: Detection) -> dict:
            "family_key": d.family_key, "floor_key": d.floor_key,
            "otherwise": d.otherwise if d.otherwise != "not_detected" else None,
            "estimates": est or None}
-    return _jsonable({k: v for k, v in out.items() if v is not None})
+    keep = {"kind", "direction", "decision", "pvalue", "qvalue", "effect", "onset_s", "rate_bps", "burst_bytes",
+            "evidence"}         # the contract's keys are always there (null when not measured)
+    return _jsonable({k: v for k, v in out.items() if v is not None or k in keep})
 
 
 def _jsonable(x):
@@ -131,6 +133,20 @@ def _protocols(report: DetectionReport) -> list:
     return out
 
 
+def _group_address(ctx: DetectContext, i: int) -> bool:
+    """Is the remote side a multicast or broadcast address (SSDP, mDNS, NetBIOS: not a path to test)?"""
+    import ipaddress
+    from throttledetect.read.table import halves_to_address
+    ft = ctx.ft
+    a = ctx.streams.local_is_a[i]
+    hi, lo = (ft.b_hi[i], ft.b_lo[i]) if a else (ft.a_hi[i], ft.a_lo[i])
+    addr = ipaddress.ip_address(str(halves_to_address(hi, lo)))
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_multicast or (isinstance(addr, ipaddress.IPv4Address) and
+                                 (addr == ipaddress.IPv4Address("255.255.255.255") or str(addr).endswith(".255")))
+
+
 def select_flows(ctx: DetectContext, test: str) -> np.ndarray:
     ft = ctx.ft
     n = len(ft)
@@ -141,7 +157,7 @@ def select_flows(ctx: DetectContext, test: str) -> np.ndarray:
         if test == "calls":
             sel[i] = ctx.is_call(i)
         else:
-            sel[i] = ctx.is_call(i) or ctx.role(i) == "media"
+            sel[i] = ctx.is_call(i) or (ctx.role(i) == "media" and not _group_address(ctx, i))
     return sel
 
 

@@ -172,8 +172,9 @@ def queue_estimate(ctx: DetectContext, i: int, d: int) -> dict | None:
 
 
 def queue_depth_ms(q: dict, alpha: float) -> float:
-    """The queue's delay: the largest significant rise, or the window minima's spread."""
-    rises = [lk["rise"] for lk in q["looks"] if lk["p"] * max(len(q["looks"]), 1) < alpha]
+    """The queue's delay: the largest significant rise, or the window minima's spread (the
+    shaping detector reads the same, with its spacing look added: one reading of one queue)."""
+    rises = [lk["rise"] for lk in q["looks"] if lk["p"] * (max(len(q["looks"]), 1) + 1) < alpha]
     return max(rises + [q["spread_ms"]])
 
 
@@ -197,7 +198,8 @@ def spacing_test(pk, P) -> dict | None:
     cap = float(np.exp(np.median(lr[(lr >= edges[k]) & (lr < edges[k + 1])])))
     at = np.abs(rho / cap - 1.0) < P.cap_tolerance
     share = float(at.mean())
-    size_cv = float(np.std(s[at]) / np.mean(s[at])) if at.sum() > 2 else 0.0
+    # do the sizes vary at all (else a cap and the sender's clock space packets alike)?
+    size_cv = float(np.std(s) / np.mean(s)) if len(s) > 2 and np.mean(s) > 0 else 0.0
     edges_at = np.diff(np.r_[0, at.astype(np.int8), 0])
     starts, ends = np.flatnonzero(edges_at == 1), np.flatnonzero(edges_at == -1) - 1
     longest = float(np.max(t[ends] - t[starts] + g[starts])) if len(starts) else 0.0
@@ -288,13 +290,18 @@ def detect(ctx: DetectContext, i: int) -> list:
                                               test="delay", delay_spread_ms=q["spread_ms"], skew_ppm=q["skew_ppm"])]
         best = min(looks, key=lambda x: x["p"])
         p = min(1.0, best["p"] * len(looks))
-        depth = max(best["rise"], q["spread_ms"])
-        w = pk.window(best["onset"] + P.window_s, pk.t[-1] + 1e-9)
+        # the queue: its deepest significant sign (the same reading policing takes: queue_depth_ms);
+        # where it began: an onset that was seen, else the start
+        significant = [lk for lk in looks if lk["p"] * len(looks) < ctx.alpha]
+        depth = max([lk["rise"] for lk in significant] + [q["spread_ms"]])
+        onsets = [lk for lk in significant if lk["how"] == "onset"]
+        start = onsets[0]["onset"] if onsets else float(pk.t[0])
+        w = pk.window(start + P.window_s, pk.t[-1] + 1e-9)
         rate = w.mean_rate_bps() if w.n >= 10 else pk.mean_rate_bps()
         mean_size = float(w.size.mean()) if w.n else float(pk.size.mean())
         q_bytes = max(depth, 0.0) / 1e3 * rate / 8.0
         q_pk = q_bytes / max(mean_size, 1.0)
-        est = {"rate_bps": rate, "onset_s": best["onset"], "delay_rise_ms": best["rise"],
+        est = {"rate_bps": rate, "onset_s": start, "delay_rise_ms": best["rise"],
                "delay_spread_ms": q["spread_ms"], "queue_bytes": q_bytes, "queue_packets": q_pk,
                "skew_ppm": q["skew_ppm"], "clock_hz": q["clock"]}
         if best["how"] == "leading":
@@ -307,19 +314,22 @@ def detect(ctx: DetectContext, i: int) -> list:
         if len(group) > 1:
             # a queue shared with the call's other flows from this host spaces their packets together
             agg = ctx.merged_packets(group)
-            spg = spacing_test(agg.window(best["onset"], agg.t[-1] + 1e-9), P)
+            spg = spacing_test(agg.window(start, agg.t[-1] + 1e-9), P)
             if spg is not None and spg["share"] > at_cap:
                 at_cap = spg["share"]
                 est.update(rate_bps=spg["cap"], shared_with_flows=[j for j in group if j != i], rate_is_shared=True)
         est["at_cap_share"] = at_cap
+        persist = onsets[0] if onsets else best
         checks = {"queue_of_several_packets": q_pk >= P.min_queue_packets,
-                  "rise_persists": best["persist"] >= 0.5 * best["rise"],
+                  "rise_persists": persist["persist"] >= 0.5 * persist["rise"],
                   "spaced_at_a_cap": at_cap >= P.min_busy_share}
         how = {"leading": f"after the first {best.get('leading_frames', 0)} frames, which alone met no queue (a "
                           "shaper already on)",
                "coupling": "whenever packets arrive spaced at size / rate (a queue releasing them)",
                "spacing": "and stands: arrival gaps follow packet sizes all along (a queue that never empties)",
                "onset": f"at {best['onset']:.1f} s"}[best["how"]]
+        if onsets and best["how"] != "onset":
+            how += f" (from {start:.1f} s)"
         ev = (f"one-way delay (window minima, sender clock skew {q['skew_ppm']:+.0f} ppm removed) rises by "
               f"{depth:.0f} ms {how}: a queue of {q_bytes / 1e3:.1f} kB, {q_pk:.1f} packets at "
               f"the {fmt_rate(est['rate_bps'])} that arrive, {at_cap:.0%} of arrival gaps at size / rate (p={p:.2g})")
@@ -342,8 +352,9 @@ def detect(ctx: DetectContext, i: int) -> list:
                     floor_key="floor.shaping_spacing")
     if not checks["sizes_vary"]:
         det.otherwise = "inconclusive"
-        det.reason = ("no sender clock (no RTP timestamps) and packets of one size: a cap cannot be told from the "
-                      "sender's own pacing")
+        clock = ("too few frames with RTP timestamps to read the delay" if ctx.streams.rtp(i, d)
+                 else "no sender clock (no RTP timestamps)")
+        det.reason = f"{clock} and packets of one size: a cap cannot be told from the sender's own pacing"
     return [det]
 
 

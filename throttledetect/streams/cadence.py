@@ -6,8 +6,8 @@ train, its period P and phase show in the arrival times, and a frame that never 
 its slot empty. This module finds the train and counts the slots:
 
 1. **Which packets**: voice packets are the small, frequent ones; video and control share the
-   flow (one 5-tuple carries everything in most apps). Candidate subsets are the packets up to
-   several size quantiles; for each, the phase coherence |mean exp(2 pi i t / P)| is computed in
+   flow (one 5-tuple carries everything in most apps). Candidate subsets are the packets up to a
+   natural break in the sizes (voice and video rarely overlap) or up to a size quantile; for each, the phase coherence |mean exp(2 pi i t / P)| is computed in
    windows of WINDOW_S (so a sender clock's drift never accumulates) and averaged, over a grid
    of periods P. A pure train at P is equally coherent at P/2, P/3 ...: the fundamental is the
    longest period whose coherence is within 90 % of the best. The subset and P with the highest
@@ -45,7 +45,8 @@ MIN_ON_GRID = 0.6             # ... and hold most of the chosen packets
 ON_GRID = 0.3                 # a packet within 0.3 P of a slot is on the grid
 MAX_LOSS_RUN = 3              # a run of more empty slots is a pause of the sender (DTX, mute)
 MIN_PACKETS = 60
-SIZE_QUANTILES = (1.0, 0.9, 0.75, 0.6, 0.45)
+SIZE_QUANTILES = (1.0, 0.9, 0.75, 0.6, 0.45, 0.3, 0.2)
+SIZE_BREAK = 1.5             # a size this much larger than the next smaller one starts another kind of packet
 LONGER_FRAME_COHERENCE = 0.5  # a window this coherent at 2P or 3P holds a train of longer frames ...
 LONGER_FRAME_SIZE = 1.3       # ... when its packets are this much larger than the train's
 MIN_VALID_WINDOWS = 0.5       # a train must hold in at least half the windows
@@ -121,6 +122,18 @@ def _fundamental(coh: np.ndarray) -> int:
     return int(near.max())
 
 
+def _size_caps(size: np.ndarray) -> tuple[list, np.ndarray]:
+    """Candidate size caps: each size just below a natural break (the next size at least
+    SIZE_BREAK times larger: voice and video rarely overlap), the largest size, and quantiles
+    (for flows whose sizes form one continuum). Returns (caps largest first, break sizes)."""
+    u = np.unique(size)
+    gaps = np.flatnonzero(u[1:] >= SIZE_BREAK * u[:-1])
+    breaks = u[gaps]
+    caps = set(float(c) for c in breaks) | {float(u[-1])}
+    caps |= {float(np.quantile(size, q)) for q in SIZE_QUANTILES}
+    return sorted(caps, reverse=True), breaks
+
+
 def find_cadence(t: np.ndarray, size: np.ndarray) -> Cadence | None:
     """The voice train of a direction (arrival times, frame sizes), or None when there is none."""
     t = np.asarray(t, dtype=np.float64)
@@ -128,9 +141,9 @@ def find_cadence(t: np.ndarray, size: np.ndarray) -> Cadence | None:
     if len(t) < MIN_PACKETS or t[-1] - t[0] < 2 * WINDOW_S:
         return None
     periods = PERIODS_MS / 1e3
+    caps, breaks = _size_caps(size)
     best = None
-    for q in SIZE_QUANTILES:
-        cap = float(np.quantile(size, q))
+    for cap in caps:
         m = size <= cap
         if np.count_nonzero(m) < MIN_PACKETS:
             continue
@@ -155,11 +168,12 @@ def find_cadence(t: np.ndarray, size: np.ndarray) -> Cadence | None:
         return None
     # The subset that shows the clock best may leave out the larger voice frames (VBR codecs):
     # count slots over the largest subset that keeps the clock nearly as clear, so that no voice
-    # packet is missed (a video packet landing on the grid by chance hides a loss: the safe error).
-    for q in SIZE_QUANTILES:
-        wider = float(np.quantile(size, q))
-        if wider <= cap:
-            break
+    # packet is missed, but never across a natural break in the sizes (beyond it lies other media,
+    # whose packets would fill the slots of lost voice packets).
+    ceiling = float(breaks[breaks >= cap].min()) if np.any(breaks >= cap) else float(size.max())
+    for wider in caps:
+        if wider <= cap or wider > ceiling:
+            continue
         m = size <= wider
         cw = float(_coherence(t[m], np.array([p]))[0])
         if cw >= 0.85 * c and cw >= MIN_COHERENCE:

@@ -28,6 +28,7 @@ VIDEO_CLOCK = 90000
 AUDIO_CLOCKS = tuple(c for c in COMMON_CLOCK_RATES if c != VIDEO_CLOCK)
 FRAME_GRID_MS = 2.5          # audio frames last a whole number of 2.5 ms (Opus 2.5-120 ms, G.7xx 10/20/30)
 MAX_SEQ_GAP = 1000           # a longer run of missing numbers is a jump (a new sender state), not loss
+MARKED_FRAMES = 0.8          # a video sender marks the end of (nearly) every frame, or its marks are not used
 MAX_SKEW = 0.01              # clock skews beyond 1 % are not a crystal's: the "skew" would be a queue
 SKEW_WINDOW_S = 2.0
 MIN_SKEW_WINDOWS = 6
@@ -80,7 +81,7 @@ class DelaySeries:
 
     t: np.ndarray            # arrival of the frame's first packet (s since capture start)
     ms: np.ndarray           # delay in ms, min 0
-    skew_ppm: float          # the removed skew (parts per million; + = sender clock fast)
+    skew_ppm: float          # the sender's clock skew removed (parts per million; + = sender clock fast)
     source: str              # "rtp" | "cadence"
 
     @property
@@ -115,13 +116,15 @@ def _lower_hull(x: np.ndarray, y: np.ndarray) -> list:
 
 
 def remove_skew(t: np.ndarray, owd_s: np.ndarray) -> tuple[np.ndarray, float]:
-    """(owd with the sender's clock skew removed, skew) — see the module docstring.
+    """(owd with the sender's clock skew removed, the slope removed: s of delay per s).
 
-    The skew is a slope of the lower envelope of the window minima (a queue only ever adds
-    delay, so the envelope is where the queue was empty): the lower convex hull's edges that
-    span at least a quarter of the series, and of those the flattest (a linear skew makes every
-    edge that steep; a queue that starts at some point adds a steep edge beside a flat one; a
-    queue that fills and drains leaves flat edges through its empty moments)."""
+    The skew is read off the windows' lowest points (a queue only ever adds delay) two ways, and
+    the flatter of the two is taken, since each is bent by one thing a queue does and not by the
+    other: the median slope between consecutive windows (a queue that appears at some point
+    bends one or two of them; one that fills and drains over a cycle longer than a window bends
+    most of them), and the flattest long edge of their lower convex hull (a queue that drains now
+    and then leaves flat edges through its empty moments; a step leaves a steep edge to the end
+    beside the flat ones, and jitter can cut the flat ones short). A skew bends both alike."""
     if len(t) < 2:
         return owd_s, 0.0
     span = t[-1] - t[0]
@@ -135,15 +138,17 @@ def remove_skew(t: np.ndarray, owd_s: np.ndarray) -> tuple[np.ndarray, float]:
     x, y = t[order][first], owd_s[order][first]       # each window's lowest point
     if len(x) < MIN_SKEW_WINDOWS:
         return owd_s, 0.0
+    candidates = [float(np.median(np.diff(y) / np.maximum(np.diff(x), 1e-9)))]
     h = _lower_hull(x, y)
-    if len(h) < 2:
-        return owd_s, 0.0
-    hx, hy = x[h], y[h]
-    lengths = np.diff(hx)
-    slopes = np.diff(hy) / np.maximum(lengths, 1e-9)
-    long_edges = lengths >= 0.25 * (x[-1] - x[0])
-    cand = slopes[long_edges] if long_edges.any() else slopes[[int(np.argmax(lengths))]]
-    skew = float(cand[int(np.argmin(np.abs(cand)))])
+    if len(h) >= 2:
+        hx, hy = x[h], y[h]
+        lengths = np.diff(hx)
+        slopes = np.diff(hy) / np.maximum(lengths, 1e-9)
+        long_edges = lengths >= 0.25 * (x[-1] - x[0])
+        if long_edges.any():
+            cand = slopes[long_edges]
+            candidates.append(float(cand[int(np.argmin(np.abs(cand)))]))
+    skew = min(candidates, key=abs)
     if not np.isfinite(skew) or abs(skew) > MAX_SKEW:
         return owd_s, 0.0
     return owd_s - skew * (t - t[0]), skew
@@ -204,7 +209,33 @@ class RtpStream:
         t_recv, size_recv = self.t[idx], self.size[idx]
         t_exp = np.interp(expected, s, t_recv)
         size_exp = np.interp(expected, s, size_recv)
+        if self.is_video and (~received).any():
+            t_exp = self._place_in_frames(expected, received, s, idx, t_exp)
         return LossUnits(t=t_exp, lost=~received, size=size_exp, source="rtp")
+
+    def _place_in_frames(self, expected, received, s, idx, t_exp):
+        """A video frame's packets leave back to back: a lost packet inside a frame (its received
+        neighbours share a timestamp) or after a frame not yet finished (no marker bit on the
+        packet before it) left with that frame; one after a finished frame left with the next
+        one (where the sender does not mark frame ends, only losses inside a frame are placed). Interpolating in time would
+        spread them over the gap between frames, where a bucket sees them as paced."""
+        pos = np.searchsorted(s, expected[~received])          # the received neighbour after
+        before = np.clip(pos - 1, 0, len(s) - 1)
+        after = np.clip(pos, 0, len(s) - 1)
+        ia, ib = idx[before], idx[after]
+        same_frame = self.ts[ia] == self.ts[ib]
+        # the marker bit ends every frame (RFC 3551 4.1 for video) only with senders that set it on
+        # each; where most frames end without one, a frame's end is unknown: the later time
+        frames = len(np.unique(self.ts))
+        conforming = frames > 0 and np.count_nonzero(self.marker) >= MARKED_FRAMES * frames
+        t = t_exp.copy()
+        lost_t = t[~received]
+        if conforming:
+            lost_t = np.where(same_frame | ~self.marker[ia], self.t[ia], self.t[ib])
+        else:           # only a loss inside a frame is surely placed; the rest stay interpolated
+            lost_t = np.where(same_frame, self.t[ia], lost_t)
+        t[~received] = lost_t
+        return t
 
     def frames(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Media frames in sender order: (timestamp, arrival of first packet, bytes received)."""
@@ -220,9 +251,10 @@ class RtpStream:
         o = np.argsort(t_first, kind="stable")
         ts, t_first = ts[o], t_first[o]
         owd = (t_first - t_first[0]) - (ts - ts[0]) / float(self.clock)
-        owd, skew = remove_skew(t_first, owd)
+        owd, slope = remove_skew(t_first, owd)
         ms = (owd - owd.min()) * 1e3
-        return DelaySeries(t=t_first, ms=ms, skew_ppm=skew * 1e6, source="rtp")
+        # a sender whose clock runs fast stamps media ahead of time: the delay read from it falls
+        return DelaySeries(t=t_first, ms=ms, skew_ppm=-slope * 1e6, source="rtp")
 
 
 def build_rtp_streams(flow: int, direction: int, rows: np.ndarray, t: np.ndarray, size: np.ndarray,

@@ -7,8 +7,10 @@ again, because they were lost after the capture point or spuriously) or *gap fil
 below the highest that were never seen: lost before the capture point, or reordered; a hole
 filled within the reordering window, the handshake RTT, else Wireshark's 3 ms, is reordering).
 
-Seen where the data arrives, the losses are the gaps filled (``TcpSegments.loss_units``: one
-lost unit per MSS of such bytes, at the time the hole opened). Seen where the data is sent, they
+Seen where the data arrives, the losses are the holes (``TcpSegments.loss_units``: one lost
+unit per MSS of sequence space skipped, at the time the hole opened, less what reordering filled
+within the window: a segment lost before the capture point is lost whether its resend shows up
+in the capture or not). Seen where the data is sent, they
 are the retransmissions; the SIGCOMM'16 detector (detect/policing_tcp.py) reads those with SACK.
 """
 from __future__ import annotations
@@ -136,26 +138,47 @@ class TcpSegments:
     length: np.ndarray           # payload bytes
     size: np.ndarray             # frame bytes
     retransmission: np.ndarray   # bool: bytes already seen (a resend, or a late copy)
-    gap_filled: np.ndarray       # payload bytes that filled a hole outside the reordering window
-    hole_age: np.ndarray         # s since that hole opened (0 where none)
+    hole_opened: np.ndarray      # bytes skipped when this segment went beyond everything seen
+    reordered: np.ndarray        # bytes that filled a hole within the reordering window
+    reorder_age: np.ndarray      # s since that hole opened (0 where none)
 
     @property
     def n(self) -> int:
         return len(self.t)
 
     def loss_units(self):
-        """One unit per segment carrying new data, plus one lost unit per MSS of bytes that
-        filled a hole (at the time the hole opened); resends of data already seen are not units."""
+        """One unit per segment carrying new data, plus one lost unit per MSS of sequence space
+        skipped when a hole opened (at that time), less what reordering filled in soon after:
+        a segment lost before the capture point is lost whether or not its resend is seen
+        (a capture that ends, or a drop with no resend at all, leaves the hole open)."""
         from throttledetect.streams.loss import LossUnits
         mss = max(int(self.length.max()), 1) if self.n else 1
         fresh = ~self.retransmission
-        k = np.ceil(self.gap_filled / mss).astype(np.int64)
-        lost_t = np.repeat(self.t - self.hole_age, k)
+        # reordered bytes cancel the hole they filled: credited at the time that hole opened
+        k_open = np.ceil(self.hole_opened / mss).astype(np.int64)
+        k_back = np.floor(self.reordered / mss).astype(np.int64)
+        t_open = np.repeat(self.t, k_open)
+        t_back = np.repeat(self.t - self.reorder_age, k_back)
+        lost_t = _cancel(t_open, t_back)
         t = np.concatenate((self.t[fresh], lost_t))
         lost = np.concatenate((np.zeros(int(fresh.sum()), bool), np.ones(len(lost_t), bool)))
-        size = np.concatenate((self.size[fresh], np.repeat(self.size, k)))
+        size = np.concatenate((self.size[fresh], np.full(len(lost_t), float(np.median(self.size)) if self.n else 0.0)))
         o = np.argsort(t, kind="stable")
         return LossUnits(t=t[o], lost=lost[o], size=size[o], source="tcp")
+
+
+def _cancel(t_open: np.ndarray, t_back: np.ndarray) -> np.ndarray:
+    """Hole-opening times less one for each reordering credit, matched to the nearest opening."""
+    if len(t_back) == 0 or len(t_open) == 0:
+        return t_open
+    t_open = np.sort(t_open)
+    keep = np.ones(len(t_open), dtype=bool)
+    for tb in np.sort(t_back):                  # reorderings are few: one match each
+        j = int(np.searchsorted(t_open, tb - 1e-9))
+        cand = [c for c in (j - 1, j, j + 1) if 0 <= c < len(t_open) and keep[c]]
+        if cand:
+            keep[min(cand, key=lambda c: abs(t_open[c] - tb))] = False
+    return t_open[keep]
 
 
 def handshake_rtt(cap, ft, i: int) -> float | None:
@@ -194,6 +217,9 @@ def build_tcp_segments(cap, ft, i: int, d: int, rows: np.ndarray, t: np.ndarray,
     rtt = handshake_rtt(cap, ft, i)
     window_ns = int((rtt if rtt else REORDER_WINDOW_S) * 1e9)
     is_retx = (retx > 0) & ~keepalive
-    gap = (fill > 0) & ~((fill_delay >= 0) & (fill_delay < window_ns)) & ~is_retx
-    return TcpSegments(i, d, rows, t, seq, length, size, is_retx | keepalive,
-                       np.where(gap, np.minimum(fill, length), 0), np.where(gap, fill_delay, 0) / 1e9)
+    end = seq + length
+    high_before = np.concatenate(([0], np.maximum.accumulate(end)[:-1])) if n else np.zeros(0, np.int64)
+    opened = np.where(np.arange(n) > 0, np.maximum(seq - high_before, 0), 0)
+    quick = (fill > 0) & (fill_delay >= 0) & (fill_delay < window_ns)
+    return TcpSegments(i, d, rows, t, seq, length, size, is_retx | keepalive, opened,
+                       np.where(quick, np.minimum(fill, length), 0), np.where(quick, fill_delay, 0) / 1e9)

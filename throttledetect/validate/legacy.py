@@ -92,5 +92,6 @@ def prepare_trace(spec: TraceSpec, corpus: Path, seconds: float = 60.0) -> BaseT
             rate[i] = float(t.wirelen[r].astype(np.float64).sum() * 8 / span) if span > 0 else 0.0
         if spec.role == "call" and rtp_in[i] >= MIN_TARGET_PACKETS and rate.get(i):
             targets.append(i)
+    span = (int(t.ts_ns.max()) - int(t.ts_ns.min())) / 1e9 if len(t) else 0.0
     return BaseTrace(spec, cap, ft, cl, targets, calls, rate, {i: flow_key(ft, i) for i in range(len(ft))},
-                     {"name": spec.name})
+                     {"name": spec.name, "duration_s": span})

@@ -51,7 +51,7 @@ def test_evidence_lists_what_made_each_verdict():
     ]
     text = evidence(flows)
     lines = text.splitlines()
-    assert lines[0] == "0:2 policing (to you, q=1e-09, effect 0.50): lost when a bucket ran dry"
+    assert lines[0] == "0:2 policing (ba, q=1e-09, effect 0.50): lost when a bucket ran dry"
     assert "more loss than the controls" not in text            # only the verdict's kind
     assert lines[1] == "0:3 inconclusive: lossy path: 3.0% loss"  # the flow's own reason when it has one
     assert "media arrives" not in text

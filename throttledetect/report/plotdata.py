@@ -58,18 +58,17 @@ def merged_arrivals(analysis, parts: list[tuple[int, str]]) -> Arrivals:
 
 
 def rtp_delay(analysis, flow: int, direction: str) -> list[DelaySeries]:
-    """Relative one-way delay of each RTP stream of a direction (ms above its own minimum)."""
-    try:
-        from throttledetect.detect.common import DetectContext
-        ctx = DetectContext(analysis.capture, analysis.flows, analysis.classification, metrics=analysis.metrics)
-        out = []
-        for s in ctx.rtp(flow, DIRECTIONS[direction]):
-            d = s.delay_ms
-            if d is not None and len(d):
-                out.append(DelaySeries(int(s.ssrc), np.asarray(s.t, dtype=float), np.asarray(d, dtype=float)))
-        return out
-    except Exception:  # noqa: BLE001 - a missing piece omits its figure, never the report
+    """One-way delay of each RTP stream of a direction against its sender's clock (ms above its
+    own minimum; per frame, pacing and clock skew removed: streams.rtp.RtpStream.delay)."""
+    streams = getattr(analysis, "streams", None)
+    if streams is None:
         return []
+    out = []
+    for s in streams.rtp(flow, DIRECTIONS[direction]):
+        dl = s.delay()
+        if dl is not None and dl.n:
+            out.append(DelaySeries(int(s.ssrc), np.asarray(dl.t, dtype=float), np.asarray(dl.ms, dtype=float)))
+    return out
 
 
 def token_bucket_bound(arr: Arrivals, rate_bps: float, burst_bytes: float, start_s: float = 0.0):

@@ -17,7 +17,7 @@ from throttledetect.validate import scenarios as S
 
 
 def _flow(role, verdict, protocol="whatsapp_call", call=True, **kw):
-    return {"role": role, "verdict": verdict, "protocol": protocol, "call": call, "detections": [], **kw}
+    return {"trial_role": role, "verdict": verdict, "protocol": protocol, "call": call, "detections": [], **kw}
 
 
 def _rec(scenario, flows, protocols=(), base="b1", app="whatsapp_call", **truth):
@@ -150,7 +150,7 @@ def _check_result(result, scenarios, bases):
     assert done | skipped == {s.name for s in scenarios}
     for r in result["trials"]:
         assert r["truth"]["targets"] and r["stages"] is not None
-        assert all("role" in f and "verdict" in f for f in r["flows"])
+        assert all("trial_role" in f and "verdict" in f for f in r["flows"])
     s = score.score(result)
     text = table.render(result, s)
     assert "| app |" in text and "trials," in text and "bases" in text

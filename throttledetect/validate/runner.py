@@ -158,7 +158,7 @@ def _analyse(b: B.Base, sc, trial: nw.Trial, cap) -> dict:
             role = "bystander"
         call = is_call(e.get("protocol", "")) or (f is not None and f in b.calls)
         if role in ("target", "new") or call or e.get("detections") or e.get("verdict") not in (None, "none"):
-            flows.append(dict(e, role=role, call=bool(call), base_flow=None if f is None else _label(b.scene.ft, f)))
+            flows.append(dict(e, trial_role=role, call=bool(call), base_flow=None if f is None else _label(b.scene.ft, f)))
     return {"flows": flows, "protocols": doc["protocols"], "packets": int(len(cap.packets))}
 
 

@@ -74,7 +74,7 @@ def outcome(rec: dict, entries: dict | None = None) -> dict:
     if rec.get("error"):
         return out
     if truth.get("kind", "none") != "none":
-        targets = [e for e in flows if e.get("role") == "target"]
+        targets = [e for e in flows if e.get("trial_role") == "target"]
         labels = {e.get("protocol") for e in targets}
         tv = [e.get("verdict") for e in targets]
         pv = [p.get("verdict") for p in protos if p.get("protocol") in labels]
@@ -82,7 +82,7 @@ def outcome(rec: dict, entries: dict | None = None) -> dict:
         out.update(throttling=True, verdict=verdict, found=verdict in KINDS,
                    right=verdict in truth.get("expected", ()),
                    inconclusive=verdict == "inconclusive",
-                   fp_bystander=any(e.get("verdict") in KINDS for e in flows if e.get("role") == "bystander"))
+                   fp_bystander=any(e.get("verdict") in KINDS for e in flows if e.get("trial_role") == "bystander"))
         if out["right"] and verdict in ("policing", "shaping"):
             want = {t["flow"]: t.get("rate_bps") for t in truth.get("targets", []) if t.get("rate_bps")}
             errs = []
@@ -99,7 +99,7 @@ def outcome(rec: dict, entries: dict | None = None) -> dict:
             out["rate_error"] = float(np.median(errs)) if errs else None
             out["rate_kind"] = verdict
     else:
-        calls = [e for e in flows if e.get("call") or e.get("role") in ("target", "new")]
+        calls = [e for e in flows if e.get("call") or e.get("trial_role") in ("target", "new")]
         lines = [p for p in protos if is_call(p.get("protocol", ""))]
         vs = [e.get("verdict") for e in calls] + [p.get("verdict") for p in lines]
         fp = [v for v in vs if v in KINDS]

@@ -325,9 +325,28 @@ def local_side_is_a(ft: FlowTable) -> tuple[np.ndarray, np.ndarray]:
     by_ranges = a_loc != b_loc
     is_a = a_loc.copy()
     if n and not by_ranges.all():
-        addrs = np.stack([np.concatenate([ft.a_hi, ft.b_hi]), np.concatenate([ft.a_lo, ft.b_lo])], axis=1)
-        _, inv, counts = np.unique(addrs, axis=0, return_inverse=True, return_counts=True)
-        inv = inv.ravel()
-        ca, cb = counts[inv[:n]], counts[inv[n:]]
+        ca, cb = _endpoint_counts(ft)
         is_a = np.where(by_ranges, a_loc, ca >= cb)
     return is_a, by_ranges
+
+
+def _endpoint_counts(ft: FlowTable) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow: in how many flows of the capture its side a's and side b's addresses appear."""
+    n = len(ft)
+    addrs = np.stack([np.concatenate([ft.a_hi, ft.b_hi]), np.concatenate([ft.a_lo, ft.b_lo])], axis=1)
+    _, inv, counts = np.unique(addrs, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    return counts[inv[:n]], counts[inv[n:]]
+
+
+def local_side_known(ft: FlowTable) -> np.ndarray:
+    """Per flow: is local_side_is_a's answer grounded (address ranges, or one side's address seen
+    in more flows), rather than the tie-break (side a, the first sender)? A flow with one direction
+    only cannot say whether this host sent it or received it when the answer is the tie-break."""
+    n = len(ft)
+    if not n:
+        return np.zeros(0, dtype=bool)
+    a_loc = np.asarray(ft.a_local, dtype=bool)
+    b_loc = np.asarray(ft.b_local, dtype=bool)
+    ca, cb = _endpoint_counts(ft)
+    return (a_loc != b_loc) | (ca != cb)

@@ -224,8 +224,10 @@ def _permuted_j(t, size, lost, stream, n_streams, use, group_start, group_end, r
         out[p] = _bucket_j(tt, ss, ww, uu, rate, depth, mode, first)
 
 
-def _grids(recv_bps: float, max_size: float, P, fine: bool = False):
-    lo, hi = recv_bps / P.rate_span, recv_bps * 1.5
+def _grids(recv_bps: float, max_size: float, P, fine: bool = False, peak_bps: float | None = None):
+    """Rates from a third of the received rate up to 1.5 x the larger of it and the offered peak
+    (a bursty sender's policer may sit far above its long-run rate and bite only in bursts)."""
+    lo, hi = recv_bps / P.rate_span, max(recv_bps, peak_bps or 0.0) * 1.5
     nr = P.rate_steps * (4 if fine else 1)
     rates = np.geomspace(lo, hi, nr) / 8.0                      # bytes/s
     bmax = max(2.0 * max_size, hi / 8.0 * P.max_burst_s)
@@ -233,10 +235,19 @@ def _grids(recv_bps: float, max_size: float, P, fine: bool = False):
     return rates, bursts
 
 
+def offered_peak_bps(t, size, window_s: float = 1.0) -> float:
+    """The 95th percentile of the offered (received and lost) rate over windows of window_s."""
+    if len(t) < 2 or t[-1] - t[0] <= window_s:
+        return 0.0
+    k = np.floor((t - t[0]) / window_s).astype(np.int64)
+    per = np.bincount(k, weights=size) * 8.0 / window_s
+    return float(np.quantile(per[per > 0], 0.95)) if np.any(per > 0) else 0.0
+
+
 def fit_bucket(t, size, lost, recv_bps, P, fine=False, use=None):
     """(J grid [mode, rate, burst], rates bytes/s, bursts bytes); J over the units ``use``
     (all by default) while the bucket runs over every unit."""
-    rates, bursts = _grids(recv_bps, float(size.max()), P, fine)
+    rates, bursts = _grids(recv_bps, float(size.max()), P, fine, offered_peak_bps(t, size))
     first = int(np.argmax(lost)) if lost.any() else 0
     out = np.zeros((2, len(rates), len(bursts)))
     if use is None:

@@ -110,6 +110,11 @@ def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
             KIND, direction, f"{call.label}'s call at the same time got two-way media (flows "
             f"{', '.join(str(j) for c in through for j in c.media_flows)}): these flows were part of it",
             test=NAME, call=call.id)
+    if all(ctx.streams.one_way_unknown(j) for j in call.flows):
+        return Detection.inconclusive(
+            KIND, direction, "every flow of the attempt goes one way and which end is this host cannot be told "
+            "(both addresses private, no other flow names it): sent unanswered or received, alike", test=NAME,
+            call=call.id)
     icmp = [x for j in call.flows for x in ctx.icmp_unreachable().get(j, []) if not x[3]]
     req = attempt_requests(ctx, call)
     est = {"call": call.id, **req}

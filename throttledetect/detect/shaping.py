@@ -36,10 +36,12 @@ look the same: the test then cannot clear the flow either), and the backlog last
 Decision: the smallest p-value of the available looks (Bonferroni); effect the queue's delay in
 ms (floor.shaping). Checks: the queue holds ``min_queue_packets`` packets at the cap (a tbf whose
 queue holds a packet or so drops like a policer and is one); an onset's rise persists (the last
-third of the windows after it keep half of it: congestion episodes end, shapers stay); and while
-the queue stands, ``min_busy_share`` of the arrival gaps are the packet's size over one rate (a
-shaper's signature: congestion interleaves others' packets at no fixed rate); the call's flows
-from the same host are also read merged, as a queue they share releases them together.
+third of the windows after it keep half of it: congestion episodes end, shapers stay); and the cap
+binds (binding_cap: most arrival gaps are the packet's size over one rate C; C is no faster than
+the flow's own rate, unlike a Wi-Fi aggregate or a pacer's burst; the queue stands most of the
+time, unlike congestion's, which comes and goes with the cross traffic); the call's flows from
+the same host are also read merged, as a queue they share releases them together. The coupling
+look needs packet sizes that vary (with one size, the sender's clock spaces packets at "a cap").
 Estimates: rate_bps (the cap: what arrives while the queue stands), onset_s, delay_rise_ms,
 queue_packets, queue_bytes.
 """
@@ -58,6 +60,7 @@ from throttledetect.verdicts import fmt_rate
 
 KIND = "shaping"
 MIN_PACKETS = 50
+BINDING_CAP = 1.5           # a cap faster than this times the flow's own rate is not what holds it back
 MAX_LEADING = 50
 
 
@@ -160,7 +163,9 @@ def queue_estimate(ctx: DetectContext, i: int, d: int) -> dict | None:
                 L, p_lead, gap, t0 = lead
                 looks.append({"how": "leading", "p": p_lead, "onset": t0, "rise": gap, "persist": gap,
                               "leading_frames": L})
-            cd = _cap_delay_test(ctx, i, d, dl, ctx.packets(i, d))
+            pk_all = ctx.packets(i, d)
+            sizes_vary = pk_all.n > 2 and float(np.std(pk_all.size) / max(np.mean(pk_all.size), 1.0)) >= 0.1
+            cd = _cap_delay_test(ctx, i, d, dl, pk_all) if sizes_vary else None
             if cd is not None:
                 looks.append({"how": "coupling", "p": cd[0], "onset": float(dl.t[0]), "rise": cd[1],
                               "persist": cd[1], "cap": cd[2]})
@@ -202,13 +207,31 @@ def spacing_test(pk, P) -> dict | None:
     size_cv = float(np.std(s) / np.mean(s)) if len(s) > 2 and np.mean(s) > 0 else 0.0
     edges_at = np.diff(np.r_[0, at.astype(np.int8), 0])
     starts, ends = np.flatnonzero(edges_at == 1), np.flatnonzero(edges_at == -1) - 1
-    longest = float(np.max(t[ends] - t[starts] + g[starts])) if len(starts) else 0.0
+    runs = t[ends] - t[starts] + g[starts] if len(starts) else np.zeros(0)
+    longest = float(runs.max()) if len(runs) else 0.0
+    span = float(pk.t[-1] - pk.t[0])
+    busy = float(runs.sum() / span) if span > 0 else 0.0      # share of the time a queue stood
+    rate = float(pk.size.sum() * 8.0 / span) if span > 0 else 0.0
     if np.ptp(g) > 0 and np.ptp(s) > 0:
         r = stats.spearmanr(g, s, alternative="greater")
         rho, p = float(r.statistic), float(r.pvalue)
     else:                       # one size or one gap: no correlation to speak of
         rho, p = 0.0, 1.0
-    return {"cap": cap, "share": share, "size_cv": size_cv, "backlog_s": longest, "rho": rho, "p": p}
+    return {"cap": cap, "share": share, "size_cv": size_cv, "backlog_s": longest, "rho": rho, "p": p,
+            "busy": busy, "rate": rate}
+
+
+def binding_cap(sp: dict | None, P) -> tuple[bool, dict]:
+    """Does the spacing show a cap that binds: most gaps at it, the cap no faster than the flow's
+    own rate over the period (a Wi-Fi aggregate or a pacer's burst leaves at far more than the
+    flow's rate), and a queue standing most of the time (congestion's queue comes and goes with
+    the cross traffic; a shaper below the offered rate holds one throughout)?"""
+    if sp is None:
+        return False, {}
+    ok = {"at_cap": sp["share"] >= P.min_busy_share,
+          "cap_binds": sp["cap"] <= BINDING_CAP * max(sp["rate"], 1.0),
+          "backlog_persists": sp["busy"] >= P.min_busy_share}
+    return all(ok.values()), ok
 
 
 def detect_tcp(ctx: DetectContext, i: int) -> Detection:
@@ -307,22 +330,25 @@ def detect(ctx: DetectContext, i: int) -> list:
         if best["how"] == "leading":
             est["leading_frames"] = best["leading_frames"]
         sp = spacing_test(w if w.n >= MIN_PACKETS else pk, P)
+        binds, why_cap = binding_cap(sp, P)
         at_cap = sp["share"] if sp is not None else 0.0
         if sp is not None and best["how"] in ("spacing", "coupling"):
             est["rate_bps"] = sp["cap"]
         group = ctx.host_group(i)
-        if len(group) > 1:
+        if len(group) > 1 and not binds:
             # a queue shared with the call's other flows from this host spaces their packets together
             agg = ctx.merged_packets(group)
             spg = spacing_test(agg.window(start, agg.t[-1] + 1e-9), P)
-            if spg is not None and spg["share"] > at_cap:
-                at_cap = spg["share"]
+            binds_g, why_g = binding_cap(spg, P)
+            if binds_g or (spg is not None and spg["share"] > at_cap):
+                binds, why_cap, at_cap = binds_g, why_g, spg["share"]
                 est.update(rate_bps=spg["cap"], shared_with_flows=[j for j in group if j != i], rate_is_shared=True)
         est["at_cap_share"] = at_cap
+        est["cap_checks"] = why_cap
         persist = onsets[0] if onsets else best
         checks = {"queue_of_several_packets": q_pk >= P.min_queue_packets,
                   "rise_persists": persist["persist"] >= 0.5 * persist["rise"],
-                  "spaced_at_a_cap": at_cap >= P.min_busy_share}
+                  "spaced_at_a_binding_cap": binds}
         how = {"leading": f"after the first {best.get('leading_frames', 0)} frames, which alone met no queue (a "
                           "shaper already on)",
                "coupling": "whenever packets arrive spaced at size / rate (a queue releasing them)",
@@ -342,7 +368,10 @@ def detect(ctx: DetectContext, i: int) -> list:
         return [Detection.inconclusive(KIND, direction, "too few packets to read their spacing", test="spacing")]
     est = {"rate_bps": sp["cap"], "at_cap_share": sp["share"], "size_cv": sp["size_cv"], "backlog_s": sp["backlog_s"],
            "spearman_rho": sp["rho"]}
-    checks = {"sizes_vary": sp["size_cv"] >= 0.1, "backlog_lasts": sp["backlog_s"] >= P.min_backlog_s}
+    binds, why_cap = binding_cap(sp, P)
+    est["cap_checks"] = why_cap
+    checks = {"sizes_vary": sp["size_cv"] >= 0.1, "backlog_lasts": sp["backlog_s"] >= P.min_backlog_s,
+              "spaced_at_a_binding_cap": binds}
     ev = (f"{sp['share']:.0%} of arrival gaps equal the packet's size over {fmt_rate(sp['cap'])} (a queue "
           f"releasing at that rate), for up to {sp['backlog_s']:.1f} s at a stretch; gap and size correlate "
           f"(Spearman {sp['rho']:.2f}, p={sp['p']:.2g})")

@@ -6,7 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
-from throttledetect.flows import local_side_is_a
+from throttledetect.flows import local_side_is_a, local_side_known
 from throttledetect.streams.cadence import Cadence, find_cadence
 from throttledetect.streams.loss import LossUnits, merge_loss
 from throttledetect.streams.packets import DirectionPackets
@@ -38,6 +38,17 @@ class Streams:
     @cached_property
     def local_is_a(self) -> np.ndarray:
         return local_side_is_a(self.ft)[0]
+
+    @cached_property
+    def local_known(self) -> np.ndarray:
+        """Per flow: is the local side grounded (not the tie-break): flows.local_side_known."""
+        return local_side_known(self.ft)
+
+    def one_way_unknown(self, i: int) -> bool:
+        """A flow with one direction only whose local side is the tie-break: whether this host
+        sent it or received it cannot be told."""
+        one_way = min(int(self.ft.packets_ab[i]), int(self.ft.packets_ba[i])) == 0
+        return one_way and not bool(self.local_known[i])
 
     def toward_local(self, i: int) -> int:
         """The direction of flow i that arrives at the capturing host (0: a->b arrives at b).

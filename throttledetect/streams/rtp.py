@@ -193,8 +193,10 @@ class RtpStream:
 
     def loss_units(self):
         """One unit per expected sequence number between the lowest and highest received (runs
-        split at jumps over MAX_SEQ_GAP). A lost unit's time and size are interpolated between
-        its received neighbours; a DTX pause (timestamp jump, no sequence gap) loses nothing."""
+        split at jumps over MAX_SEQ_GAP). A lost unit's size is interpolated between its received
+        neighbours; its time is placed as the sender sent it (audio: on its packet clock after the
+        previous packet; video: with its frame), else interpolated. A DTX pause (timestamp jump, no
+        sequence gap) loses nothing."""
         from throttledetect.streams.loss import LossUnits
         s, idx = self._seq_runs
         if len(s) == 0:
@@ -211,7 +213,30 @@ class RtpStream:
         size_exp = np.interp(expected, s, size_recv)
         if self.is_video and (~received).any():
             t_exp = self._place_in_frames(expected, received, s, idx, t_exp)
+        elif self.clock and (~received).any():
+            t_exp = self._place_on_clock(expected, received, s, idx, t_exp)
         return LossUnits(t=t_exp, lost=~received, size=size_exp, source="rtp")
+
+    def _place_on_clock(self, expected, received, s, idx, t_exp):
+        """An audio sender sends a packet every packet-time: the k-th packet lost after a received
+        one left k packet-times after it (never after the next received one). Interpolating over
+        the arrival gap instead would spread a burst the network dropped across a pause that
+        followed it (DTX, the end of a talk spurt), where a bucket sees room for every packet."""
+        o = np.argsort(self.seq, kind="stable")
+        ds, dts = np.diff(self.seq[o]), np.diff(self.ts[o])
+        steps = dts[(ds == 1) & (dts > 0)]
+        if not len(steps):
+            return t_exp
+        ptime = float(np.median(steps)) / float(self.clock)
+        miss = expected[~received]
+        pos = np.searchsorted(s, miss)
+        before = np.clip(pos - 1, 0, len(s) - 1)
+        after = np.clip(pos, 0, len(s) - 1)
+        t_a, t_b = self.t[idx[before]], self.t[idx[after]]
+        k = (miss - s[before]).astype(np.float64)
+        t = t_exp.copy()
+        t[~received] = np.minimum(t_a + k * ptime, np.maximum(t_a, t_b))
+        return t
 
     def _place_in_frames(self, expected, received, s, idx, t_exp):
         """A video frame's packets leave back to back: a lost packet inside a frame (its received

@@ -44,7 +44,8 @@ MINOR_SHARE = 0.25        # untested media flows carrying at most this share of 
 # the configuration it was made with). Effect floors are per kind, in each kind's effect unit:
 #   dropping: loss in excess of the reference (fraction), policing: the token bucket's explanation
 #   of the losses (Youden's J), shaping: queue built (ms) or, without a sender clock, the share of
-#   arrival gaps at the cap, blocking: share of requests unanswered or of a silence beyond any gap.
+#   arrival gaps at the cap, blocking: share of a silence beyond any earlier gap, setup: share of a
+#   call attempt's requests left unanswered (the 2025 signature: none, or nearly none, answered).
 DEFAULTS = {
     "alpha": 0.01,
     "floor.dropping": 0.01,
@@ -52,13 +53,15 @@ DEFAULTS = {
     "floor.shaping": 20.0,
     "floor.shaping_spacing": 0.5,
     "floor.blocking": 0.5,
+    "floor.setup": 0.9,
 }
 
 # The points the validation chooses among, leave-one-app-out (throttledetect.validate): the
 # FDR level and one multiplier on every effect floor.
 CALIBRATION_GRID = [
-    {"alpha": a, **{k: v * m for k, v in DEFAULTS.items() if k.startswith("floor.")}}
-    for a in (0.001, 0.005, 0.01, 0.02) for m in (0.75, 1.0, 1.5)
+    {"alpha": a, **{k: v * m for k, v in DEFAULTS.items() if k.startswith("floor.") and k != "floor.setup"},
+     "floor.setup": DEFAULTS["floor.setup"]}
+    for a in (0.001, 0.005, 0.01, 0.02) for m in (0.5, 0.75, 1.0, 1.5)
 ]
 
 

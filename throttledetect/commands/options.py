@@ -161,8 +161,8 @@ ANALYSIS_OPTIONS = [
     click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", callback=lambda c, p, v:
                  parse_thresholds(v),
                  help="Override a decision threshold (repeatable): floor.dropping, floor.policing, floor.shaping, "
-                      "floor.shaping_spacing, floor.blocking (alpha has its own option). The JSON output records "
-                      "every threshold used."),
+                      "floor.shaping_spacing, floor.blocking, floor.setup (alpha has its own option). The JSON "
+                      "output records every threshold used."),
 ]
 
 

@@ -109,6 +109,10 @@ class DetectContext:
     def is_call(self, i: int) -> bool:
         return is_call(self.labels[i])
 
+    def is_setup_candidate(self, i: int) -> bool:
+        """A bare STUN flow (not part of a labelled call): tested for call-setup blocking only."""
+        return self.labels[i] == "stun" and int(self.ft.proto[i]) == UDP
+
     def rng(self, *key) -> np.random.Generator:
         """A generator seeded by the configuration's seed and a key: results do not depend on run order."""
         return np.random.default_rng([self.config.seed & 0xFFFFFFFF, zlib.crc32(repr(key).encode())])
@@ -202,7 +206,9 @@ class DetectContext:
     @cached_property
     def calls(self) -> list:
         """Call attempts: the classifier's call groups when it has them (``call_of``), else the
-        call flows of one label and one local host whose activity lies within CALL_GAP_S."""
+        call flows of one label and one local host whose activity lies within CALL_GAP_S. Bare
+        STUN flows outside any call (label "stun": what an attempt of an app without a rule leaves
+        when its checks go unanswered) are grouped the same way, as attempts of their own."""
         ft = self.ft
         n = len(ft)
         call_of = getattr(self.cl, "call_of", None) if self.cl is not None else None
@@ -211,21 +217,25 @@ class DetectContext:
             for i in range(n):
                 if call_of[i] >= 0 and self.is_call(i):
                     groups.setdefault(int(call_of[i]), []).append(i)
+            grouped = {i for g in groups.values() for i in g}
+            loose = [i for i in range(n) if self.is_setup_candidate(i) and i not in grouped]
+            base = max(groups) + 1 if groups else 0
         else:
-            is_a = self.streams.local_is_a
-            local_hi = np.where(is_a, ft.a_hi, ft.b_hi)
-            local_lo = np.where(is_a, ft.a_lo, ft.b_lo)
-            cand = [i for i in range(n) if self.is_call(i)]
-            cand.sort(key=lambda i: (self.labels[i], int(local_hi[i]), int(local_lo[i]), int(ft.first_ns[i])))
-            key, end, gid = None, None, -1
-            for i in cand:                            # the call flows (a few dozen)
-                k = (self.labels[i], int(local_hi[i]), int(local_lo[i]))
-                s, e = self.flow_span(i)
-                if k != key or s > end + CALL_GAP_S:
-                    gid += 1
-                    key, end = k, e
-                end = max(end, e)
-                groups.setdefault(gid, []).append(i)
+            loose = [i for i in range(n) if self.is_call(i) or self.is_setup_candidate(i)]
+            base = 0
+        is_a = self.streams.local_is_a
+        local_hi = np.where(is_a, ft.a_hi, ft.b_hi)
+        local_lo = np.where(is_a, ft.a_lo, ft.b_lo)
+        loose.sort(key=lambda i: (self.labels[i], int(local_hi[i]), int(local_lo[i]), int(ft.first_ns[i])))
+        key, end, gid = None, None, base - 1
+        for i in loose:                               # the call flows (a few dozen)
+            k = (self.labels[i], int(local_hi[i]), int(local_lo[i]))
+            s, e = self.flow_span(i)
+            if k != key or s > end + CALL_GAP_S:
+                gid += 1
+                key, end = k, e
+            end = max(end, e)
+            groups.setdefault(gid, []).append(i)
         out = []
         for gid, flows in sorted(groups.items()):
             spans = [self.flow_span(i) for i in flows]

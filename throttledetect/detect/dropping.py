@@ -164,6 +164,13 @@ def detect(ctx: DetectContext, i: int) -> list:
                     checks=best["checks"], estimates=est, evidence=best["evidence"],
                     null="the flow loses no more than the path loses other traffic (controls) and no more "
                          "after any point than before it (onset)")
+    if excess > P.lossy_path and best["test"] == "controls" and \
+            best["est"]["control_loss"] < loss.fraction / 2:
+        # the controls lost too little to explain this loss but are too few to show it selective
+        det.otherwise = "inconclusive"
+        det.reason = (f"{loss.fraction:.1%} loss ({what}); the other flows on the path "
+                      f"({best['est']['control_units']} packets, {best['est']['control_loss']:.1%} lost) are too few "
+                      "to show it is selective")
     if excess > P.lossy_path and not any(x["test"] == "controls" for x in looks):
         # only the onset could show selectivity: if it does not, the loss is unexplained, not "none"
         det.otherwise = "inconclusive"

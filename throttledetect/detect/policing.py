@@ -37,8 +37,9 @@ the sender's clock is known (RTP timestamps), shaping.queue_estimate sizes the q
 delay; one of ``min_queue_packets`` or more packets at the fitted rate fails the check (that is
 shaping's). A tbf whose queue holds a packet or two drops like a policer and is one.
 
-Estimates: rate_bps (link-layer bits/s, the best fit's rate refined on a finer grid), the range
-of rates that fit about as well (``rate_range_bps``: a bucket that refills to its depth between
+Estimates: rate_bps (link-layer bits/s: the most the bucket let through in any RATE_WINDOW_S
+between the first and last loss, passed_rate_bps, which errs by burst / window at most; the best
+fit's rate is rate_fit_bps), the range of rates that fit about as well (``rate_range_bps``: a bucket that refills to its depth between
 bursts passes the same packets at any rate above depth / burst interval: then the rate is bounded
 from below only, ``rate_identifiable`` False), burst_bytes, onset_s (the first loss when the
 bucket was empty then).
@@ -58,6 +59,7 @@ from throttledetect.verdicts import fmt_rate
 KIND = "policing"
 J_TOLERANCE = 0.02          # rates whose J is within this of the best fit as well
 GROUP_MIN_LOSS = 0.005      # a host's flow joins the shared-bucket fit when it lost at least this share
+RATE_WINDOW_S = 5.0         # the window over which the passed rate is read (passed_rate_bps)
 HALF_BLOCK_S = 2.0          # cross-fitting: alternate blocks of this length fit and judge
 PERM_BLOCK_S = 0.2          # the null shuffles loss labels within blocks this short ...
 PERM_BLOCK_UNITS = 8        # ... or long enough to hold this many units on average
@@ -235,6 +237,23 @@ def _grids(recv_bps: float, max_size: float, P, fine: bool = False, peak_bps: fl
     return rates, bursts
 
 
+def passed_rate_bps(t, size, lost, window_s: float = RATE_WINDOW_S) -> float | None:
+    """A policer's rate read from what it let through: the most bytes received in any window of
+    window_s between the first and the last loss, over window_s. A bucket passes at most
+    rate x W + burst in W, and while the sender offers more than the rate (it does: it loses
+    packets) about that much: the estimate errs by burst / W at most, above."""
+    idx = np.flatnonzero(lost)
+    if len(idx) < 2:
+        return None
+    a, b = idx[0], idx[-1]
+    tt, ss = t[a:b + 1][~lost[a:b + 1]], size[a:b + 1][~lost[a:b + 1]]
+    if len(tt) < 2 or tt[-1] - tt[0] < window_s:
+        return None
+    cum = np.concatenate(([0.0], np.cumsum(ss)))
+    j = np.searchsorted(tt, tt + window_s, side="left")      # packets in [tt[k], tt[k] + W)
+    return float((cum[j] - cum[np.arange(len(tt))]).max() * 8.0 / window_s)
+
+
 def offered_peak_bps(t, size, window_s: float = 1.0) -> float:
     """The 95th percentile of the offered (received and lost) rate over windows of window_s."""
     if len(t) < 2 or t[-1] - t[0] <= window_s:
@@ -387,8 +406,10 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
         j_best = float(grid[m, a, b])
         fits = np.flatnonzero(grid[m].max(axis=1) >= j_best - J_TOLERANCE)
         r_lo, r_hi = float(rates[fits.min()] * 8), float(rates[fits.max()] * 8)
+        passed = passed_rate_bps(t, size, lost)
         out = {"test": name, "p": min(1.0, pmin * len(looks)), "j_obs": j_obs, "j_best": j_best,
-               "p_align": p_align, "z_align": z_align, "reg": reg, "rate": float(rates[a] * 8),
+               "p_align": p_align, "z_align": z_align, "reg": reg,
+               "rate": passed if passed is not None else float(rates[a] * 8), "rate_fit": float(rates[a] * 8),
                "burst": float(bursts[b]), "r_lo": r_lo, "r_hi": r_hi,
                "identifiable": r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1,
                "mode": int(m), "first_loss_t": float(loss.t[int(np.argmax(lost))]), "recv_bps": recv_bps,
@@ -436,7 +457,8 @@ def detect(ctx: DetectContext, i: int) -> list:
     checks = {}
     if q_pk is not None:
         checks["no_standing_queue"] = q_pk < P.min_queue_packets
-    est = {"rate_bps": f["rate"], "burst_bytes": f["burst"], "rate_range_bps": [f["r_lo"], f["r_hi"]],
+    est = {"rate_bps": f["rate"], "rate_fit_bps": f["rate_fit"], "burst_bytes": f["burst"],
+           "rate_range_bps": [f["r_lo"], f["r_hi"]],
            "rate_identifiable": bool(f["identifiable"]), "loss": loss.fraction, "lost": nl, "expected": loss.n,
            "loss_source": loss.source, "j_held_out": f["j_obs"], "z_alignment": f["z_align"],
            "p_alignment": f["p_align"], "bucket_start": "full" if f["mode"] == 0 else "empty at the first loss",

@@ -155,7 +155,7 @@ def select_flows(ctx: DetectContext, test: str) -> np.ndarray:
         if int(ft.proto[i]) not in (6, 17):
             continue
         if test == "calls":
-            sel[i] = ctx.is_call(i)
+            sel[i] = ctx.is_call(i) or ctx.is_setup_candidate(i)
         else:
             sel[i] = ctx.is_call(i) or (ctx.role(i) == "media" and not _group_address(ctx, i))
     return sel
@@ -173,7 +173,7 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
     roles: list = [None] * n
     dets: list = [[] for _ in range(n)]
     for i in np.flatnonzero(tested).tolist():
-        roles[i] = ctx.role(i)
+        roles[i] = "setup" if ctx.is_setup_candidate(i) else ctx.role(i)
         for det in DETECTORS:
             if roles[i] in det.roles:
                 dets[i].extend(detection_json(d) for d in _run_one(det, ctx, i))

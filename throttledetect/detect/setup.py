@@ -21,7 +21,9 @@ pairs that fail by design while another pair carries the call.
   a path losing half the packets each way answers 87 % of transactions; a flow's probe bin is
   answered by anything arriving within ANSWER_WINDOW_S, which a live flow always has).
   Test: exact binomial lower tail of the answered count (scipy.stats.binom.cdf).
-  Effect: the share of requests left unanswered.
+  Effect: the share of requests left unanswered; at least ``floor.setup`` (0.9: none or nearly none
+  answered, the 2025 signature; an app probing many relays and using the first that answers, or a
+  signalling server that drops some keepalives, leaves a good share answered).
 - Requests answered but no media (a call that rang out or was rejected) is not blocking.
 - An ICMP destination unreachable from a router on the path for the attempt's flows, with
   nothing answered, is direct evidence.
@@ -51,6 +53,8 @@ def attempt_requests(ctx: DetectContext, call: CallAttempt) -> dict:
     stun_n = stun_k = 0
     icmp = ctx.icmp_unreachable()
     for i in call.flows:                          # the attempt's flows (a handful)
+        if ctx.streams.one_way_unknown(i):
+            continue                              # sent or received? cannot be told: not a request
         d_in = ctx.toward_local(i)
         st = ctx.stun(i)
         sent = st.requests_from(1 - d_in)
@@ -136,6 +140,7 @@ def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
     return Detection(
         kind=KIND, direction=direction, decision="not_detected", test=NAME, statistic=float(k), pvalue=p,
         effect=effect, effect_unit="share of requests unanswered", family_key=key, estimates=est,
+        floor_key="floor.setup",
         null=f"each request answered with probability >= {P.answer_rate_h0:g}",
         evidence=f"{n - k} of {n} {what} this host sent in the {call.label} call attempt "
                  f"({call.end - call.start:.0f} s, {len(call.flows)} flow{'s' * (len(call.flows) > 1)}) went "

@@ -85,6 +85,16 @@ def test_analyze_prints_the_evidence():
     assert rates and all(abs(r / truth["rate_bps"] - 1) < 0.05 for r in rates), rates
 
 
+def test_analyze_prints_one_line_per_call_attempt():
+    from pathlib import Path
+    sample = Path(__file__).resolve().parents[1] / "captures" / "call_blocked.pcap"
+    out = _analyze_cli(sample)
+    assert out.exit_code == 0, out.output
+    part = out.output.split("Call attempts")[1].split("Evidence")[0]
+    # the bundled call: one attempt from 192.168.88.2, set up, then its media blocked
+    assert part.count("192.168.88.2") == 1 and "set up" in part and "blocking" in part
+
+
 def test_analyze_json_of_several_captures_merges_protocols():
     import json
     from pathlib import Path

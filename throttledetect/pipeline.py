@@ -85,6 +85,11 @@ def to_document(analyses: list[CaptureAnalysis], *, include_metrics: bool = True
             p.update(verdict="none", kinds=[], summary=f"{p['protocol']}: not tested (no call flows)")
     doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(a.capture) for a in analyses],
            "flows": flows, "protocols": protocols}
+    for ci, a in enumerate(analyses):
+        if a.detections is not None:
+            doc["captures"][ci]["call_attempts"] = [
+                dict(e, flows=[f"{ci}:{i}" for i in e["flows"]], media_flows=[f"{ci}:{i}" for i in e["media_flows"]])
+                for e in a.detections.attempts]
     dets = [a.detections for a in analyses if a.detections is not None]
     if dets:
         doc["config"] = dets[0].config.to_json()

@@ -184,6 +184,35 @@ class RtpIndex:
         return pos[rows]
 
 
+def _counter_spans(ix: RtpIndex, pos: np.ndarray, starts: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """Per stream (payload type) of ix at positions pos (grouped, stream starts at `starts`), the
+    span of the sequence counter it draws from: its own span when its SSRC has one payload type
+    or runs a counter per type (Zoom's video and FEC), else the SSRC's span in time order. A
+    G.711 call's comfort-noise packets (PT 13) share the voice's counter but occur only in
+    silences: shifted by their own span, copy k's CN numbers would land on copy k's voice."""
+    out = spans.copy()
+    sid = np.arange(len(starts))
+    key = np.stack([ix.flow[pos[starts]], ix.dir[pos[starts]], ix.ssrc[pos[starts]]], axis=1)
+    _, grp = np.unique(key, axis=0, return_inverse=True)
+    grp = grp.ravel()
+    if len(np.unique(grp)) == len(grp):
+        return out
+    ends = np.append(starts[1:], len(pos))
+    for g in np.unique(grp):                       # SSRCs with several payload types (a few)
+        members = sid[grp == g]
+        if len(members) < 2:
+            continue
+        p = np.concatenate([pos[starts[m]:ends[m]] for m in members])
+        p = p[np.argsort(ix.row[p], kind="stable")]
+        x = unwrap_groups(ix.seq[p], np.r_[True, np.zeros(len(p) - 1, dtype=bool)], U16)
+        n = len(x)
+        span = int(x.max() - x.min())
+        dups = n - len(np.unique(x))
+        if dups <= 0.01 * n and span + 1 <= 1.5 * n:
+            out[members] = span                     # one counter shared by the types
+    return out
+
+
 def unwrap_groups(values: np.ndarray, first: np.ndarray, modulus: int) -> np.ndarray:
     """Unwrap counters per group: values sorted by (group, time), first = True at group starts."""
     v = np.asarray(values, dtype=np.int64)
@@ -601,7 +630,8 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
             starts = np.flatnonzero(first)
             gid = np.cumsum(first) - 1
             xseq, xts = ix.xseq[pos_ix], ix.xts[pos_ix]
-            seq_span = np.maximum.reduceat(xseq, starts) - np.minimum.reduceat(xseq, starts)
+            seq_span = _counter_spans(ix, pos_ix, starts, np.maximum.reduceat(xseq, starts)
+                                      - np.minimum.reduceat(xseq, starts))
             ts_span = np.maximum.reduceat(xts, starts) - np.minimum.reduceat(xts, starts)
             step = np.zeros(len(pos_ix), dtype=np.int64)
             step[1:] = np.diff(xts)

@@ -80,8 +80,8 @@ def test_setup_blocked_host_keeps_sending_stun(scenario):
     assert d["decision"] == "detected"
     est = d["estimates"]
     assert est["stun_answered"] == 0 and est["stun_transactions"] >= 30
-    # exact binomial lower tail of 0 answered of n at H0 "answered with probability 0.5"
-    assert d["pvalue"] == pytest.approx(0.5 ** est["requests"])
+    # exact binomial lower tail of 0 answered of n at H0 "answered with probability 0.8"
+    assert d["pvalue"] == pytest.approx(0.2 ** est["requests"])
     assert d["onset_s"] == pytest.approx(0.0, abs=0.1)
     assert d["family_key"].startswith("call-setup:")
 
@@ -92,6 +92,20 @@ def test_setup_blocked_synthetic_attempt(scenario):
     i = flow_of(ft, CALL_PORT)
     assert rep.verdict(i) == "blocking", why(rep, i)
     assert of_kind(rep, i, "blocking", test="setup")["decision"] == "detected"
+    # the report's line for the attempt: what was tried, nothing answered, blocked
+    (att,) = [a for a in rep.attempts if i in a["flows"]]
+    assert att["verdict"] == "blocking" and att["app"] == cl.labels[i]
+    assert att["requests"] >= 30 and att["answered"] == 0 and att["received"] == 0 and att["sent"] > 0
+    remote = ft.endpoint(i, "a" if att["local"] != ft.endpoint(i, "a").rsplit(":", 1)[0] else "b")
+    assert f"udp {remote}" in att["tried"]
+    assert att["reason"] and "unanswered" in att["reason"]
+
+
+def test_a_call_that_was_set_up_then_blocked_has_one_attempt_line(scenario):
+    cap, ft, cl, rep = scenario(AUDIO, BlockAfter(10.0))
+    i = flow_of(ft, CALL_PORT)
+    (att,) = [a for a in rep.attempts if i in a["flows"]]
+    assert att["verdict"] == "set up" and i in att["media_flows"] and att["media_verdict"] == "blocking"
 
 
 def test_a_rejected_call_is_not_blocking(scenario):

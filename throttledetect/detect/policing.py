@@ -349,12 +349,23 @@ def regularity_test(lost: np.ndarray, k: int) -> TestResult | None:
 
 
 def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, mean_size: float) -> float | None:
-    """Packets of queue at the fitted rate (shaping.queue_estimate); None without a sender clock."""
-    from throttledetect.detect.shaping import queue_depth_ms, queue_estimate
+    """Packets of standing queue at the fitted rate, as the shaping detector reads a queue: the
+    delay's rise (shaping.queue_estimate) counts only when the arrivals are also spaced at a cap
+    that binds (shaping.binding_cap, the flow or its host's call flows together): a queue releases
+    packets back to back at its rate. A rise without that spacing is the sender's timing (a stall
+    of its media clock, a jitter buffer reset), not a queue; 0.0 then. None without a sender clock."""
+    from throttledetect.detect.shaping import MIN_PACKETS, binding_cap, queue_depth_ms, queue_estimate, spacing_test
     q = queue_estimate(ctx, i, d)
     if q is None:
         return None
-    return max(queue_depth_ms(q, ctx.alpha), 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
+    depth = max(queue_depth_ms(q, ctx.alpha), 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
+    P = ctx.config.shaping
+    pk = ctx.packets(i, d)
+    binds = pk.n >= MIN_PACKETS and binding_cap(spacing_test(pk, P), P)[0]
+    group = ctx.host_group(i)
+    if not binds and len(group) > 1:
+        binds = binding_cap(spacing_test(ctx.merged_packets(group), P), P)[0]
+    return depth if binds else 0.0
 
 
 def _from_regularity(ctx: DetectContext, i: int, d: int, loss, reg) -> Detection:
@@ -386,17 +397,30 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
         return ctx._cache[ck]
     P = ctx.config.policing
     out = None
-    t = loss.t - loss.t[0]
-    lost = loss.lost.astype(np.bool_)
-    size = loss.size.astype(np.float64)
-    stream = loss.stream.astype(np.int64) if loss.stream is not None else np.zeros(len(t), np.int64)
-    span = float(t[-1]) if len(t) > 1 else 0.0
+    lost0 = loss.lost.astype(np.bool_)
+    stream0 = loss.stream.astype(np.int64) if loss.stream is not None else np.zeros(loss.n, np.int64)
+    span = float(loss.t[-1] - loss.t[0]) if loss.n > 1 else 0.0
     if span > 0 and loss.n_lost >= P.min_losses and loss.n - loss.n_lost >= P.min_losses:
-        recv_bps = float(size[~lost].sum() * 8.0 / span)
+        size0 = loss.size.astype(np.float64)
+        recv_bps = float(size0[~lost0].sum() * 8.0 / span)
         seed = int(ctx.rng("police", key).integers(1, 2**31 - 1))
-        al = alignment_test(t, size, lost, stream, recv_bps, P, seed)
-        j_obs, p_align, z_align = al.statistic, al.pvalue, al.estimates["z"]
-        reg = regularity_test(lost, P.dispersion_window) if loss.source in ("rtp", "tcp") else None
+        # Two clocks on which a bucket may have met the packets: their arrivals (a policer near
+        # the capture point, jitter before it) and the sender's stamps carried by the least
+        # delay (a policer upstream, jitter after it: the access link, Wi-Fi). Each is tested;
+        # the better counts, Bonferroni-corrected for the choice.
+        bases = [("arrival", loss.t)]
+        if loss.t_sender is not None:
+            bases.append(("sender clock", loss.t_sender))
+        tried = []
+        for name, tb in bases:
+            o = np.argsort(tb, kind="stable")
+            t, lost, size, stream = tb[o] - tb[o][0], lost0[o], size0[o], stream0[o]
+            al = alignment_test(t, size, lost, stream, recv_bps, P, seed)
+            tried.append((al.pvalue, name, al, t, lost, size))
+        p_align, basis, al, t, lost, size = min(tried, key=lambda x: x[0])
+        p_align = min(1.0, p_align * len(bases))
+        j_obs, z_align = al.statistic, al.estimates["z"]
+        reg = regularity_test(lost0, P.dispersion_window) if loss.source in ("rtp", "tcp") else None
         looks = {"alignment": p_align}
         if reg is not None:
             looks["regularity"] = reg.pvalue
@@ -408,12 +432,12 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
         r_lo, r_hi = float(rates[fits.min()] * 8), float(rates[fits.max()] * 8)
         passed = passed_rate_bps(t, size, lost)
         out = {"test": name, "p": min(1.0, pmin * len(looks)), "j_obs": j_obs, "j_best": j_best,
-               "p_align": p_align, "z_align": z_align, "reg": reg,
+               "p_align": p_align, "z_align": z_align, "reg": reg, "clock": basis,
                "rate": passed if passed is not None else float(rates[a] * 8), "rate_fit": float(rates[a] * 8),
                "burst": float(bursts[b]), "r_lo": r_lo, "r_hi": r_hi,
                "identifiable": r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1,
-               "mode": int(m), "first_loss_t": float(loss.t[int(np.argmax(lost))]), "recv_bps": recv_bps,
-               "mean_size": float(size[~lost].mean()), "loss": loss.fraction, "lost": loss.n_lost, "n": loss.n}
+               "mode": int(m), "first_loss_t": float(loss.t[int(np.argmax(lost0))]), "recv_bps": recv_bps,
+               "mean_size": float(size0[~lost0].mean()), "loss": loss.fraction, "lost": loss.n_lost, "n": loss.n}
     ctx._cache[ck] = out
     return out
 
@@ -462,7 +486,7 @@ def detect(ctx: DetectContext, i: int) -> list:
            "rate_identifiable": bool(f["identifiable"]), "loss": loss.fraction, "lost": nl, "expected": loss.n,
            "loss_source": loss.source, "j_held_out": f["j_obs"], "z_alignment": f["z_align"],
            "p_alignment": f["p_align"], "bucket_start": "full" if f["mode"] == 0 else "empty at the first loss",
-           "received_bps": f["recv_bps"], "scope": scope}
+           "received_bps": f["recv_bps"], "scope": scope, "bucket_clock": f["clock"]}
     if scope == "host":
         est["flows"] = flows
     if f["reg"] is not None:

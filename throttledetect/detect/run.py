@@ -93,6 +93,7 @@ class DetectionReport:
     test_scope: str = "calls"
     protocols: list = field(default_factory=list)
     packets: list = field(default_factory=list)     # per flow: packets arriving at the capturing host
+    attempts: list = field(default_factory=list)    # one dict per call attempt (see _attempts)
 
     def verdict(self, i: int) -> str:
         return self.verdicts[i][0]
@@ -184,7 +185,51 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
                              config=config, test_scope=test,
                              packets=[ctx.packets(i, ctx.toward_local(i)).n if tested[i] else 0 for i in range(n)])
     report.protocols = _protocols(report)
+    report.attempts = _attempts(ctx, dets, tested, vs)
     return report
+
+
+def _attempts(ctx: DetectContext, dets: list, tested: np.ndarray, flow_verdicts: list) -> list:
+    """One entry per call attempt (the report's line per attempt): the app, this host, when, the
+    remote ends it tried (relays, ports, TCP fallback), what it sent and got back, and the
+    call-setup test's decision. Flow ids are the flows' indices in this capture."""
+    from throttledetect.read.table import halves_to_address
+    out = []
+    t0 = ctx.streams.t0_ns / 1e9
+    for call in ctx.calls:
+        flows = [i for i in call.flows if tested[i]]
+        if not flows:
+            continue
+        i0 = flows[0]
+        local_side = "a" if ctx.streams.local_is_a[i0] else "b"
+        tried = []
+        for i in flows:
+            remote = ctx.ft.endpoint(i, "b" if ctx.streams.local_is_a[i] else "a")
+            tried.append(f"{'tcp' if int(ctx.ft.proto[i]) == 6 else 'udp'} {remote}")
+        setup = next((d for i in flows for d in dets[i] if d.get("test") == "setup"), None)
+        if call.two_way_media:
+            verdict = "set up"
+        elif setup is None:
+            verdict = "inconclusive"
+        else:
+            verdict = {"detected": "blocking", "inconclusive": "inconclusive"}.get(setup["decision"], "not blocked")
+        est = (setup or {}).get("estimates", {})
+        hi, lo = (ctx.ft.a_hi[i0], ctx.ft.a_lo[i0]) if local_side == "a" else (ctx.ft.b_hi[i0], ctx.ft.b_lo[i0])
+        entry = {"id": int(call.id), "app": call.label, "local": str(halves_to_address(hi, lo)),
+                 "first_ts": t0 + call.start, "duration_s": round(call.end - call.start, 3),
+                 "flows": flows, "media_flows": [i for i in call.media_flows if tested[i]],
+                 "tried": sorted(set(tried)), "sent": int(call.outbound), "received": int(call.inbound),
+                 "local_known": bool(ctx.streams.local_known[i0]), "verdict": verdict}
+        for k in ("requests", "answered"):
+            if k in est:
+                entry[k] = est[k]
+        if call.two_way_media:
+            # what happened to the call once set up: its flows' most severe verdict
+            entry["media_verdict"] = min((flow_verdicts[i][0] for i in flows), key=verdicts.SEVERITY.index)
+        if setup is not None and verdict != "set up":
+            entry["reason"] = setup.get("reason") or setup.get("evidence", "")
+        out.append(_jsonable(entry))
+    return out
 
 
 def _first_line(detector) -> str:

@@ -52,11 +52,36 @@ def render(doc: dict, *, width: int) -> str:
         parts.append(fill("Call flows and the apps' chat flows (local = the capturing host, you):", width) + "\n"
                      + table(["id", "local", "remote", "protocol", "pkts", "dur s", "verdict", "why this label"],
                              rows, width=width, wrap=("why this label",)) + note)
+    attempts = attempts_table(doc, width)
+    if attempts:
+        parts.append(attempts)
     why = evidence(doc["flows"], width=width)
     if why:
         parts.append(fill("Evidence (flows whose verdict is not none; --format json has every test):", width) + "\n"
                      + why)
     return "\n\n".join(parts) + "\n"
+
+
+def attempts_table(doc: dict, width: int) -> str:
+    """One line per call attempt: the app, this host, when, what it tried, what came back, and
+    whether the call was set up, blocked at setup, or could not be told."""
+    rows = []
+    for ci, c in enumerate(doc["captures"]):
+        for a in c.get("call_attempts", []):
+            when = _dt.datetime.fromtimestamp(a["first_ts"], _dt.timezone.utc).strftime("%H:%M:%S")
+            got = (f"{a['answered']}/{a['requests']}" if "requests" in a else "-")
+            verdict = a["verdict"] + (f": {a['reason']}" if a.get("reason") else "")
+            if a.get("media_verdict"):
+                verdict += f"; the call's flows: {a['media_verdict']}"
+            rows.append([f"{ci}:{a['id']}", a["app"], a["local"] + ("" if a.get("local_known", True) else " (?)"),
+                         when, round(a["duration_s"], 1), ", ".join(a["flows"]), ", ".join(a["tried"]),
+                         f"{a['sent']}/{a['received']}", got, verdict])
+    if not rows:
+        return ""
+    return (fill("Call attempts (flows of one app from one host close in time; tried = the remote ends, "
+                 "pkts = sent/received, answered = requests answered/sent; times UTC):", width) + "\n"
+            + table(["attempt", "app", "local", "start", "dur s", "flows", "tried", "pkts", "answered", "verdict"],
+                    rows, width=width, wrap=("flows", "tried", "verdict")))
 
 
 def verdicts_by_capture(doc: dict) -> dict[str, str]:

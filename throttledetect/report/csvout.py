@@ -1,7 +1,8 @@
 """CSV for spreadsheets and scripts, from the JSON document.
 
 `analyze` writes one table in long form: a row per (capture, protocol) with the verdict and its
-rate, then a row per flow (`level` says which), so one filter in a spreadsheet gives either view.
+rate, then a row per call attempt, then a row per flow (`level` says which), so one filter in a
+spreadsheet gives either view.
 Text cells that a spreadsheet would run as a formula (starting with = + - @, tab or CR) get a
 leading apostrophe: a STUN realm or SNI from a capture must not become a formula (CSV injection).
 """
@@ -57,6 +58,13 @@ def analyze_csv(doc: dict) -> str:
                          "flows": p["flows"], "packets": p["packets"], "bytes": p["bytes"],
                          "verdict": p.get("verdict"), "kinds": " ".join(p.get("kinds", [])),
                          "rate_bps": _round(p.get("rate_bps")), "summary": p.get("summary")})
+    for ci, c in enumerate(doc["captures"]):
+        for a in c.get("call_attempts", []):
+            rows.append({"level": "attempt", "capture": ci, "capture_path": paths[ci], "protocol": a["app"],
+                         "id": f"{ci}:{a['id']}", "local_endpoint": a["local"], "remote_endpoint": " ".join(a["tried"]),
+                         "flows": len(a["flows"]), "packets": a["sent"] + a["received"],
+                         "duration_s": a["duration_s"], "verdict": a["verdict"],
+                         "kinds": a.get("media_verdict", ""), "summary": a.get("reason", "")})
     for f in doc["flows"]:
         local, remote, _ = sides(f)
         main = _verdict_detection(f)

@@ -29,7 +29,7 @@ table{border-collapse:collapse;font-size:.9rem;min-width:100%}
 th,td{border:1px solid #ddd;padding:.3rem .45rem;text-align:left;vertical-align:top}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .v{font-weight:600;white-space:nowrap}.v-shaping,.v-policing,.v-dropping,.v-blocking{color:#a01818}
-.v-inconclusive{color:#8a6d00}.v-none{color:#236b2b}
+.v-inconclusive{color:#8a6d00}.v-none,.v-set-up,.v-not-blocked{color:#236b2b}
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:.85rem;color:#555}
 .flow{border-top:1px solid #eee;padding-top:.5rem}
@@ -56,6 +56,20 @@ def render_html(doc: dict, analyses: list) -> str:
         for ci, c in enumerate(doc["captures"]):
             parts.append(f"<h3>Capture #{ci}: <code>{escape(c['path'])}</code></h3>")
             parts.append(_protocol_table(capture_protocols(doc, ci)))
+    attempts = [(ci, a) for ci, c in enumerate(doc["captures"]) for a in c.get("call_attempts", [])]
+    if attempts:
+        parts.append("<h2>Call attempts</h2>")
+        parts.append("<p class=\"muted\">Flows of one app from one host close in time. Tried: the remote ends; "
+                     "packets sent/received; answered: requests answered/sent.</p>")
+        rows = [[escape(f"{ci}:{a['id']}"), escape(a["app"]), escape(a["local"]),
+                 escape(_dt.datetime.fromtimestamp(a["first_ts"], _dt.timezone.utc).strftime("%H:%M:%S UTC")),
+                 f"{a['duration_s']:.1f}", escape(", ".join(a["tried"])), escape(f"{a['sent']}/{a['received']}"),
+                 escape(f"{a['answered']}/{a['requests']}" if "requests" in a else "-"),
+                 _verdict(a["verdict"]) + (" " + escape(a["reason"]) if a.get("reason") else "")
+                 + (" — the call's flows: " + _verdict(a["media_verdict"]) if a.get("media_verdict") else "")]
+                for ci, a in attempts]
+        parts.append(_cards_table("attempts", ["attempt", "app", "local", "start", "dur s", "tried", "packets",
+                                               "answered", "verdict"], rows, numeric=("dur s",)))
     calls = [f for f in doc["flows"] if is_call(f["protocol"])]
     order = {"inconclusive": 1, "none": 2}
     # per capture, throttled first, then inconclusive, then the rest; the biggest flows first within each
@@ -82,7 +96,7 @@ def render_html(doc: dict, analyses: list) -> str:
 
 def _verdict(v: str | None) -> str:
     v = v or "-"
-    return f"<span class=\"v v-{escape(v)}\">{escape(v)}</span>"
+    return f"<span class=\"v v-{escape(v.replace(' ', '-'))}\">{escape(v)}</span>"
 
 
 def _cards_table(cls: str, headers: list[str], rows: list[list], numeric: tuple[str, ...] = ()) -> str:

@@ -18,6 +18,9 @@ class LossUnits:
     size: np.ndarray        # float64 frame bytes (interpolated for lost units)
     source: str             # one of SOURCES, or "mixed"
     stream: np.ndarray | None = None   # int: which stream of the direction each unit belongs to
+    # the same units on the sender's clock carried to the capture point by the path's least delay
+    # (audio RTP: where a policer upstream of later jitter met them); None without a sender clock
+    t_sender: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -34,7 +37,8 @@ class LossUnits:
     def window(self, t0: float, t1: float) -> "LossUnits":
         m = (self.t >= t0) & (self.t < t1)
         return LossUnits(self.t[m], self.lost[m], self.size[m], self.source,
-                         None if self.stream is None else self.stream[m])
+                         None if self.stream is None else self.stream[m],
+                         None if self.t_sender is None else self.t_sender[m])
 
     def binned(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(units, lost) per bin of the given edges (units outside are ignored)."""
@@ -55,5 +59,8 @@ def merge_loss(parts: list) -> LossUnits | None:
     o = np.argsort(t, kind="stable")
     stream = np.concatenate([np.full(p.n, k) for k, p in enumerate(parts)])
     sources = {p.source for p in parts}
+    # units without a sender clock keep their arrival times on the sender basis
+    t_sender = (np.concatenate([p.t if p.t_sender is None else p.t_sender for p in parts])[o]
+                if any(p.t_sender is not None for p in parts) else None)
     return LossUnits(t[o], np.concatenate([p.lost for p in parts])[o], np.concatenate([p.size for p in parts])[o],
-                     sources.pop() if len(sources) == 1 else "mixed", stream[o])
+                     sources.pop() if len(sources) == 1 else "mixed", stream[o], t_sender)

@@ -32,6 +32,7 @@ MARKED_FRAMES = 0.8          # a video sender marks the end of (nearly) every fr
 MAX_SKEW = 0.01              # clock skews beyond 1 % are not a crystal's: the "skew" would be a queue
 SKEW_WINDOW_S = 2.0
 MIN_SKEW_WINDOWS = 6
+TIMESTAMP_RESET_S = 0.5      # a frame stamped this much before the one that arrived before it: a new timeline
 
 
 def clock_rate(pt: int, t: np.ndarray, seq: np.ndarray | None, ts: np.ndarray) -> int | None:
@@ -211,31 +212,77 @@ class RtpStream:
         t_recv, size_recv = self.t[idx], self.size[idx]
         t_exp = np.interp(expected, s, t_recv)
         size_exp = np.interp(expected, s, size_recv)
+        t_sender = None
         if self.is_video and (~received).any():
             t_exp = self._place_in_frames(expected, received, s, idx, t_exp)
         elif self.clock and (~received).any():
             t_exp = self._place_on_clock(expected, received, s, idx, t_exp)
-        return LossUnits(t=t_exp, lost=~received, size=size_exp, source="rtp")
+            t_sender = self._sender_times(expected, received, s, idx)
+        return LossUnits(t=t_exp, lost=~received, size=size_exp, source="rtp", t_sender=t_sender)
 
-    def _place_on_clock(self, expected, received, s, idx, t_exp):
-        """An audio sender sends a packet every packet-time: the k-th packet lost after a received
-        one left k packet-times after it (never after the next received one). Interpolating over
-        the arrival gap instead would spread a burst the network dropped across a pause that
-        followed it (DTX, the end of a talk spurt), where a bucket sees room for every packet."""
+    def _packet_time(self) -> float | None:
+        """The sender's packet-time in clock ticks: the median timestamp step per sequence number
+        between received packets (a loss or a DTX pause stretches single steps, never the median
+        of the per-number steps of a live stream)."""
         o = np.argsort(self.seq, kind="stable")
         ds, dts = np.diff(self.seq[o]), np.diff(self.ts[o])
-        steps = dts[(ds == 1) & (dts > 0)]
-        if not len(steps):
-            return t_exp
-        ptime = float(np.median(steps)) / float(self.clock)
+        ok = (ds >= 1) & (dts > 0)
+        if not ok.any():
+            return None
+        return float(np.median(dts[ok] / ds[ok]))
+
+    def _sender_times(self, expected, received, s, idx):
+        """Every unit at the time the sender's clock says it left, carried to the capture point by
+        the path's least delay (sender clock skew removed): an audio sender stamps each packet with
+        its sampling time, so these are the times at which a policer upstream of later jitter (the
+        access link, Wi-Fi) met the packets, where arrival times carry that jitter. A lost packet's
+        stamp is a packet-time per number after its received predecessor's (capped at its
+        successor's). None when the stamps restart (no one sender clock to trust)."""
+        ptime = self._packet_time()
+        if ptime is None:
+            return None
+        ts_recv = self.ts[idx].astype(np.float64)
+        t_recv = self.t[idx]
+        if np.any(np.diff(ts_recv) < -TIMESTAMP_RESET_S * self.clock):
+            return None
         miss = expected[~received]
         pos = np.searchsorted(s, miss)
         before = np.clip(pos - 1, 0, len(s) - 1)
         after = np.clip(pos, 0, len(s) - 1)
+        k = (miss - s[before]).astype(np.float64)
+        ts_unit = np.empty(len(expected))
+        ts_unit[received] = ts_recv[np.searchsorted(s, expected[received])]
+        ts_unit[~received] = np.minimum(ts_recv[before] + k * ptime, np.maximum(ts_recv[before], ts_recv[after]))
+        send = (ts_unit - ts_recv[0]) / float(self.clock)
+        send_recv = (ts_recv - ts_recv[0]) / float(self.clock)
+        o = np.argsort(t_recv, kind="stable")
+        owd = t_recv[o] - send_recv[o]
+        _, slope = remove_skew(t_recv[o], owd)
+        t_min = float(t_recv[o][0])
+        base = float(np.min(owd - slope * (t_recv[o] - t_min)))
+        return send + base + slope * (send + base - t_min)
+
+    def _place_on_clock(self, expected, received, s, idx, t_exp):
+        """A lost packet left a packet-time per number after its received predecessor by the
+        sender's clock (never after its successor); it is placed between its neighbours' arrivals
+        in proportion to where its stamp lies between theirs. Interpolating by number over the
+        arrival gap instead would spread a burst the network dropped across a pause that followed
+        it (DTX, the end of a talk spurt), where a bucket sees room for every packet; adding
+        packet-times to the predecessor's arrival would ignore that jitter bunched the neighbours."""
+        ptime = self._packet_time()
+        if ptime is None:
+            return t_exp
+        miss = expected[~received]
+        pos = np.searchsorted(s, miss)
+        before = np.clip(pos - 1, 0, len(s) - 1)
+        after = np.clip(pos, 0, len(s) - 1)
+        ts_a, ts_b = self.ts[idx[before]].astype(np.float64), self.ts[idx[after]].astype(np.float64)
         t_a, t_b = self.t[idx[before]], self.t[idx[after]]
         k = (miss - s[before]).astype(np.float64)
+        ts_l = np.minimum(ts_a + k * ptime, np.maximum(ts_a, ts_b))
+        frac = np.where(ts_b > ts_a, (ts_l - ts_a) / np.maximum(ts_b - ts_a, 1.0), 0.0)
         t = t_exp.copy()
-        t[~received] = np.minimum(t_a + k * ptime, np.maximum(t_a, t_b))
+        t[~received] = t_a + np.maximum(t_b - t_a, 0.0) * frac
         return t
 
     def _place_in_frames(self, expected, received, s, idx, t_exp):
@@ -275,7 +322,17 @@ class RtpStream:
         ts, t_first, _ = self.frames()
         o = np.argsort(t_first, kind="stable")
         ts, t_first = ts[o], t_first[o]
-        owd = (t_first - t_first[0]) - (ts - ts[0]) / float(self.clock)
+        send = (ts - ts[0]) / float(self.clock)
+        owd = (t_first - t_first[0]) - send
+        # No queue makes the sender's clock run backwards: a frame stamped well before the frame
+        # that arrived before it starts a new timeline (a sender that restarted its clock, a
+        # stream spliced after a hold or a codec switch). The delay is carried across the reset
+        # unchanged rather than read as a step of the size of the jump.
+        reset = np.flatnonzero(np.diff(send) < -TIMESTAMP_RESET_S)
+        if len(reset):
+            step = np.zeros(len(owd))
+            step[reset + 1] = owd[reset + 1] - owd[reset]
+            owd = owd - np.cumsum(step)
         owd, slope = remove_skew(t_first, owd)
         ms = (owd - owd.min()) * 1e3
         # a sender whose clock runs fast stamps media ahead of time: the delay read from it falls

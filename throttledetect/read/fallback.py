@@ -81,6 +81,10 @@ DECODE_AS = {"udp.port==8472": "vxlan"}
 TSHARK_ARGS = ["-j", "frame"]
 
 
+class TsharkFailed(RuntimeError):
+    """tshark (through pyshark) ended without dissecting anything."""
+
+
 @dataclass
 class FallbackResult:
     messages: list[str] = field(default_factory=list)
@@ -188,6 +192,11 @@ def _what(table: PacketTable, rows: np.ndarray, link: bool) -> dict[str, int]:
     return out
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _describe(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {k}" for k, n in counts.items())
 
@@ -227,30 +236,30 @@ def _raw_spans(layer) -> list[tuple[str, int]]:
 
 
 def innermost_ip(packet) -> tuple[int, str, int] | None:
-    """(offset, header hex, IP headers before it) of the innermost IP packet of a pyshark packet
-    (JSON with raw bytes), not counting IP headers quoted inside ICMP errors; None without IP."""
-    protocols = str(packet.frame_info.get_field("protocols") or "")
-    depth = 0
-    for token in protocols.split(":"):
-        if token in ("icmp", "icmpv6"):
-            break
-        if token in ("ip", "ipv6"):
-            depth += 1
-    if depth == 0:
-        return None
-    spans = []
+    """(offset, header hex, IP headers down to it) of the innermost IP packet of a pyshark packet
+    (JSON with raw bytes); None without IP. IP headers quoted inside an ICMP error are not packets
+    of their own, and a header that two dissectors claimed (one handing over to the other) counts once."""
+    ips: dict[int, str] = {}
+    icmp_at = None
     for layer in packet.layers:
-        if layer.layer_name in ("ip_raw", "ipv6_raw"):
-            spans += _raw_spans(layer)
-    spans.sort(key=lambda s: s[1])
-    if len(spans) < depth:
+        name = layer.layer_name
+        if name in ("ip_raw", "ipv6_raw"):
+            for hexstr, off in _raw_spans(layer):
+                if len(hexstr) > len(ips.get(off, "")):
+                    ips[off] = hexstr
+        elif name in ("icmp_raw", "icmpv6_raw"):
+            offs = [off for _, off in _raw_spans(layer)]
+            if offs:
+                icmp_at = min(offs) if icmp_at is None else min(icmp_at, *offs)
+    offsets = sorted(off for off in ips if icmp_at is None or off < icmp_at)
+    if not offsets:
         return None
-    hexstr, off = spans[depth - 1]
-    return off, hexstr, depth
+    return offsets[-1], ips[offsets[-1]], len(offsets)
 
 
-def _dissect(tshark: str, path: str) -> dict[int, tuple[int, str, int]]:
-    """frame number (1-based) -> innermost_ip(...) for every frame in which tshark found IP."""
+def _dissect(tshark: str, path: str, prefs: dict) -> tuple[dict[int, tuple[int, str, int]], str | None]:
+    """({frame number (1-based): innermost_ip(...)} for every frame in which tshark found IP,
+    what went wrong or None). What tshark printed before it failed is kept."""
     import pyshark
     from packaging import version
 
@@ -264,18 +273,43 @@ def _dissect(tshark: str, path: str) -> dict[int, tuple[int, str, int]]:
             return version.parse(tshark_version(tshark) or "4.0.0")
 
     found: dict[int, tuple[int, str, int]] = {}
+    error = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")       # asyncio's child-watcher deprecation (Python 3.12+)
         cap = _Capture(path, keep_packets=False, use_json=True, include_raw=True, display_filter="ip or ipv6",
-                       override_prefs=PREFS, decode_as=DECODE_AS, custom_parameters=TSHARK_ARGS, tshark_path=tshark)
+                       override_prefs=prefs, decode_as=DECODE_AS, custom_parameters=TSHARK_ARGS, tshark_path=tshark)
         try:
             for pkt in cap:
                 inner = innermost_ip(pkt)
                 if inner is not None:
                     found[int(pkt.number)] = inner
+        except Exception as e:  # noqa: BLE001 - tshark crashed or printed what pyshark cannot parse
+            error = _tshark_error(e, cap)
         finally:
-            cap.close()
-    return found
+            try:
+                cap.close()
+            except Exception as e:  # noqa: BLE001
+                error = error or _tshark_error(e, cap)
+            cap._running_processes.clear()    # else pyshark's __del__ tries (and fails) once more
+    return found, error
+
+
+def _unknown_pref(error: str | None) -> str | None:
+    """The preference tshark refused ('-o flag "name:value" specifies unknown preference'), or None."""
+    import re
+    m = re.search(r'-o flag "([^":]+):[^"]*" specifies unknown preference', error or "")
+    return m.group(1) if m else None
+
+
+def _tshark_error(e: Exception, cap) -> str:
+    """'tshark exited with status 2: <its last line on stderr>' for pyshark's TSharkCrashException
+    (whose own text advises pyshark's debug mode), else the exception."""
+    import re
+    m = re.search(r"retcode: (-?\d+)", str(e))
+    if type(e).__name__ == "TSharkCrashException" and m:
+        last = getattr(cap, "_last_error_line", None)
+        return f"tshark exited with status {m.group(1)}" + (f": {last}" if last else "")
+    return f"{type(e).__name__}: {e}"
 
 
 def _run_isolated(fn, *args):
@@ -339,9 +373,10 @@ def apply(buf: np.ndarray, table: PacketTable, status: np.ndarray) -> FallbackRe
         _run(buf, table, status, link_rows, tunnel_rows, result)
     except Exception as e:  # noqa: BLE001
         what = _describe({**_what(table, link_rows, True), **_what(table, tunnel_rows, False)})
-        result.messages.append(f"Wireshark fallback failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+        detail = str(e) if isinstance(e, TsharkFailed) else f"{type(e).__name__}: {e}"
+        result.messages.append(f"Wireshark fallback failed ({_one_line(detail)}); "
                                f"not opened: {what}")
-        result.stats.setdefault("error", f"{type(e).__name__}: {e}")
+        result.stats = {"records": 0, "decoded": 0, "seconds": 0.0, "reason": _one_line(detail)}
     return result
 
 
@@ -366,7 +401,15 @@ def _run(buf, table, status, link_rows, tunnel_rows, result: FallbackResult) -> 
     with tempfile.TemporaryDirectory(prefix="throttledetect-fallback-") as tmp:
         path = os.path.join(tmp, "undecoded.pcapng")
         _write_pcapng(path, buf, table, rows)
-        found = _run_isolated(_dissect, tshark, path)
+        prefs = dict(PREFS)
+        while True:
+            found, error = _run_isolated(_dissect, tshark, path, prefs)
+            unknown = _unknown_pref(error) if not found else None
+            if unknown not in prefs:
+                break
+            del prefs[unknown]             # a tshark of another version without this preference
+    if error is not None and not found:
+        raise TsharkFailed(error)
     # frame numbers are 1-based positions in `rows`
     is_tunnel = np.isin(rows, tunnel_rows)
     sel, ip_off = [], []
@@ -401,6 +444,8 @@ def _run(buf, table, status, link_rows, tunnel_rows, result: FallbackResult) -> 
     if n_link > d_link:
         result.messages.append(f"{n_link - d_link} records of an unsupported link type hold no IP packet Wireshark "
                                "can see (encrypted or management 802.11 frames, retransmissions, non-IP): skipped")
+    if error is not None:
+        result.messages.append(f"tshark stopped early ({_one_line(error)}); what it dissected before was used")
     if cut:
         result.messages.append(f"only the first {limit} records went through the Wireshark fallback "
                                f"({ENV_MAX}); the rest stay as they were")

@@ -345,6 +345,24 @@ _COPIED = ("l3", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dpor
 _DECODED = (decode.STATUS_OK, decode.STATUS_TRUNCATED_L4, decode.STATUS_FRAGMENT)
 
 
+def plausible_ip(header: bytes, room: int) -> bool:
+    """Does this IP header (as tshark reported it) fit in the `room` bytes left in the frame on the
+    wire, and, for IPv4, is its checksum right? A flow that uses a tunnel's UDP port by chance gets
+    its payload dissected as that tunnel; this keeps what comes out of it from becoming a packet."""
+    if len(header) >= 20 and header[0] >> 4 == 4:
+        ihl = (header[0] & 0x0F) * 4
+        if ihl < 20 or len(header) < ihl:
+            return False
+        total = int.from_bytes(header[2:4], "big")
+        s = sum(int.from_bytes(header[i:i + 2], "big") for i in range(0, ihl, 2))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return s == 0xFFFF and ihl <= total <= room
+    if len(header) >= 40 and header[0] >> 4 == 6:
+        return 40 + int.from_bytes(header[4:6], "big") <= room
+    return False
+
+
 def decode_at(buf: np.ndarray, table: PacketTable, status: np.ndarray, rows: np.ndarray,
               ip_off: np.ndarray) -> np.ndarray:
     """Decode the IP packet at frame offset `ip_off` of each row with the compiled decoder, in
@@ -444,6 +462,8 @@ def _run(buf, table, status, link_rows, tunnel_rows, result: FallbackResult) -> 
         head = bytes.fromhex(hexstr)
         if off < 0 or off >= int(table.caplen[r]) or bytes(buf[start:start + len(head)]) != head:
             continue                       # not in the frame's own bytes (decrypted or reassembled)
+        if is_tunnel[k] and not plausible_ip(head, int(table.wirelen[r]) - off):
+            continue                       # a tunnel's port by chance, and its payload read as IP
         sel.append(k)
         ip_off.append(off)
     sel = np.asarray(sel, dtype=np.int64)

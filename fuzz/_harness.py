@@ -8,6 +8,8 @@ import sys
 # interpreted (throttledetect/jit.py). Must be set before throttledetect is imported.
 os.environ.setdefault("THROTTLEDETECT_NO_JIT", "1")
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
+# The fuzzed reader is ours: no tshark process per input (read/fallback.py).
+os.environ.setdefault("THROTTLEDETECT_NO_FALLBACK", "1")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -14,8 +14,8 @@ import click
 
 from throttledetect import __version__
 from throttledetect.commands.options import (ANALYSIS_OPTIONS, EXIT_BAD_INPUT, EXIT_FOUND, EXIT_INTERNAL,
-                                             EXIT_INTERRUPTED, FAIL_ON, FILES, OUTPUT, READ_OPTIONS, OutputFile, Tag,
-                                             analysis_settings, check_outputs, flatten_networks, options)
+                                             EXIT_INTERRUPTED, FAIL_ON, FILES, OUTPUT, READ_OPTIONS, VERIFY, OutputFile,
+                                             Tag, analysis_settings, check_outputs, flatten_networks, options)
 from throttledetect.report.terminal import output_width, sanitize
 
 EXIT_NOTHING_READABLE = EXIT_BAD_INPUT      # the name older code and tests use
@@ -208,6 +208,7 @@ REPORT_OPTIONS = [
     click.option("--tag", "tags", type=Tag(), multiple=True,
                  help="KEY=VALUE stored with the results in --db (repeatable), e.g. --tag isp=acme --tag city=Kazan."),
     FAIL_ON,
+    VERIFY,
     click.option("--stdin-name", hidden=True, help="Name for the capture read from standard input."),
 ]
 
@@ -218,7 +219,7 @@ REPORT_OPTIONS = [
 @options(ANALYSIS_OPTIONS)
 @OUTPUT
 @options(REPORT_OPTIONS)
-def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, **params):
+def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, **params):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol
     (and per capture when there are several)."""
     from throttledetect.api import Report, run_analyses
@@ -239,6 +240,9 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, **params):
         if analyses and (html or db):
             run.progress.show("writing the reports")
         report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
+        if report is not None and verify:
+            from throttledetect.verify import verify_analyses
+            report.document["verify"] = verify_analyses(analyses, progress=run.progress)
         if report is not None and html:
             report.write_html(html)
         if report is not None and db:
@@ -249,13 +253,21 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, **params):
         run.close()
     if report is None:
         sys.exit(EXIT_BAD_INPUT)          # nothing readable: an existing -o report is left as it was
+    verified = ""
+    if verify:
+        from throttledetect.verify import summary_line
+        verified = summary_line(report.document.get("verify"))
     if fmt == "json":
         _emit(report.to_json(), output)
     elif fmt == "csv":
         _emit(report.to_csv(), output)
     else:
         from throttledetect.report.analyze_text import render
-        _emit(render(report.document, width=output_width(to_terminal=not output)), output)
+        text = render(report.document, width=output_width(to_terminal=not output))
+        _emit(text + (verified + "\n" if verified else ""), output)
+        verified = ""
+    if verified:
+        click.echo(sanitize(f"throttledetect: note: {verified}"), err=True)
     _exit_status(loaded, report.found(fail_on))
 
 

@@ -194,6 +194,12 @@ def analysis_settings(params: dict) -> dict:
             "test": params.get("test_scope", "calls"), "thresholds": params.get("thresholds") or {}}
 
 
+VERIFY = click.option(
+    "--verify", is_flag=True,
+    help="Also check the RTP stream statistics (packets, lost, max jitter) against Wireshark's own "
+         "(tshark -z rtp,streams, found through pyshark; needs tshark): a 'verify' section in --format json and "
+         "one line in the table. Costs one tshark pass per capture.")
+
 FAIL_ON = click.option(
     "--fail-on", type=click.Choice(["never", "throttled", "inconclusive"]), default="never", show_default=True,
     help="Exit status 1 when a protocol's verdict is a throttling kind (throttled), or that or "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from throttledetect.read import blocks, decode, framing
+from throttledetect.read import blocks, decode, fallback, framing
 from throttledetect.read.table import PacketTable
 
 DEFAULT_PREFIX = 48
@@ -297,6 +297,8 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
     table.wirelen[:] = wirelen
     table.iface[:] = iface
     table.linktype[:] = lt
+    fb = fallback.apply(buf, table, status)     # Wireshark's dissectors where ours stop (read/fallback.py)
+    warns += [ReadWarning(0, m) for m in fb.messages]
     _assign_fragment_ports(table, status)
 
     counts = np.bincount(status, minlength=len(decode.STATUS_TEXT) + 1)
@@ -313,6 +315,7 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
         "fragments": int(np.count_nonzero(table.frag)),
         "fragments_reassigned": int(np.count_nonzero(table.frag & 4)),
         "tunnelled": int(np.count_nonzero(table.tunnel)),
+        "fallback": fb.stats,
     }
     cap = Capture(path=path, format=fmt + (f"+{compression}" if compression else ""), buffer=buf,
                   packets=table, linktypes=linktypes, warnings=warns, stats=stats, status=status)

@@ -49,7 +49,8 @@ COLUMNS = {
     "ttl": np.uint8,          # IPv4 TTL or IPv6 hop limit
     "ip_id": np.uint32,       # IPv4 identification, or IPv6 fragment identification
     "frag": np.uint8,         # FRAG_* bits; 0 for unfragmented packets
-    "tunnel": np.uint8,       # 0, or 1 when the columns describe the packet inside a GTP-U tunnel
+    "tunnel": np.uint8,       # 0; 1: the packet inside a GTP-U tunnel; 2: the innermost IP packet tshark found
+                              # (read/fallback.py: a link type or tunnel the compiled decoder does not open)
     "tcp_seq": np.uint32,
     "tcp_ack": np.uint32,
     "tcp_flags": np.uint8,

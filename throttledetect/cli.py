@@ -279,6 +279,7 @@ COMMAND_MODULES = [
     "throttledetect.commands.validate",
     "throttledetect.commands.compare",
     "throttledetect.commands.history",
+    "throttledetect.commands.replay",
 ]
 
 

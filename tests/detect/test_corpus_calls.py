@@ -74,7 +74,7 @@ TEAMS_RATE = pytest.mark.xfail(strict=True, reason=(
 SLOW = pytest.mark.slow
 POLICE_CASES = [pytest.param("teams", 0.5, 0.02, marks=TEAMS_RATE), ("teams", 0.7, 0.25),
                 pytest.param("teams", 0.85, 0.02, marks=[TEAMS_RATE, SLOW]),
-                pytest.param("teams", 0.85, 0.25, marks=[TEAMS_RATE, SLOW]),
+                pytest.param("teams", 0.85, 0.25, marks=SLOW),
                 ("skype", 0.5, 0.02), pytest.param("skype", 0.7, 0.25, marks=SLOW),
                 pytest.param("skype", 0.85, 0.02, marks=SLOW), ("skype", 0.85, 0.25)]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import click
 
-from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S
+from throttledetect.commands.options import (DEFAULT_IDLE_TIMEOUT_S, MAX_IDLE_TIMEOUT_S, Networks, Number,
+                                             flatten_networks)
 
 
 class ReplayError(click.ClickException):
@@ -46,9 +47,10 @@ class ReplayError(click.ClickException):
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded in the truth file.")
 @click.option("--server-pcap", type=click.Path(dir_okay=False, writable=True),
               help="Also keep the capture taken on the server's side of the router.")
-@click.option("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, show_default=True,
+@click.option("--idle-timeout", type=Number(0, MAX_IDLE_TIMEOUT_S, min_open=True), default=DEFAULT_IDLE_TIMEOUT_S,
+              show_default=True,
               help="Seconds of silence after which a 5-tuple starts a new flow.")
-@click.option("--local", "local", multiple=True, metavar="CIDR",
+@click.option("--local", "local", multiple=True, type=Networks(),
               help="Address range(s) of the capturing host's side (default: private, CGNAT, link-local, loopback).")
 def command(infile, outfile, police, shape, htb, block_after, drop, no_throttle, direction, loop_s, onset, selector,
             seed, server_pcap, idle_timeout, local):
@@ -60,7 +62,6 @@ def command(infile, outfile, police, shape, htb, block_after, drop, no_throttle,
     client's interface. Exactly one of --police, --shape, --htb, --block-after, --drop, --none.
     Needs root, iproute2 and tcpdump (and iptables for --drop).
     """
-    from throttledetect.cli import _parse_local
     from throttledetect.read import CaptureError
     from throttledetect.testbed.netns import TestbedError
     from throttledetect.testbed.replay import replay, spec_from_option
@@ -75,7 +76,7 @@ def command(infile, outfile, police, shape, htb, block_after, drop, no_throttle,
     kind, value = given[0]
     if kind == "block" and onset:
         raise click.UsageError("--block-after sets the onset itself; leave out --onset")
-    nets = _parse_local(local)
+    nets = flatten_networks(local)
     try:
         spec = spec_from_option(kind, value, direction=direction, onset_s=onset, flows=selector, loop_s=loop_s,
                                 local=tuple(str(n) for n in nets or ()), idle_timeout=idle_timeout)

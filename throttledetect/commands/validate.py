@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from throttledetect.commands.options import Number
+
 QUICK_SEEDS = 1
 
 
@@ -36,13 +38,16 @@ QUICK_SEEDS = 1
 @click.option("--bases", "base_filter", default=None,
               help="Comma-separated substrings of base ids or app names (default: every base found).")
 @click.option("--scenarios", default=None, help="Comma-separated scenario names or prefixes.")
-@click.option("--seconds", type=click.FloatRange(min=10), default=60.0, show_default=True,
+@click.option("--seconds", type=Number(10, 3600), default=60.0, show_default=True,
               help="Length each base's media is looped to.")
 @click.option("--no-vca", is_flag=True, help="Skip the vca-sense real-limit check.")
+@click.option("--kernel", is_flag=True,
+              help="Real-kernel rows instead: every base replayed through Linux's tbf/htb/pfifo in network "
+                   "namespaces (root; each trial takes its real time; --seconds 40 recommended).")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="Niceness of the worker processes (the machine may be shared).")
 def command(quick, seeds, jobs, out, full_table, markdown, rescore, corpus, base_filter, scenarios, seconds, no_vca,
-            nice):
+            kernel, nice):
     """Known throttling and confounders applied to every call capture of the corpus, scored per app.
 
     Bases are discovered by the classifier; a network model independent of the detectors applies
@@ -57,6 +62,8 @@ def command(quick, seeds, jobs, out, full_table, markdown, rescore, corpus, base
     from throttledetect.validate.bases import CorpusMissing
     check_outputs({"--out": out and str(out), "--markdown": markdown and str(markdown)},
                   [str(rescore)] if rescore else [])      # checked now, not after a long run
+    if kernel:
+        return _kernel(corpus, base_filter, seconds, jobs, out, markdown)
     if rescore:
         result = runner.load(rescore)
     else:
@@ -90,3 +97,35 @@ def command(quick, seeds, jobs, out, full_table, markdown, rescore, corpus, base
     if failed:
         click.echo(f"throttledetect: {len(failed)} trial(s) failed, first: {failed[0]['base']} / "
                    f"{failed[0]['scenario']}: {failed[0]['error']}", err=True)
+
+
+def _kernel(corpus, base_filter, seconds, jobs, out, markdown):
+    import json
+    from throttledetect.validate import bases as B, kernel
+    ok, why = kernel.available()
+    if not ok:
+        raise click.ClickException(f"--kernel: {why}")
+    corpus = Path(corpus) if corpus is not None else B.default_corpus()
+    specs, _ = B.discover(corpus)
+    if base_filter:
+        want = [w.strip() for w in base_filter.split(",") if w.strip()]
+        specs = [s for s in specs if any(w in s.id or w == s.app for w in want)]
+    if not specs:
+        raise click.ClickException(f"--kernel: no base found (corpus {corpus})")
+    click.echo(f"throttledetect validate --kernel: {len(specs)} bases x {len(kernel.SCENARIOS)} scenarios, "
+               f"{seconds:g} s each, {jobs} at once", err=True)
+
+    def progress(k, n):
+        click.echo(f"  {k}/{n} done", err=True)
+
+    records = kernel.run(specs, seconds=seconds, jobs=jobs, progress=progress)
+    text = kernel.table(records)
+    click.echo(text)
+    if markdown:
+        markdown.write_text(text, encoding="utf-8")
+    if out:
+        import gzip
+        data = json.dumps({"schema": "throttledetect-kernel-validation/1", "seconds": seconds, "trials": records},
+                          default=str)
+        with (gzip.open(out, "wt", encoding="utf-8") if str(out).endswith(".gz") else open(out, "w")) as fh:
+            fh.write(data)

@@ -9,10 +9,11 @@ every flow. A drop is *selective* when something shows that the loss is the call
    Test: Fisher's exact test, one-sided (scipy.stats.fisher_exact), of lost/received in the
    flow against the controls pooled over the flow's span. Check: the flow's loss is at least
    twice the controls'.
-2. **Onset** (``onset``): the loss starts at some point and stays. H0: the loss fraction of the
-   flow's bins (``onset_bin_s``) is exchangeable (no change of level); the best split is searched,
-   and its p-value comes from permuting the bins (maximum statistic, onset.change_point), so the
-   search is paid for. Checks: at least ``onset_min_s`` before and after; the step persists (the
+2. **Onset** (``onset``): the loss starts at some point and stays. H0: the flow's bins
+   (``onset_bin_s``: packets expected and lost in each) are exchangeable (no change of the loss
+   probability); the split with the largest binomial likelihood ratio is searched, and its p-value
+   comes from permuting the bins (maximum statistic, onset.count_change_point), so the search is
+   paid for and losses bunched within a bin (bursty loss) stay bunched under the null. Checks: at least ``onset_min_s`` before and after; the step persists (the
    last third after the split keeps ``onset_persistence`` of it: a burst of congestion that ends
    is not a throttle switched on); controls with a loss signal did not step up with it.
 The two looks share alpha (Bonferroni: the smaller p-value doubled).
@@ -33,7 +34,7 @@ import numpy as np
 from scipy import stats
 
 from throttledetect.detect.context import DetectContext, dir_name
-from throttledetect.detect.onset import change_point
+from throttledetect.detect.onset import count_change_point
 from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 from throttledetect.streams import merge_loss
@@ -82,7 +83,8 @@ def _onset(ctx: DetectContext, i: int, loss, controls) -> dict | None:
     frac = lost[ok] / units[ok]
     tb = edges[:-1][ok]
     min_bins = max(2, int(P.onset_min_s / P.onset_bin_s))
-    cp = change_point(frac, tb, min_size=min_bins, alternative="increase", rng=ctx.rng("drop-onset", i))
+    cp = count_change_point(units[ok], lost[ok], tb, min_size=min_bins, alternative="increase",
+                            rng=ctx.rng("drop-onset", i))
     if cp is None:
         return None
     k = cp.index

@@ -361,10 +361,17 @@ def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, mean_size
     depth = max(queue_depth_ms(q, ctx.alpha), 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
     P = ctx.config.shaping
     pk = ctx.packets(i, d)
-    binds = pk.n >= MIN_PACKETS and binding_cap(spacing_test(pk, P), P)[0]
+    # the spacing is read where the shaping detector reads it: from a queue's onset when one was seen
+    n_looks = max(len(q["looks"]), 1) + 1
+    onsets = [lk for lk in q["looks"] if lk["how"] == "onset" and lk["p"] * n_looks < ctx.alpha]
+    start = onsets[0]["onset"] if onsets else float(pk.t[0])
+    w = pk.window(start + P.window_s, pk.t[-1] + 1e-9)
+    w = w if w.n >= MIN_PACKETS else pk
+    binds = w.n >= MIN_PACKETS and binding_cap(spacing_test(w, P), P)[0]
     group = ctx.host_group(i)
     if not binds and len(group) > 1:
-        binds = binding_cap(spacing_test(ctx.merged_packets(group), P), P)[0]
+        agg = ctx.merged_packets(group)
+        binds = binding_cap(spacing_test(agg.window(start, agg.t[-1] + 1e-9), P), P)[0]
     return depth if binds else 0.0
 
 

@@ -215,7 +215,9 @@ def calibrate(records: list, grid: list | None = None) -> dict:
 
     apps = sorted({r["app"] for r in records})
     choice, why = {}, {}
-    for app in apps:
+    # the shipped defaults are the point chosen on every app (the row of each app is measured at
+    # the point chosen without it); None = all apps
+    for app in apps + [None]:
         best, best_key, text = 0, None, ""
         for gi in range(len(grid)):
             others = [o for o in at(gi) if o["app"] != app and not o["error"] and o["counts"]]
@@ -229,10 +231,13 @@ def calibrate(records: list, grid: list | None = None) -> dict:
                 text = (f"found {det:.3f} on {len(thr)} other-app trials, false throttling {fp:.3f} on "
                         f"{len(conf)}" + ("" if fp <= FP_LIMIT else f" (no point meets <= {FP_LIMIT})"))
         choice[app], why[app] = best, text
+    all_apps = choice.pop(None)
+    why_all = why.pop(None)
     outs = []
     for i, r in enumerate(records):
         outs.append(at(choice[r["app"]])[i])
-    return {"grid": grid, "choice": choice, "why": why, "outcomes": outs}
+    return {"grid": grid, "choice": choice, "why": why, "outcomes": outs, "all_apps": all_apps,
+            "why_all_apps": why_all}
 
 
 def score(result: dict) -> dict:
@@ -266,7 +271,8 @@ def score(result: dict) -> dict:
             "worst": {"found": worst("found"), "right_kind": worst("right_kind"),
                       "false_throttling": worst("false_throttling", lowest=False)},
             "calibration": {"grid_points": len(cal["grid"]), "from_detectors": calibration.available(),
-                            "choice": {a: cal["grid"][i] for a, i in cal["choice"].items()}, "why": cal["why"]},
+                            "choice": {a: cal["grid"][i] for a, i in cal["choice"].items()}, "why": cal["why"],
+                            "all_apps": cal["grid"][cal["all_apps"]], "why_all_apps": cal["why_all_apps"]},
             "vca": {"limited_flagged": [sum(v["flagged"] for v in lim), len(lim)],
                     "unlimited_flagged": [sum(v["flagged"] for v in unl), len(unl)], "captures": vca},
             "outcomes": outs}

@@ -115,6 +115,11 @@ def calibration_note(s: dict) -> str:
     lines = [f"Calibration: leave-one-app-out over {c['grid_points']} grid points (false throttling <= 0.01 on "
              f"the other apps' confounder trials, then the most found on theirs):"]
     lines += [f"- {a}: {c['choice'][a]} ({c['why'][a]})" for a in sorted(c["choice"])]
+    if c.get("all_apps") is not None:
+        from throttledetect import verdicts
+        same = "= the shipped defaults" if dict(c["all_apps"]) == dict(verdicts.DEFAULTS) else \
+            f"(the shipped defaults are {dict(verdicts.DEFAULTS)})"
+        lines.append(f"- chosen on every app: {c['all_apps']} {same} ({c['why_all_apps']})")
     return "\n".join(lines)
 
 

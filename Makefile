@@ -17,16 +17,17 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 # tshark is the reference the metrics tests compare against; tcpdump and iproute2 serve the
-# real-kernel testbed; chromium (headless) opens the HTML report in the browser test. Installed from
-# Debian's packages when missing and we are root.
+# real-kernel testbed (iptables its random drops); chromium (headless) opens the HTML report in the
+# browser test. Installed from Debian's packages when missing and we are root.
 tools:
-	@if ! command -v tshark >/dev/null || ! command -v tcpdump >/dev/null || ! command -v chromium >/dev/null; then \
+	@if ! command -v tshark >/dev/null || ! command -v tcpdump >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v iptables >/dev/null || ! command -v tc >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing tshark, tcpdump, iproute2, chromium from Debian packages"; \
+	    echo "installing tshark, tcpdump, iproute2, iptables, chromium from Debian packages"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      tshark tcpdump iproute2 chromium >/dev/null; \
+	      tshark tcpdump iproute2 iptables chromium >/dev/null; \
 	  else \
-	    echo "note: tshark/tcpdump/chromium missing and not root: tests that need them will skip"; \
+	    echo "note: tshark/tcpdump/iproute2/iptables/chromium missing and not root: tests that need them will skip"; \
 	  fi; \
 	fi
 

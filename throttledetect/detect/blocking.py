@@ -5,9 +5,11 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
 1. **Silence while the host keeps sending** (``silence``): the inbound packets of the flow stop
    while the local side keeps sending (in this flow, or in another flow of the same call when
    nothing of the call arrives anywhere any more) for at least ``min_silence_s``, at no less than
-   ``keeps_sending_share`` of the packet rate it had while packets arrived (over the whole
-   silence or its first seconds: an app that gives up the media retries STUN more slowly).
-   A hang-up stops the local side too (what it sends afterwards, RTCP or keepalives, is sparse);
+   ``keeps_sending_share`` of the packet rate it had while packets arrived, over the seconds
+   after the first (``keeps_sending_window_s`` from HANGUP_TAIL_S on: a blocked app keeps
+   sending its media until it gives up, ICE consent after ~30 s, and retries more slowly then).
+   A hang-up stops the local side too within a second (what it sends afterwards, RTCP or
+   keepalives, is sparse);
    a mute or hold keeps the far end's RTCP, STUN consent or comfort noise arriving, so the flow
    is not silent; a capture that ends stops both sides. When another flow of the call still
    receives, the call moved there (ICE switched pairs): not blocking.
@@ -35,6 +37,7 @@ from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 
 KIND = "blocking"
+HANGUP_TAIL_S = 1.0         # what a host sends in this long after the far end went quiet may be its call's tail
 NAME = "silence"
 RATE_QUANTILE = 0.1
 OUTBOUND_PAUSE_S = 10.0     # the local side's activity ends at its first pause this long
@@ -132,9 +135,13 @@ def detect(ctx: DetectContext, i: int) -> list:
     span_before = max(last_in - first_in, 1e-3)
     before_rate = np.count_nonzero((t_out >= first_in) & (t_out <= last_in)) / span_before
     after_rate = np.count_nonzero(after_out) / silence if silence > 0 else 0.0
-    early = min(silence, P.keeps_sending_window_s)
-    early_rate = np.count_nonzero(after_out & (t_out <= last_in + early)) / early if early > 0 else 0.0
-    kept = max(after_rate, early_rate) >= P.keeps_sending_share * before_rate and after_rate > 0
+    # Does this host go on sending its media once nothing arrives? A blocked app does (until it
+    # gives up: ICE consent fails after ~30 s); one whose call ended sends its last frames and then
+    # keepalives. The first second after the silence begins is skipped: it holds a hang-up's tail.
+    w0 = last_in + HANGUP_TAIL_S
+    early = min(max(silence - HANGUP_TAIL_S, 0.0), P.keeps_sending_window_s)
+    early_rate = np.count_nonzero((t_out > w0) & (t_out <= w0 + early)) / early if early > 0 else 0.0
+    kept = early_rate >= P.keeps_sending_share * before_rate and after_rate > 0
     est.update(inbound_last_s=last_in, outbound_after=int(np.count_nonzero(after_out)), silence_s=silence,
                outbound_pps_before=before_rate, outbound_pps_after=after_rate)
     if silence < P.min_silence_s:
@@ -145,7 +152,7 @@ def detect(ctx: DetectContext, i: int) -> list:
                                           test=NAME, **est)]
     if not kept:
         return [Detection.nothing_to_find(
-            KIND, direction, f"inbound stops at {last_in:.1f} s and this host slows to {after_rate:.1f} packets/s "
+            KIND, direction, f"inbound stops at {last_in:.1f} s and this host slows to {early_rate:.1f} packets/s "
             f"(from {before_rate:.1f}): the call ended (hang-up), not a block", test=NAME, **est)]
     t = p_in.t
     gaps = np.diff(t)

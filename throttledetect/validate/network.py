@@ -934,7 +934,9 @@ class Mute(Stage):
             if f in rtp_flows:
                 continue
             idx = trial.select(Where((f,), "to-local", self.at_s, None))
-            keep = _thin(trial.t[idx], int(self.dtx_s * NS)) if self.mode == "dtx" else np.zeros(len(idx), bool)
+            # one packet per dtx_s in either mode: its audio cannot be told from its video and
+            # signalling, which go on when the far end mutes (only a hang-up stops everything)
+            keep = _thin(trial.t[idx], int(self.dtx_s * NS))
             trial.unsend(idx[~keep])
             removed += int((~keep).sum())
         return {"at_s": self.at_s, "mode": self.mode, "dtx_s": self.dtx_s, "packets_not_sent": int(removed)}

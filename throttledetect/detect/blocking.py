@@ -5,8 +5,8 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
 1. **Silence while the host keeps sending** (``silence``): the inbound packets of the flow stop
    while the local side keeps sending (in this flow, or in another flow of the same call when
    nothing of the call arrives anywhere any more) for at least ``min_silence_s``, at no less than
-   ``keeps_sending_share`` of the packet rate it had while packets arrived, over the seconds
-   after the first (``keeps_sending_window_s`` from HANGUP_TAIL_S on: a blocked app keeps
+   ``keeps_sending_share`` of the packet rate it had in the RECENT_S before, in its busiest
+   whole second after the first (``keeps_sending_window_s`` from HANGUP_TAIL_S on: a blocked app keeps
    sending its media until it gives up, ICE consent after ~30 s, and retries more slowly then).
    A hang-up stops the local side too within a second (what it sends afterwards, RTCP or
    keepalives, is sparse);
@@ -37,6 +37,7 @@ from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection
 
 KIND = "blocking"
+RECENT_S = 5.0              # the host's sending rate is taken over this long before the silence
 HANGUP_TAIL_S = 1.0         # what a host sends in this long after the far end went quiet may be its call's tail
 NAME = "silence"
 RATE_QUANTILE = 0.1
@@ -132,15 +133,24 @@ def detect(ctx: DetectContext, i: int) -> list:
     after_out = t_out > last_in
     silence = float(t_out[-1] - last_in) if after_out.any() else 0.0
     first_in = float(p_in.t[0])
-    span_before = max(last_in - first_in, 1e-3)
-    before_rate = np.count_nonzero((t_out >= first_in) & (t_out <= last_in)) / span_before
+    # The host's rate just before the silence, not over the whole call: a host whose own media
+    # changed earlier (video off, a one-way phase) is compared with what it was doing then.
+    b0 = max(first_in, last_in - RECENT_S)
+    before_rate = np.count_nonzero((t_out >= b0) & (t_out <= last_in)) / max(last_in - b0, 1e-3)
     after_rate = np.count_nonzero(after_out) / silence if silence > 0 else 0.0
     # Does this host go on sending its media once nothing arrives? A blocked app does (until it
     # gives up: ICE consent fails after ~30 s); one whose call ended sends its last frames and then
     # keepalives. The first second after the silence begins is skipped: it holds a hang-up's tail.
+    # The busiest whole second of the next few counts, so that a pause of the host's own (a
+    # talk spurt's end, an encoder restart) does not hide that it went on.
     w0 = last_in + HANGUP_TAIL_S
     early = min(max(silence - HANGUP_TAIL_S, 0.0), P.keeps_sending_window_s)
-    early_rate = np.count_nonzero((t_out > w0) & (t_out <= w0 + early)) / early if early > 0 else 0.0
+    whole = int(early)
+    if whole >= 1:
+        sec = np.floor(t_out[(t_out > w0) & (t_out < w0 + whole)] - w0).astype(np.int64)
+        early_rate = float(np.bincount(sec, minlength=whole).max())
+    else:
+        early_rate = np.count_nonzero((t_out > w0) & (t_out <= w0 + early)) / early if early > 0 else 0.0
     kept = early_rate >= P.keeps_sending_share * before_rate and after_rate > 0
     est.update(inbound_last_s=last_in, outbound_after=int(np.count_nonzero(after_out)), silence_s=silence,
                outbound_pps_before=before_rate, outbound_pps_after=after_rate)

@@ -49,7 +49,9 @@ class ShapingParams:
 @dataclass(frozen=True)
 class BlockingParams:
     min_silence_s: float = 5.0      # the local side kept sending this long after the last inbound packet
-    keeps_sending_share: float = 0.5  # ... at least half its earlier packet rate (a hang-up stops it)
+    keeps_sending_share: float = 0.25  # ... a quarter of its recent packet rate: a hang-up leaves only
+    # keepalives and RTCP (an order of magnitude below media), while a sender that gets no feedback
+    # any more may halve its rate or drop its video (congestion control), and still goes on
     keeps_sending_window_s: float = 3.0
     min_active_packets: int = 8     # inbound packets before the silence (2 s of a slow voice stream)
     answer_rate_h0: float = 0.8     # setup: H0 each request answered with at least this probability

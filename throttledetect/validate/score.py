@@ -251,6 +251,10 @@ def score(result: dict) -> dict:
     per_group = {(a, g): summarise([o for o in outs if o["app"] == a and o["group"] == g])
                  for a in apps for g in groups if any(o["app"] == a and o["group"] == g for o in outs)}
     pooled = summarise(outs, pooled=True)
+    # what `analyze` does out of the box: every trial decided at the shipped defaults
+    shipped_outs = outcomes_at(records, {})
+    shipped = {a: summarise([o for o in shipped_outs if o["app"] == a]) for a in apps}
+    shipped_pooled = summarise(shipped_outs, pooled=True)
     pooled_group = {g: summarise([o for o in outs if o["group"] == g], pooled=True) for g in groups}
     bases = {}
     for o in outs:
@@ -268,6 +272,7 @@ def score(result: dict) -> dict:
     unl = [v for v in vca if not v.get("limited") and not v.get("error")]
     return {"apps": apps, "bases": {a: sorted(b) for a, b in bases.items()}, "per_app": per_app,
             "per_group": per_group, "groups": groups, "pooled": pooled, "pooled_group": pooled_group,
+            "shipped": {"per_app": shipped, "pooled": shipped_pooled},
             "worst": {"found": worst("found"), "right_kind": worst("right_kind"),
                       "false_throttling": worst("false_throttling", lowest=False)},
             "calibration": {"grid_points": len(cal["grid"]), "from_detectors": calibration.available(),

@@ -46,6 +46,25 @@ def main_table(s: dict) -> str:
     return "\n".join(out)
 
 
+def shipped_table(s: dict) -> str:
+    """Per app at the shipped defaults (verdicts.DEFAULTS), as `analyze` decides out of the box."""
+    sh = s.get("shipped")
+    if not sh:
+        return ""
+    lines = ["At the shipped defaults (what `analyze` does without --alpha/--threshold; the thresholds were "
+             "seen with every app, so these rows are not a held-out prediction):", "",
+             "| app | found | right kind | false throttling (confounders) | false throttling (untouched flows) |",
+             "|---|---|---|---|---|"]
+    for a in s["apps"]:
+        m = sh["per_app"][a]
+        lines.append(f"| {a} | {_p(m['found'])} | {_p(m['right_kind'])} | {_p(m['false_throttling'])} | "
+                     f"{_p(m['fp_bystander'])} |")
+    m = sh["pooled"]
+    lines.append(f"| **all apps (pooled)** | {_p(m['found'])} | {_p(m['right_kind'])} | {_p(m['false_throttling'])} "
+                 f"| {_p(m['fp_bystander'])} |")
+    return "\n".join(lines)
+
+
 def group_table(s: dict) -> str:
     lines = ["| app | group | found | right kind | inconclusive | false throttling | verdicts (throttling trials) "
              "| rate error median / p90 | not counted (no control / one-way): found, inconclusive, none |",
@@ -129,7 +148,7 @@ def render(result: dict, s: dict, *, full: bool = True) -> str:
             f"{len(result.get('bases', []))} bases, {m.get('seeds')} seeds per scenario and base; "
             f"{m.get('runtime_s')} s on {m.get('jobs')} worker(s) ({m.get('trial_cpu_s')} CPU s in trials); "
             f"{m.get('date')}; git {m.get('git_head')}, detectors {m.get('detectors_sha256')}.")
-    out = [main_table(s), "", calibration_note(s), "", head]
+    out = [main_table(s), "", calibration_note(s), "", shipped_table(s), "", head]
     if full:
         out += ["", "Per app and scenario group (k/n trials):", "", group_table(s), "", "Bases:", "",
                 bases_table(result), "", not_bases(result), "", vca_table(s)]

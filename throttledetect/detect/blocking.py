@@ -4,10 +4,12 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
 
 1. **Silence while the host keeps sending** (``silence``): the inbound packets of the flow stop
    while the local side keeps sending (in this flow, or in another flow of the same call when
-   nothing of the call arrives anywhere any more) for at least ``min_silence_s``, at no less than
-   ``keeps_sending_share`` of the packet rate it had in the RECENT_S before, in its busiest
-   whole second after the first (``keeps_sending_window_s`` from HANGUP_TAIL_S on: a blocked app keeps
-   sending its media until it gives up, ICE consent after ~30 s, and retries more slowly then).
+   nothing of the call arrives anywhere any more) for at least ``min_silence_s``, in the median
+   whole second of the ``keeps_sending_window_s`` after the first (HANGUP_TAIL_S) at no less than
+   ``keeps_sending_share`` of the packet rate it had in the RECENT_S before, and at least
+   ``min_media_pps`` (a blocked app keeps sending its media until it gives up, ICE consent after
+   ~30 s, and retries more slowly then). A host that sent fewer than ``min_media_pps`` before
+   the silence (keepalives, RTCP) is ``inconclusive``: a block and a hang-up look the same.
    A hang-up stops the local side too within a second (what it sends afterwards, RTCP or
    keepalives, is sparse);
    a mute or hold keeps the far end's RTCP, STUN consent or comfort noise arriving, so the flow
@@ -141,22 +143,28 @@ def detect(ctx: DetectContext, i: int) -> list:
     # Does this host go on sending its media once nothing arrives? A blocked app does (until it
     # gives up: ICE consent fails after ~30 s); one whose call ended sends its last frames and then
     # keepalives. The first second after the silence begins is skipped: it holds a hang-up's tail.
-    # The busiest whole second of the next few counts, so that a pause of the host's own (a
-    # talk spurt's end, an encoder restart) does not hide that it went on.
+    # The median whole second of the next few counts, so that a pause of the host's own (a talk
+    # spurt's end, an encoder restart) does not hide that it went on, and a keepalive or two (a
+    # hang-up's trickle) does not pass for media.
     w0 = last_in + HANGUP_TAIL_S
     early = min(max(silence - HANGUP_TAIL_S, 0.0), P.keeps_sending_window_s)
     whole = int(early)
     if whole >= 1:
         sec = np.floor(t_out[(t_out > w0) & (t_out < w0 + whole)] - w0).astype(np.int64)
-        early_rate = float(np.bincount(sec, minlength=whole).max())
+        early_rate = float(np.median(np.bincount(sec, minlength=whole)[:whole]))
     else:
         early_rate = np.count_nonzero((t_out > w0) & (t_out <= w0 + early)) / early if early > 0 else 0.0
-    kept = early_rate >= P.keeps_sending_share * before_rate and after_rate > 0
+    kept = early_rate >= max(P.keeps_sending_share * before_rate, P.min_media_pps) and after_rate > 0
     est.update(inbound_last_s=last_in, outbound_after=int(np.count_nonzero(after_out)), silence_s=silence,
                outbound_pps_before=before_rate, outbound_pps_after=after_rate)
     if silence < P.min_silence_s:
         return [Detection.nothing_to_find(KIND, direction, "packets arrive for as long as this host sends",
                                           test=NAME, **est)]
+    if before_rate < P.min_media_pps and not moved:
+        return [Detection.inconclusive(
+            KIND, direction, f"inbound stops at {last_in:.1f} s, but this host sent only {before_rate:.1f} packets/s "
+            f"before it (keepalives, RTCP): from the capture a block and a hang-up look the same",
+            test=NAME, **est)]
     if moved:
         return [Detection.nothing_to_find(KIND, direction, "the call moved to another flow, which still receives",
                                           test=NAME, **est)]

@@ -52,7 +52,9 @@ class BlockingParams:
     keeps_sending_share: float = 0.25  # ... a quarter of its recent packet rate: a hang-up leaves only
     # keepalives and RTCP (an order of magnitude below media), while a sender that gets no feedback
     # any more may halve its rate or drop its video (congestion control), and still goes on
-    keeps_sending_window_s: float = 3.0
+    keeps_sending_window_s: float = 5.0
+    min_media_pps: float = 5.0      # ... and at least this many packets a second: keepalives, RTCP and
+    # consent checks come one every 0.5-5 s per flow, voice sends 16-50 a second even at its sparsest
     min_active_packets: int = 8     # inbound packets before the silence (2 s of a slow voice stream)
     answer_rate_h0: float = 0.8     # setup: H0 each request answered with at least this probability
     min_requests: int = 5

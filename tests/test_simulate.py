@@ -37,10 +37,11 @@ TEAMS = EXTERNAL_DIR / "MicrosoftTeam_05152024_rebuilt.pcap"
 MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
 
-def _rtp_call(path, flows=FLOWS, seconds=20.0, v6=False):
+def _rtp_call(path, flows=FLOWS, seconds=20.0, v6=False, pt_at=None):
     """Paced two-way RTP (PT 111, 20 ms, 48 kHz clock) per flow; sequence numbers wrap at 65536.
 
-    IPv4 frames carry no UDP checksum (0); IPv6 frames a valid one (scapy computes it)."""
+    IPv4 frames carry no UDP checksum (0); IPv6 frames a valid one (scapy computes it). pt_at(k):
+    the payload type of the k-th packet (default 111), on the one sequence counter of the SSRC."""
     frames, times = [], []
     n = int(seconds * PPS)
     for fi, (local, remote, lport, rport) in enumerate(flows):
@@ -51,7 +52,7 @@ def _rtp_call(path, flows=FLOWS, seconds=20.0, v6=False):
             head_len = len(Ether(**MACS) / ip / UDP())
             pad = bytes(FRAME - head_len - 12)
             for k in range(n):
-                rtp = struct.pack("!BBHII", 0x80, 111, (65400 + k) & 0xFFFF, (4_000_000_000 + 960 * k) % (1 << 32),
+                rtp = struct.pack("!BBHII", 0x80, pt_at(k) if pt_at else 111, (65400 + k) & 0xFFFF, (4_000_000_000 + 960 * k) % (1 << 32),
                                   ssrc) + pad
                 if v6 or k == 0:
                     udp = UDP(sport=sp, dport=dp) if v6 else UDP(sport=sp, dport=dp, chksum=0)

@@ -267,6 +267,30 @@ def test_sender_stages_leave_no_sequence_gap(scene_v6):
         assert e[IPv6].plen == e[UDP].len == len(e[UDP])
 
 
+def test_payload_types_on_one_counter_are_renumbered_together(tmp_path):
+    """G.711 (PT 0) and its comfort noise (PT 13) draw from one sequence counter: packets a held
+    call never sent leave no gap in that counter, whichever type they were."""
+    path = _rtp_call(tmp_path / "cn.pcap", seconds=10.0, pt_at=lambda k: 0 if (k // 25) % 2 == 0 else 13)
+    sc = _scene(path)
+    tr = nw.run(sc, [nw.Hold(_where(sc), 2.0, 4.0, 1.0)], np.random.default_rng(1))
+    cap = tr.capture()
+    p = cap.packets
+    buf = cap.buffer
+    key, seq = [], []
+    for i in np.flatnonzero(p.payload_off >= 0).tolist():
+        o = int(p.payload_off[i])
+        key.append((int(p.sport[i]), int(p.dport[i])))
+        seq.append(int.from_bytes(bytes(buf[o + 2:o + 4]), "big"))
+    key = np.array([hash(k) for k in key])
+    seq = np.array(seq)
+    pts = 0
+    for k in np.unique(key):
+        s = seq[key == k]
+        assert np.all(np.diff(s) % 65536 == 1), np.flatnonzero(np.diff(s) % 65536 != 1)[:5]
+        pts += 1
+    assert pts == 2 * len(FLOWS)
+
+
 def test_hangup_mute_hold_truncate_keeponly(scene):
     tr = nw.run(scene, [nw.HangUp(_where(scene, "both"), 5.0, 0.5, None)], np.random.default_rng(2))
     rel = (tr.t - scene.t0) / 1e9

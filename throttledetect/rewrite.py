@@ -184,6 +184,36 @@ class RtpIndex:
         return pos[rows]
 
 
+def _one_counter(seq: np.ndarray) -> bool:
+    """Do these sequence numbers (several payload types of one SSRC, in time order) come from one
+    counter? Then they barely repeat and cover about as many numbers as there are packets."""
+    x = unwrap_groups(seq, np.r_[True, np.zeros(len(seq) - 1, dtype=bool)], U16)
+    n = len(x)
+    return n > 0 and n - len(np.unique(x)) <= 0.01 * n and int(x.max() - x.min()) + 1 <= 1.5 * n
+
+
+def counter_groups(ix: RtpIndex) -> np.ndarray:
+    """Per position of ix, the sequence counter it draws from: its stream (flow, direction, SSRC,
+    payload type), or one shared by its SSRC's payload types when they number from one counter."""
+    gid = ix.stream.copy()
+    if not len(ix.starts):
+        return gid
+    key = np.stack([ix.flow[ix.starts], ix.dir[ix.starts], ix.ssrc[ix.starts]], axis=1)
+    _, grp = np.unique(key, axis=0, return_inverse=True)
+    grp = grp.ravel()
+    if len(np.unique(grp)) == len(grp):
+        return gid
+    for gr in np.unique(grp):
+        members = np.flatnonzero(grp == gr)
+        if len(members) < 2:
+            continue
+        p = np.concatenate([np.arange(ix.starts[m], ix.ends[m]) for m in members])
+        p = p[np.argsort(ix.row[p], kind="stable")]
+        if _one_counter(ix.seq[p]):
+            gid[p] = members[0]
+    return gid
+
+
 def _counter_spans(ix: RtpIndex, pos: np.ndarray, starts: np.ndarray, spans: np.ndarray) -> np.ndarray:
     """Per stream (payload type) of ix at positions pos (grouped, stream starts at `starts`), the
     span of the sequence counter it draws from: its own span when its SSRC has one payload type
@@ -204,12 +234,9 @@ def _counter_spans(ix: RtpIndex, pos: np.ndarray, starts: np.ndarray, spans: np.
             continue
         p = np.concatenate([pos[starts[m]:ends[m]] for m in members])
         p = p[np.argsort(ix.row[p], kind="stable")]
-        x = unwrap_groups(ix.seq[p], np.r_[True, np.zeros(len(p) - 1, dtype=bool)], U16)
-        n = len(x)
-        span = int(x.max() - x.min())
-        dups = n - len(np.unique(x))
-        if dups <= 0.01 * n and span + 1 <= 1.5 * n:
-            out[members] = span                     # one counter shared by the types
+        if _one_counter(ix.seq[p]):
+            x = unwrap_groups(ix.seq[p], np.r_[True, np.zeros(len(p) - 1, dtype=bool)], U16)
+            out[members] = int(x.max() - x.min())   # one counter shared by the types
     return out
 
 
@@ -261,9 +288,17 @@ def renumber_after_removal(buf: np.ndarray, ix: RtpIndex, removed: np.ndarray, *
     removed = np.asarray(removed, dtype=bool)
     if not removed.any():
         return 0
-    cs = np.cumsum(removed)
-    base = (cs - removed)[ix.starts][ix.stream]        # removed before each stream's start
-    shift = cs - removed - base                         # removed earlier in the same stream
+    # removed earlier on the same sequence counter, in time order (payload types sharing one
+    # counter, as G.711 and its comfort noise do, shift together)
+    gid = counter_groups(ix)
+    order = np.lexsort((ix.row, gid))
+    r = removed[order]
+    g = gid[order]
+    gfirst = np.r_[True, g[1:] != g[:-1]] if len(g) else np.zeros(0, dtype=bool)
+    cs = np.cumsum(r)
+    base = (cs - r)[np.flatnonzero(gfirst)][np.cumsum(gfirst) - 1]
+    shift = np.empty(len(r), dtype=np.int64)
+    shift[order] = cs - r - base
     kept = ~removed
     resume = np.zeros(len(removed), dtype=bool)
     resume[1:] = removed[:-1] & ~ix.first[1:]

@@ -53,6 +53,16 @@ class Run:
         self.first_run_note()
         return read_all(paths, progress=self.progress, say=self.say)
 
+    def stream(self, files, consume):
+        """read() for the streaming reader: (StreamSummary, consume(stream)) per capture."""
+        from throttledetect.inputs import InputError, expand, stream_all
+        try:
+            paths = expand(files)
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint="FILES") from None
+        self.first_run_note()
+        return stream_all(paths, consume, progress=self.progress, say=self.say)
+
     def close(self) -> None:
         self.progress.close()
 
@@ -69,6 +79,25 @@ def _emit(text: str, output) -> None:
         if sys.stdout.isatty():
             text = sanitize(text, keep_newlines=True)
         click.echo(text, nl=not text.endswith("\n"))
+
+
+def _emit_pieces(pieces, output, end: str = "") -> None:
+    """_emit for a document made piece by piece (never held whole)."""
+    if output:
+        from throttledetect.report.output import OutputError, write_atomic
+
+        def all_pieces():
+            yield from pieces
+            yield end
+        try:
+            write_atomic(output, all_pieces())
+        except OutputError as e:
+            raise click.ClickException(str(e)) from None
+        return
+    tty = sys.stdout.isatty()
+    for piece in pieces:
+        click.echo(sanitize(piece, keep_newlines=True) if tty else piece, nl=False)
+    click.echo(end, nl=False)
 
 
 def _exit_status(loaded, found: bool = False) -> None:
@@ -101,32 +130,40 @@ def cli():
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def flows(files, idle_timeout, local, output, fmt):
     """List the bidirectional flows of each capture (a = the side that sent first)."""
-    from throttledetect.flows import build_flows
+    from throttledetect.flows_stream import stream_flows
     from throttledetect.report import document
     from throttledetect.report.text import table
     check_outputs({"--output": output}, files)
+    nets = flatten_networks(local)
     run = Run()
     try:
-        loaded = run.read(files)
-        results = [(cap, build_flows(cap, idle_timeout=idle_timeout, local_nets=flatten_networks(local)))
-                   for cap in loaded.captures]
+        # Read chunk by chunk: memory holds one chunk of packets and the flow counters, whatever
+        # the capture's size (docs/DESIGN.md, "Big captures").
+        loaded = run.stream(files, lambda stream: stream_flows(stream, idle_timeout=idle_timeout, local_nets=nets,
+                                                               say=run.say, progress=run.progress))
+        results = loaded.captures
     finally:
         run.close()
-    entries = [document.flow_entry(ft, i, ci) for ci, (cap, ft) in enumerate(results) for i in range(len(ft))]
+
+    def entries():
+        for ci, (_, ft) in enumerate(results):
+            yield from document.flow_entries(ft, ci)
+
     if fmt == "json":
-        doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _ in results], "flows": entries}
-        _emit(json.dumps(doc, indent=2) + "\n", output)
+        from throttledetect.report.jsonout import dumps_pieces
+        head = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _ in results]}
+        _emit_pieces(dumps_pieces(head, "flows", entries()), output, end="\n")
     elif fmt == "csv":
-        from throttledetect.report.csvout import flows_csv
-        _emit(flows_csv(entries), output)
+        from throttledetect.report.csvout import FLOW_COLUMNS, iter_rows
+        _emit_pieces(iter_rows(FLOW_COLUMNS, entries()), output)
     else:
         width = output_width(to_terminal=not output)
         parts = []
         for ci, (cap, ft) in enumerate(results):
             rows = [[e["id"], e["transport"], e["a"], e["b"], e["local"] or "", e["packets_ab"], e["packets_ba"],
                      e["bytes_ab"], e["bytes_ba"], round(e["last_ts"] - e["first_ts"], 3)]
-                    for e in entries if e["capture"] == ci]
-            parts.append(f"{cap.path}: {len(cap.packets)} packets, {len(ft)} flows ({cap.format})\n"
+                    for e in document.flow_entries(ft, ci)]
+            parts.append(f"{cap.path}: {cap.stats['records']} packets, {len(ft)} flows ({cap.format})\n"
                          + table(["id", "proto", "a", "b", "local", "pkts a>b", "pkts b>a", "bytes a>b", "bytes b>a",
                                   "dur s"], rows, width=width))
         _emit("\n\n".join(parts) + "\n", output)

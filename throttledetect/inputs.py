@@ -119,6 +119,45 @@ def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | Non
     return loaded
 
 
+def stream_all(paths: list[str], consume, *, progress=None, say=None, stdin_name: str | None = None,
+               chunk_records: int | None = None) -> Loaded:
+    """read_all for the streaming reader: each path's read.chunks.CaptureStream goes to
+    consume(stream), whose result is kept beside the stream's summary: Loaded.captures holds
+    (StreamSummary, result) pairs. Messages are read_all's (warnings once the file is read)."""
+    from throttledetect.progress import human_bytes
+    from throttledetect.read import CaptureError
+    from throttledetect.read.chunks import DEFAULT_CHUNK_RECORDS, CaptureStream
+    say = say or (lambda line: print(line, file=sys.stderr))
+    loaded = Loaded()
+    for path in paths:
+        name = (stdin_name or STDIN_NAME) if path == STDIN else path
+        try:
+            if path == STDIN:
+                source = spool_stdin(progress, say)
+            else:
+                source = path
+                if progress:
+                    size = _size(path)
+                    progress.show(f"reading {path}" + (f" ({human_bytes(size)})" if size else ""))
+            stream = CaptureStream(source, name=name if path == STDIN else None,
+                                   chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS)
+            result = consume(stream)
+        except (CaptureError, InputError) as e:
+            say(f"throttledetect: error: {e}")
+            loaded.failed.append((name, str(e)))
+            continue
+        summary = stream.summary
+        for w in summary.warnings:
+            say(f"throttledetect: warning: {summary.path}: {w}")
+        skipped = summary.skipped_summary()
+        if skipped:
+            say(f"throttledetect: note: {summary.path}: not decoded: {skipped}")
+        loaded.captures.append((summary, result))
+    if progress:
+        progress.clear()
+    return loaded
+
+
 def _size(path: str) -> int:
     try:
         return os.stat(path).st_size

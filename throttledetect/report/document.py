@@ -10,19 +10,57 @@ SCHEMA = "throttledetect/1"
 
 
 def capture_entry(cap: Capture) -> dict:
-    ts = cap.packets.ts_ns
+    """cap: a Capture, or a streamed capture's summary (read.chunks.StreamSummary)."""
+    first, last = _time_range(cap)
     skipped = {k: v for k, v in ((_status_key(s), n) for s, n in cap.stats["skipped"].items()) if v}
     return {
         "path": cap.path,
         "format": cap.format,
         "packets": int(cap.stats["records"]),
         "bytes": int(cap.stats["bytes"]),
-        "first_ts": float(ts.min()) / 1e9 if len(ts) else None,
-        "last_ts": float(ts.max()) / 1e9 if len(ts) else None,
+        "first_ts": float(first) / 1e9 if first is not None else None,
+        "last_ts": float(last) / 1e9 if last is not None else None,
         "linktype": cap.linktypes[0] if len(cap.linktypes) == 1 else cap.linktypes,
         "skipped": skipped,
         "warnings": [str(w) for w in cap.warnings],
     }
+
+
+def _time_range(cap) -> tuple:
+    if not hasattr(cap, "packets"):
+        return cap.first_ns, cap.last_ns
+    ts = cap.packets.ts_ns
+    return (ts.min(), ts.max()) if len(ts) else (None, None)
+
+
+def flow_entries(ft: FlowTable, capture_index: int):
+    """flow_entry for every flow, in order, as a generator: each address is spelled once, not once
+    per flow (a capture of a million DNS flows has far fewer addresses than endpoints)."""
+    from throttledetect.read.table import format_endpoint
+    n = len(ft)
+    if not n:
+        return
+    spelled = {}
+
+    def spell(hi, lo, port):
+        out = []
+        for h, l, p in zip(hi.tolist(), lo.tolist(), port.tolist()):
+            ip = spelled.get((h, l))
+            if ip is None:
+                ip = spelled[(h, l)] = format_endpoint(h, l, 0)[:-2]
+            out.append(f"{ip}:{p}")
+        return out
+
+    a, b = spell(ft.a_hi, ft.a_lo, ft.a_port), spell(ft.b_hi, ft.b_lo, ft.b_port)
+    a_loc, b_loc = ft.a_local.tolist(), ft.b_local.tolist()
+    names = [transport_name(p) for p in range(256)]
+    cols = zip(ft.proto.tolist(), ft.packets_ab.tolist(), ft.packets_ba.tolist(), ft.bytes_ab.tolist(),
+               ft.bytes_ba.tolist(), ft.first_ns.tolist(), ft.last_ns.tolist())
+    for i, (proto, pab, pba, bab, bba, first, last) in enumerate(cols):
+        local = "a" if a_loc[i] and not b_loc[i] else "b" if b_loc[i] and not a_loc[i] else None
+        yield {"id": f"{capture_index}:{i}", "capture": capture_index, "transport": names[proto], "a": a[i],
+               "b": b[i], "local": local, "packets_ab": pab, "packets_ba": pba, "bytes_ab": bab, "bytes_ba": bba,
+               "first_ts": first / 1e9, "last_ts": last / 1e9}
 
 
 def _status_key(status: int) -> str:

@@ -246,6 +246,9 @@ REPORT_OPTIONS = [
                  help="KEY=VALUE stored with the results in --db (repeatable), e.g. --tag isp=acme --tag city=Kazan."),
     FAIL_ON,
     click.option("--stdin-name", hidden=True, help="Name for the capture read from standard input."),
+    click.option("--workers", type=click.IntRange(1, 256), metavar="N",
+                 help="Processes to use: several captures are analysed side by side, and a capture's call flows "
+                      "are tested side by side (default: every core). The results are the same for any N."),
 ]
 
 
@@ -255,12 +258,13 @@ REPORT_OPTIONS = [
 @options(ANALYSIS_OPTIONS)
 @OUTPUT
 @options(REPORT_OPTIONS)
-def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, **params):
+def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, workers, **params):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol
     (and per capture when there are several)."""
     from throttledetect.api import Report, run_analyses
-    from throttledetect.inputs import InputError, expand
-    from throttledetect.report.build import document_from
+    from throttledetect.inputs import STDIN, InputError, expand
+    from throttledetect.parallel import analyze_files, default_workers
+    from throttledetect.report.build import document_from, document_from_parts
     if tags and not db:
         raise click.BadParameter("tags are stored with --db FILE; give one", param_hint="--tag")
     check_outputs({"--output": output, "--html": html, "--db": db}, files)
@@ -272,10 +276,18 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, **params):
     run = Run()
     try:
         run.first_run_note()
-        analyses, loaded = run_analyses(paths, settings, progress=run.progress, say=run.say, stdin_name=stdin_name)
-        if analyses and (html or db):
-            run.progress.show("writing the reports")
-        report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
+        workers = workers or default_workers()
+        if workers > 1 and len(paths) > 1 and STDIN not in paths and not (html or db):
+            # captures side by side; the HTML report and the database need each capture's packets
+            # in this process, so with them the captures go one after another (flows side by side)
+            parts, loaded = analyze_files(paths, settings, workers=workers, progress=run.progress, say=run.say)
+            report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
+        else:
+            analyses, loaded = run_analyses(paths, dict(settings, workers=workers), progress=run.progress,
+                                            say=run.say, stdin_name=stdin_name)
+            if analyses and (html or db):
+                run.progress.show("writing the reports")
+            report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
         if report is not None and html:
             report.write_html(html)
         if report is not None and db:

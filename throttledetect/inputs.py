@@ -108,15 +108,22 @@ def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | Non
             say(f"throttledetect: error: {e}")
             loaded.failed.append(((stdin_name or STDIN_NAME) if path == STDIN else path, str(e)))
             continue
-        for w in cap.warnings:
-            say(f"throttledetect: warning: {cap.path}: {w}")
-        skipped = cap.skipped_summary()
-        if skipped:
-            say(f"throttledetect: note: {cap.path}: not decoded: {skipped}")
+        for line in read_messages(cap):
+            say(line)
         loaded.captures.append(cap)
     if progress:
         progress.clear()
     return loaded
+
+
+def read_messages(cap) -> list[str]:
+    """What the reader has to tell about a capture (a Capture or a StreamSummary): its warnings
+    and what it could not decode."""
+    lines = [f"throttledetect: warning: {cap.path}: {w}" for w in cap.warnings]
+    skipped = cap.skipped_summary()
+    if skipped:
+        lines.append(f"throttledetect: note: {cap.path}: not decoded: {skipped}")
+    return lines
 
 
 def stream_all(paths: list[str], consume, *, progress=None, say=None, stdin_name: str | None = None,
@@ -147,11 +154,8 @@ def stream_all(paths: list[str], consume, *, progress=None, say=None, stdin_name
             loaded.failed.append((name, str(e)))
             continue
         summary = stream.summary
-        for w in summary.warnings:
-            say(f"throttledetect: warning: {summary.path}: {w}")
-        skipped = summary.skipped_summary()
-        if skipped:
-            say(f"throttledetect: note: {summary.path}: not decoded: {skipped}")
+        for line in read_messages(summary):
+            say(line)
         loaded.captures.append((summary, result))
     if progress:
         progress.clear()

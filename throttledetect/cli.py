@@ -14,7 +14,8 @@ import click
 
 from throttledetect import __version__
 from throttledetect.commands.options import (ANALYSIS_OPTIONS, EXIT_BAD_INPUT, EXIT_FOUND, EXIT_INTERNAL,
-                                             EXIT_INTERRUPTED, FAIL_ON, FILES, OUTPUT, READ_OPTIONS, OutputFile, Tag,
+                                             EXIT_INTERRUPTED, FAIL_ON, FILES, OUTPUT, READ_OPTIONS, Number, OutputFile,
+                                             Tag,
                                              analysis_settings, check_outputs, flatten_networks, options)
 from throttledetect.report.terminal import output_width, sanitize
 
@@ -246,6 +247,11 @@ REPORT_OPTIONS = [
                  help="KEY=VALUE stored with the results in --db (repeatable), e.g. --tag isp=acme --tag city=Kazan."),
     FAIL_ON,
     click.option("--stdin-name", hidden=True, help="Name for the capture read from standard input."),
+    click.option("--live", is_flag=True,
+                 help="With - (a capture arriving on a pipe): print each call's verdict as it forms, updated every "
+                      "--live-every seconds of capture time, then the full report at the end."),
+    click.option("--live-every", type=Number(0.2, 3600), default=2.0, show_default=True, metavar="SECONDS",
+                 help="--live: capture time between two looks at the capture so far."),
     click.option("--workers", type=click.IntRange(1, 256), metavar="N",
                  help="Processes to use: several captures are analysed side by side, and a capture's call flows "
                       "are tested side by side (default: every core). The results are the same for any N."),
@@ -258,7 +264,7 @@ REPORT_OPTIONS = [
 @options(ANALYSIS_OPTIONS)
 @OUTPUT
 @options(REPORT_OPTIONS)
-def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, workers, **params):
+def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, live, live_every, workers, **params):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol
     (and per capture when there are several)."""
     from throttledetect.api import Report, run_analyses
@@ -273,9 +279,13 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, workers, **
         paths = expand(files)
     except InputError as e:
         raise click.BadParameter(str(e), param_hint="FILES") from None
+    if live and paths != [STDIN]:
+        raise click.BadParameter("--live reads a capture as it arrives: give - (standard input) as the only input",
+                                 param_hint="--live")
     run = Run()
     try:
         run.first_run_note()
+        live_run, stdin_file = _live(settings, live_every, stdin_name, run) if live else (None, None)
         workers = workers or default_workers()
         if workers > 1 and len(paths) > 1 and STDIN not in paths and not (html or db):
             # captures side by side; the HTML report and the database need each capture's packets
@@ -284,10 +294,12 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, workers, **
             report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
         else:
             analyses, loaded = run_analyses(paths, dict(settings, workers=workers), progress=run.progress,
-                                            say=run.say, stdin_name=stdin_name)
+                                            say=run.say, stdin_name=stdin_name, stdin_file=stdin_file)
             if analyses and (html or db):
                 run.progress.show("writing the reports")
             report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
+        if live_run is not None and report is not None:
+            live_run.final(report.document)      # the live view ends on the report's verdicts
         if report is not None and html:
             report.write_html(html)
         if report is not None and db:
@@ -306,6 +318,27 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, workers, **
         from throttledetect.report.analyze_text import render
         _emit(render(report.document, width=output_width(to_terminal=not output)), output)
     _exit_status(loaded, report.found(fail_on))
+
+
+def _live(settings: dict, every_s: float, stdin_name, run: "Run"):
+    """Standard input spooled while live verdicts are printed; the spool for the final report."""
+    from throttledetect.inputs import STDIN_NAME, InputError, _scratch_file
+    from throttledetect.live import LiveAnalysis
+    try:
+        fd = sys.stdin.buffer.fileno()
+    except (OSError, ValueError, AttributeError):
+        raise InputError(f"{STDIN_NAME}: byte 0: standard input is closed") from None
+    import os
+    if os.isatty(fd):
+        raise InputError(f"{STDIN_NAME}: byte 0: standard input is a terminal; pipe a capture in, e.g. "
+                         "tcpdump -i eth0 -w - -U | throttledetect analyze - --live")
+    spool = _scratch_file()
+    run.say(f"throttledetect: live: verdicts every {every_s:g} s of capture time as the capture arrives")
+    live = LiveAnalysis(dict(settings, workers=1), name=stdin_name or STDIN_NAME, say=run.say, every_s=every_s)
+    live.run(fd, spool)
+    if spool.tell() == 0:
+        raise InputError(f"{STDIN_NAME}: byte 0: nothing arrived on standard input")
+    return live, spool
 
 
 # Commands that live in their own modules (one line each; see docs/CONTRACT.md).

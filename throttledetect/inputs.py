@@ -85,7 +85,8 @@ class Loaded:
     failed: list = field(default_factory=list)      # (name, one-line message)
 
 
-def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | None = None) -> Loaded:
+def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | None = None,
+             stdin_file=None) -> Loaded:
     """Read every path; a file with nothing readable is reported (say) and skipped, not fatal to
     the others. Warnings go to `say` as they come. `stdin_name` names standard input in messages."""
     from throttledetect.read import CaptureError, read_capture
@@ -95,7 +96,7 @@ def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | Non
     for path in paths:
         try:
             if path == STDIN:
-                spooled = spool_stdin(progress, say)
+                spooled = stdin_file if stdin_file is not None else spool_stdin(progress, say)
                 if progress:
                     progress.show(f"reading {stdin_name or STDIN_NAME}")
                 cap = read_capture(spooled, name=stdin_name or STDIN_NAME)

@@ -263,13 +263,15 @@ def probe_format(buf: np.ndarray, path: str, where: str = "") -> tuple[str, bool
     raise CaptureError(f"{path}: byte 0: not a pcap or pcapng capture (starts with {head.hex(' ')}){where}")
 
 
-def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = None) -> Capture:
+def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = None,
+                 limit: int | None = None) -> Capture:
     """Read a pcap or pcapng file (optionally gzip/xz/bzip2 compressed) into a Capture.
 
     `path` is a file name or a seekable binary file object (stdin spooled to a temporary file);
     `name` is what messages and Capture.path call it (default: the path, or the object's name).
     Damaged records are skipped with a warning naming their byte offset, and reading resumes at
     the next plausible record; CaptureError is raised only when nothing at all is readable.
+    `limit`: read only the first `limit` bytes (a capture still being written: live verdicts).
     """
     source = path
     if hasattr(source, "read"):
@@ -277,7 +279,9 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
     else:
         source = os.fspath(source)
         path = name or source
-    buf, compression, warns, keep = _open_bytes(source, path)
+    buf, compression, warns, keep = _open_bytes(source, path, spill=limit is not None)
+    if limit is not None:
+        buf = buf[:limit]
     n = len(buf)
     where = _where(compression)
     fmt, swap, nano, snaplen, linktype = probe_format(buf, path, where)

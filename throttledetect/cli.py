@@ -66,6 +66,9 @@ class Run:
 
     def close(self) -> None:
         self.progress.close()
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
 
 
 def _emit(text: str, output) -> None:
@@ -252,6 +255,9 @@ REPORT_OPTIONS = [
                       "--live-every seconds of capture time, then the full report at the end."),
     click.option("--live-every", type=Number(0.2, 3600), default=2.0, show_default=True, metavar="SECONDS",
                  help="--live: capture time between two looks at the capture so far."),
+    click.option("--scheduler", metavar="tcp://HOST:PORT",
+                 help="Run the work on a Dask distributed cluster: each capture, or a capture's call flows, on its "
+                      "workers (the captures must be at the same paths there). README: \"Big captures\"."),
     click.option("--workers", type=click.IntRange(1, 256), metavar="N",
                  help="Processes to use: several captures are analysed side by side, and a capture's call flows "
                       "are tested side by side (default: every core). The results are the same for any N."),
@@ -264,7 +270,8 @@ REPORT_OPTIONS = [
 @options(ANALYSIS_OPTIONS)
 @OUTPUT
 @options(REPORT_OPTIONS)
-def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, live, live_every, workers, **params):
+def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, live, live_every, scheduler, workers,
+            **params):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol
     (and per capture when there are several)."""
     from throttledetect.api import Report, run_analyses
@@ -282,12 +289,24 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, live, live_
     if live and paths != [STDIN]:
         raise click.BadParameter("--live reads a capture as it arrives: give - (standard input) as the only input",
                                  param_hint="--live")
+    if scheduler and STDIN in paths:
+        raise click.BadParameter("a cluster's workers cannot read this standard input: give capture files",
+                                 param_hint="--scheduler")
     run = Run()
     try:
         run.first_run_note()
         live_run, stdin_file = _live(settings, live_every, stdin_name, run) if live else (None, None)
         workers = workers or default_workers()
-        if workers > 1 and len(paths) > 1 and STDIN not in paths and not (html or db):
+        client = run.client = _cluster(scheduler) if scheduler else None
+        if client is not None and len(paths) > 1 and not (html or db):
+            from throttledetect.cluster import file_mapper
+            parts, loaded = analyze_files(paths, settings, workers=workers, progress=run.progress, say=run.say,
+                                          mapper=file_mapper(client))
+            report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
+        elif client is not None:
+            analyses, loaded = _cluster_analyses(client, paths, settings, run)
+            report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
+        elif workers > 1 and len(paths) > 1 and STDIN not in paths and not (html or db):
             # captures side by side; the HTML report and the database need each capture's packets
             # in this process, so with them the captures go one after another (flows side by side)
             parts, loaded = analyze_files(paths, settings, workers=workers, progress=run.progress, say=run.say)
@@ -318,6 +337,30 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, live, live_
         from throttledetect.report.analyze_text import render
         _emit(render(report.document, width=output_width(to_terminal=not output)), output)
     _exit_status(loaded, report.found(fail_on))
+
+
+def _cluster(address: str):
+    from throttledetect.cluster import connect
+    try:
+        return connect(address)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _cluster_analyses(client, paths, settings: dict, run: "Run"):
+    """Each capture read here, its call flows tested on the cluster."""
+    import os
+    from throttledetect import pipeline
+    from throttledetect.cluster import flow_mapper
+    from throttledetect.inputs import read_all
+    loaded = read_all(paths, progress=run.progress, say=run.say)
+    analyses = []
+    for cap in loaded.captures:
+        run.progress.show(f"analysing {cap.path}: call flows on the cluster")
+        analyses.append(pipeline.analyze_capture(cap, **settings,
+                                                 map_flows=flow_mapper(client, os.path.abspath(cap.path), settings)))
+    run.progress.clear()
+    return analyses, loaded
 
 
 def _live(settings: dict, every_s: float, stdin_name, run: "Run"):

@@ -76,9 +76,10 @@ def _one_file(job: tuple) -> dict:
     return {"path": path, "part": pipeline.capture_part(analysis), "messages": read_messages(cap)}
 
 
-def analyze_files(paths: list[str], settings: dict, *, workers: int, progress=None, say=None):
+def analyze_files(paths: list[str], settings: dict, *, workers: int, progress=None, say=None, mapper=None):
     """Each capture file analysed in its own worker, `workers` at a time: (document parts in the
-    order of paths, inputs.Loaded with the failures). Messages come out in the order of paths."""
+    order of paths, inputs.Loaded with the failures). Messages come out in the order of paths.
+    mapper(fn, jobs) -> results in order: where the files go instead (cluster.file_mapper)."""
     from throttledetect.inputs import Loaded
     say = say or (lambda line: None)
     settings = dict(settings, workers=1)     # one level of processes: the files
@@ -86,9 +87,11 @@ def analyze_files(paths: list[str], settings: dict, *, workers: int, progress=No
     parts = []
     mp = _fork_context()
     jobs = [(p, settings) for p in paths]
-    if mp is None or workers <= 1 or len(paths) < 2:
+    pool = None
+    if mapper is not None:
+        results = mapper(_one_file, jobs)
+    elif mp is None or workers <= 1 or len(paths) < 2:
         results = map(_one_file, jobs)
-        pool = None
     else:
         pool = mp.Pool(min(workers, len(paths)))
         results = pool.imap(_one_file, jobs, chunksize=1)

@@ -27,13 +27,14 @@ class CaptureAnalysis:
 def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S, local_nets=None,
                     with_metrics: bool = True, with_detection: bool = True, bin_s: float = 1.0,
                     config=None, test: str = "calls", alpha: float | None = None,
-                    thresholds: dict | None = None, workers: int = 1) -> CaptureAnalysis:
+                    thresholds: dict | None = None, workers: int = 1, map_flows=None) -> CaptureAnalysis:
     """Run every stage on one capture (a path or an already read Capture).
 
     config: a detect.config.DetectConfig (default DEFAULT_CONFIG); alpha and thresholds (names of
     verdicts.DEFAULTS) override its decision thresholds; test: "calls" (test the call flows) or
     "all" (every flow with enough packets); workers: processes that test the flows (results are
-    the same for any number, see throttledetect.parallel)."""
+    the same for any number, see throttledetect.parallel); map_flows: how the flows are tested
+    instead (detect.run.run_detectors; throttledetect.cluster sends them to a Dask cluster)."""
     cap = source if isinstance(source, Capture) else read_capture(source)
     ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=local_nets)
     cl = classify(cap, ft)
@@ -42,21 +43,24 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
         from throttledetect.metrics.flow import compute_flow_metrics
         result.metrics = compute_flow_metrics(cap, ft, cl, bin_s=bin_s)
     if with_detection:
-        from throttledetect.detect.config import DEFAULT_CONFIG
         from throttledetect.detect.run import run_detectors
-        config = config or DEFAULT_CONFIG
-        overrides = dict(thresholds or {})
-        if alpha is not None:
-            overrides["alpha"] = alpha
-        if overrides:
-            config = config.with_thresholds(**overrides)
-        map_flows = None
-        if workers > 1:
+        config = detection_config(config, alpha, thresholds)
+        if map_flows is None and workers > 1:
             from throttledetect.parallel import flow_pool
             map_flows = flow_pool(workers)
         result.detections = run_detectors(cap, ft, cl, result.metrics, streams=result.streams, config=config,
                                           test=test, map_flows=map_flows)
     return result
+
+
+def detection_config(config=None, alpha: float | None = None, thresholds: dict | None = None):
+    """The DetectConfig: `config` (default DEFAULT_CONFIG) with alpha and thresholds overridden."""
+    from throttledetect.detect.config import DEFAULT_CONFIG
+    config = config or DEFAULT_CONFIG
+    overrides = dict(thresholds or {})
+    if alpha is not None:
+        overrides["alpha"] = alpha
+    return config.with_thresholds(**overrides) if overrides else config
 
 
 def to_document(analyses: list[CaptureAnalysis], *, include_metrics: bool = True) -> dict:

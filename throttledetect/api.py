@@ -62,6 +62,14 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.document, indent=2) + "\n"
 
+    def json_pieces(self):
+        """to_json() as text pieces, flow by flow: a document of many flows is never one string."""
+        from throttledetect.report.jsonout import dumps_pieces
+        doc = self.document
+        yield from dumps_pieces({k: v for k, v in doc.items() if k != "flows"}, "flows", iter(doc["flows"]),
+                                keys=list(doc))
+        yield "\n"
+
     def to_csv(self) -> str:
         from throttledetect.report.csvout import analyze_csv
         return analyze_csv(self.document)

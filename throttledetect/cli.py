@@ -156,7 +156,8 @@ def flows(files, idle_timeout, local, output, fmt):
     if fmt == "json":
         from throttledetect.report.jsonout import dumps_pieces
         head = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _ in results]}
-        _emit_pieces(dumps_pieces(head, "flows", entries()), output, end="\n")
+        items = (text for ci, (_, ft) in enumerate(results) for text in document.flow_entries_json(ft, ci))
+        _emit_pieces(dumps_pieces(head, "flows", items), output, end="\n")
     elif fmt == "csv":
         from throttledetect.report.csvout import FLOW_COLUMNS, iter_rows
         _emit_pieces(iter_rows(FLOW_COLUMNS, entries()), output)
@@ -330,7 +331,7 @@ def analyze(files, output, fmt, html, db, tags, fail_on, stdin_name, live, live_
     if report is None:
         sys.exit(EXIT_BAD_INPUT)          # nothing readable: an existing -o report is left as it was
     if fmt == "json":
-        _emit(report.to_json(), output)
+        _emit_pieces(report.json_pieces(), output)
     elif fmt == "csv":
         _emit(report.to_csv(), output)
     else:

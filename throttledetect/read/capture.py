@@ -16,6 +16,9 @@ from throttledetect.read.table import PacketTable
 DEFAULT_PREFIX = 48
 _DECOMPRESS_CHUNK = 1 << 16
 _POPULATE_MAX = 8 << 30
+# Above this size the file is read in steps and its pages given back as they are read (memory does
+# not grow with the file); populating it all at once would hold it whole.
+_POPULATE_MIN_RELEASE = 256 << 20
 # Packets read from one file at most: about 200 bytes of columns each, so 50 million is ~10 GB.
 # Bounds the memory a decompression bomb of tiny records can claim.
 _MAX_RECORDS_RAW = os.environ.get("THROTTLEDETECT_MAX_RECORDS", "").strip()
@@ -113,6 +116,7 @@ def _open_bytes(source, path: str, spill: bool = False) -> tuple[np.ndarray, str
         # measured 0.40 s steady against 0.38-1.36 s for a 740 MB capture. Not for files that may
         # exceed memory, where eager population would only thrash.
         populate = getattr(mmap, "MAP_POPULATE", 0) if size <= _POPULATE_MAX and not spill else 0
+        populate = 0 if size > _POPULATE_MIN_RELEASE else populate
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
         return np.frombuffer(mm, dtype=np.uint8), "", [], mm
 
@@ -238,6 +242,24 @@ def _warnings_from(warn: np.ndarray, nwarn: int, base_offset: int = 0) -> list[R
     return out
 
 
+_RELEASE_STEP = 1 << 18     # records read between two give-backs of the pages behind them
+
+
+def _release(keep, released: int, upto: int) -> int:
+    """madvise(DONTNEED) the mapped pages in [released, upto): they stay in the page cache, and a
+    later look at a payload maps its page back. Returns the new mark."""
+    if not isinstance(keep, mmap.mmap):
+        return released
+    upto = (upto // mmap.PAGESIZE) * mmap.PAGESIZE
+    if upto > released:
+        try:
+            keep.madvise(mmap.MADV_DONTNEED, released, upto - released)
+        except (OSError, ValueError, AttributeError):
+            return released
+        return upto
+    return released
+
+
 def _where(compression: str) -> str:
     return f" (in the {compression}-decompressed data)" if compression else ""
 
@@ -293,12 +315,17 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
         size = min(most, MAX_RECORDS, max(1 << 16, (n - 24) // 256))
         arrays = _PcapArrays(size, prefix_len)
         o, count, nwarn, last_s = 24, 0, 0, -1
+        released = 0
         while True:
+            # in steps, giving back the pages read so far: the file is not held in memory whole
             o, count, nwarn, last_s, done = blocks.read_pcap_records(
-                buf, swap, nano, snaplen, linktype, blocks.BLOCK, prefix_len, o, count, nwarn, last_s, size,
-                *arrays.args(), warn)
+                buf, swap, nano, snaplen, linktype, blocks.BLOCK, prefix_len, o, count, nwarn, last_s,
+                min(size, count + _RELEASE_STEP), *arrays.args(), warn)
+            released = _release(keep, released, o)
             if done:
                 break
+            if count < size:
+                continue
             if size >= MAX_RECORDS:
                 warns.append(ReadWarning(int(o), f"record limit reached ({MAX_RECORDS} packets, "
                                                  "THROTTLEDETECT_MAX_RECORDS); the rest of the file is ignored"))
@@ -369,6 +396,13 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
     cap = Capture(path=path, format=fmt + (f"+{compression}" if compression else ""), buffer=buf,
                   packets=table, linktypes=linktypes, warnings=warns, stats=stats, status=status)
     cap._keepalive = keep  # the mmap or bytes behind `buffer`
+    if isinstance(keep, mmap.mmap):
+        # Every page was read once; later stages touch the payloads of a few packets only. The
+        # pages stay in the page cache (a touch maps one back), but not in this process's memory.
+        try:
+            keep.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):
+            pass
     return cap
 
 

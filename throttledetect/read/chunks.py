@@ -31,6 +31,14 @@ from throttledetect.read.table import FRAG_FIRST, PacketTable
 
 DEFAULT_CHUNK_RECORDS = 1 << 18    # ~45 MB of columns: large enough that per-chunk overhead vanishes
 FRAG_CARRY = 4096                  # first fragments remembered across chunks
+DEFAULT_SEGMENT_BYTES = 48 << 20   # a part of a classic pcap read by one thread: ~130 k records of a call mix
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 _PAGE = mmap.PAGESIZE
 
 
@@ -64,7 +72,7 @@ class CaptureStream:
     """Iterate a capture file's records in chunks (see the module docstring)."""
 
     def __init__(self, source, *, name: str | None = None, chunk_records: int = DEFAULT_CHUNK_RECORDS,
-                 prefix_len: int = DEFAULT_PREFIX):
+                 prefix_len: int = DEFAULT_PREFIX, segment_bytes: int | None = None):
         if hasattr(source, "read"):
             path = name or str(getattr(source, "name", "<stream>"))
         else:
@@ -72,6 +80,10 @@ class CaptureStream:
             path = name or source
         self.path = path
         self.chunk_records = max(1, int(chunk_records))
+        # classic pcap is read in parts of this many bytes by two threads (None: one chunk of
+        # chunk_records after another); the default when chunk_records is the default
+        self.segment_bytes = segment_bytes if segment_bytes is not None else \
+            (DEFAULT_SEGMENT_BYTES if chunk_records == DEFAULT_CHUNK_RECORDS and _cores() > 1 else 0)
         self.prefix_len = prefix_len
         buf, compression, warns, keep = _open_bytes(source, path, spill=True)
         self.buffer, self._keep, self._compression = buf, keep, compression
@@ -105,8 +117,13 @@ class CaptureStream:
         self._finish()
 
     def _pcap_parts(self):
-        o, nwarn, last_s = 24, 0, -1
         self._linktypes.add(self._linktype)
+        if self.segment_bytes and len(self.buffer) > 2 * self.segment_bytes:
+            yield from self._pcap_segments()
+        else:
+            yield from self._pcap_sequential(24, 0, -1)
+
+    def _pcap_sequential(self, o: int, nwarn: int, last_s: int):
         while True:
             arrays = _PcapArrays(self.chunk_records, self.prefix_len)
             o, count, nwarn, last_s, done = blocks.read_pcap_records(
@@ -119,6 +136,66 @@ class CaptureStream:
             yield table, status, int(o)
             if done:
                 return
+
+    def _pcap_segments(self):
+        """Parts of the file framed and decoded two at a time, each by a thread of its own (the compiled
+        reader releases the GIL). A part starts where find_pcap_record guesses a record begins; the
+        guess holds only if the part before it ends exactly there, else (or when a later part met
+        damage, where the reader's state carried from the part before matters) the rest of the file
+        is read one chunk after another from where the last confirmed part ended."""
+        from concurrent.futures import ThreadPoolExecutor
+        buf, n, seg = self.buffer, len(self.buffer), self.segment_bytes
+        ref_s = int.from_bytes(bytes(buf[24:28]), "big" if self._swap else "little") if n >= 40 else -1
+        starts = [24]
+        for b in range(24 + seg, n - seg // 2, seg):
+            p = int(framing.find_pcap_record(buf, b, self._swap, self._nano, self._snaplen, ref_s, 4))
+            if p > starts[-1]:
+                starts.append(p)
+        bounds = list(zip(starts, starts[1:] + [-1]))
+        pool = ThreadPoolExecutor(2, thread_name_prefix="throttledetect-read")
+        try:
+            pending = [pool.submit(self._segment, a, b) for a, b in bounds[:2]]
+            expected, nwarn, last_s = 24, 0, -1
+            for k, (a, _) in enumerate(bounds):
+                if k + 2 < len(bounds):
+                    pending.append(pool.submit(self._segment, *bounds[k + 2]))
+                o, table, status, rec, seg_warn, seg_nwarn, seg_last, done = pending.pop(0).result()
+                if a != expected or (k > 0 and seg_nwarn):
+                    for f in pending:
+                        f.cancel()
+                    yield from self._pcap_sequential(expected, nwarn, last_s)
+                    return
+                for row in seg_warn[:seg_nwarn]:
+                    if nwarn < len(self._warn):
+                        self._warn[nwarn] = row
+                    nwarn += 1
+                self._nwarn = nwarn
+                self._fill(table, status, *rec)
+                yield table, status, int(o)
+                expected, last_s = int(o), seg_last
+                if done:
+                    return
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _segment(self, start: int, stop: int):
+        """Frame and decode the records from `start` up to the first at or after `stop` (-1: the end)."""
+        size = max(1024, ((stop if stop > 0 else len(self.buffer)) - start) // 128)
+        arrays = _PcapArrays(size, self.prefix_len)
+        warn = np.zeros_like(self._warn)
+        o, count, nwarn, last_s = start, 0, 0, -1
+        while True:
+            o, count, nwarn, last_s, done = blocks.read_pcap_records(
+                self.buffer, self._swap, self._nano, self._snaplen, self._linktype, blocks.BLOCK, self.prefix_len,
+                o, count, nwarn, last_s, size, *arrays.args(), warn, stop)
+            if done or (stop >= 0 and o >= stop):
+                break
+            size *= 2
+            arrays = arrays.grown(size, count)
+        table, status = arrays.table.take(slice(0, count)), arrays.status[:count]
+        rec = (arrays.rec_off[:count], arrays.caplen[:count], arrays.wirelen[:count], arrays.ts[:count],
+               np.zeros(count, np.uint16), arrays.lt[:count])
+        return o, table, status, rec, warn, nwarn, last_s, done
 
     def _pcapng_parts(self):
         st, units, offs, snap = framing.pcapng_state()

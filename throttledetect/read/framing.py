@@ -119,8 +119,9 @@ def walk_pcap(buf, swap, nano, snaplen, fill, out_off, out_caplen, out_wirelen, 
 
 @njit
 def walk_pcap_block(buf, swap, nano, snaplen, fill, o, count, nwarn, last_s, stop_count,
-                    out_off, out_caplen, out_wirelen, out_ts, warn):
-    """Resumable walk: from offset o until `stop_count` records (-1: no limit) or the end.
+                    out_off, out_caplen, out_wirelen, out_ts, warn, stop_o=-1):
+    """Resumable walk: from offset o until `stop_count` records (-1: no limit) or the end, or the
+    first record that starts at or after byte stop_o (-1: none; a part of the file read in parallel).
 
     Returns (next offset, records, warnings, last timestamp seconds, finished), so a caller can
     decode each block of records while its bytes are still in the CPU cache.
@@ -133,6 +134,8 @@ def walk_pcap_block(buf, swap, nano, snaplen, fill, o, count, nwarn, last_s, sto
         # Writers often set snaplen below what they actually store; only reject truly absurd lengths.
         maxcap = MAX_SNAPLEN
     while o < n:
+        if stop_o >= 0 and o >= stop_o:
+            return o, count, nwarn, last_s, False
         if count == stop_count:
             return o, count, nwarn, last_s, False
         if o + 16 > n:
@@ -182,6 +185,29 @@ def walk_pcap_block(buf, swap, nano, snaplen, fill, o, count, nwarn, last_s, sto
         count += 1
         o += 16 + incl
     return o, count, nwarn, last_s, True
+
+
+@njit
+def find_pcap_record(buf, o, swap, nano, snaplen, ref_s, chain):
+    """The first offset from o where `chain` plausible record headers follow one another (or reach
+    the end of the file): where a part of a classic pcap file read in parallel probably starts.
+    -1 if none. A guess, confirmed only when the part before it ends exactly there."""
+    n = buf.shape[0]
+    frac_max = 1_000_000_000 if nano else 1_000_000
+    maxcap = snaplen if 0 < snaplen <= MAX_SNAPLEN * 4 else MAX_SNAPLEN
+    if maxcap < MAX_SNAPLEN:
+        maxcap = MAX_SNAPLEN
+    p = o
+    while p + 16 <= n:
+        q = p
+        k = 0
+        while k < chain and q < n and _pcap_header_plausible(buf, q, n, swap, frac_max, maxcap, ref_s):
+            q = q + 16 + _u32(buf, q + 8, swap)
+            k += 1
+        if k == chain or (k > 0 and q == n):
+            return p
+        p += 1
+    return -1
 
 
 @njit

@@ -18,17 +18,21 @@ def json_default(x):
 _LIST_HOLE = "\x00items\x00"
 
 
-def dumps_pieces(doc: dict, key: str, items):
-    """json.dumps(doc, indent=2) with doc[key] = the list of `items` (an iterable of dicts), as text
+def dumps_pieces(doc: dict, key: str, items, *, keys=None):
+    """json.dumps(doc, indent=2) with doc[key] = the list of `items` (an iterable of dicts, or of their
+    text as an item of that list when the caller has it already), as text
     pieces: the items are rendered one at a time, so a document of a million flows is never held as
     a list of dicts nor as one string. Byte for byte what json.dumps of the whole gives."""
     import json
-    head, tail = json.dumps(dict(doc, **{key: _LIST_HOLE}), indent=2).split(json.dumps(_LIST_HOLE), 1)
+    whole = dict(doc, **{key: _LIST_HOLE})
+    if keys is not None:            # the key order of the document being reproduced
+        whole = {k: whole[k] for k in keys}
+    head, tail = json.dumps(whole, indent=2).split(json.dumps(_LIST_HOLE), 1)
     yield head
     first = True
     batch = []
     for item in items:
-        text = _flat_item(item)
+        text = item if isinstance(item, str) else _flat_item(item)
         if text is None:
             text = json.dumps(item, indent=2).replace("\n", "\n    ")
         batch.append(("[\n    " if first else ",\n    ") + text)

@@ -72,14 +72,16 @@ def _flow_rows(ft: FlowTable, capture_index: int):
         return f"{ip}:{p}"
 
     names = [transport_name(p) for p in range(256)]
-    a_loc, b_loc = ft.a_local.tolist(), ft.b_local.tolist()
-    cols = zip(ft.proto.tolist(), ft.a_hi.tolist(), ft.a_lo.tolist(), ft.a_port.tolist(), ft.b_hi.tolist(),
-               ft.b_lo.tolist(), ft.b_port.tolist(), ft.packets_ab.tolist(), ft.packets_ba.tolist(),
-               ft.bytes_ab.tolist(), ft.bytes_ba.tolist(), ft.first_ns.tolist(), ft.last_ns.tolist(), a_loc, b_loc)
-    for i, (proto, ah, al, ap, bh, bl, bp, pab, pba, bab, bba, first, last, al_, bl_) in enumerate(cols):
-        local = "a" if al_ and not bl_ else "b" if bl_ and not al_ else None
-        yield (f"{capture_index}:{i}", capture_index, names[proto], spell(ah, al, ap), spell(bh, bl, bp), local,
-               pab, pba, bab, bba, first / 1e9, last / 1e9)
+    step = 1 << 16       # columns turned into Python values a slice at a time, not a million at once
+    for s0 in range(0, n, step):
+        sl = slice(s0, s0 + step)
+        cols = zip(*(getattr(ft, c)[sl].tolist() for c in ("proto", "a_hi", "a_lo", "a_port", "b_hi", "b_lo",
+                                                            "b_port", "packets_ab", "packets_ba", "bytes_ab",
+                                                            "bytes_ba", "first_ns", "last_ns", "a_local", "b_local")))
+        for i, (proto, ah, al, ap, bh, bl, bp, pab, pba, bab, bba, first, last, al_, bl_) in enumerate(cols, s0):
+            local = "a" if al_ and not bl_ else "b" if bl_ and not al_ else None
+            yield (f"{capture_index}:{i}", capture_index, names[proto], spell(ah, al, ap), spell(bh, bl, bp), local,
+                   pab, pba, bab, bba, first / 1e9, last / 1e9)
 
 
 def _status_key(status: int) -> str:

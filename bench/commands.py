@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", default="1,5,13",
                     help="repetitions for the size series of `flows` (default 1,5,13: 0.8, 3.9, 10 GB; '' for none)")
     ap.add_argument("--tools", default=",".join(COMPARE_TOOLS), help="other tools to run (default: all)")
+    ap.add_argument("--commands", default="flows,analyze", help="throttledetect commands to time (default: both)")
     ap.add_argument("--workers", type=int, default=None, help="analyze --workers (default: the command's default)")
     ap.add_argument("--quick", action="store_true", help="the base capture only, no size series")
     ap.add_argument("--keep", action="store_true", help="keep the repeated captures")
@@ -259,6 +260,8 @@ def main(argv=None) -> int:
         runs = [("flows", _td("flows", str(path), "--format", "json", "-o", "/dev/null")),
                 ("analyze", _td("analyze", str(path), "--format", "json", "-o", "/dev/null", *workers))]
         for label, cmd in runs:
+            if label not in args.commands.split(","):
+                continue
             print(f"  {name}: throttledetect {label} ...", flush=True)
             rows[f"throttledetect {label}"] = run_measured(cmd)
         for tool in tools:

@@ -5,7 +5,7 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed-stamp
 SAMPLE   ?= captures/call_policed.pcap
 
-.PHONY: venv demo test test-fast bench tools clean fuzz validate
+.PHONY: venv demo test test-fast bench bench-read tools clean fuzz validate
 FUZZ_SECONDS ?= 60
 
 $(STAMP): setup.cfg pyproject.toml
@@ -40,7 +40,14 @@ test: venv tools
 test-fast: venv
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
-bench: venv
+# Whole commands start to finish (flows, analyze) on the 2 M-packet mix and 5 copies of it (10 M
+# packets), beside scapy, dpkt, nfstream (pip-installed here when missing), tshark and pyshark, and
+# `flows` on 0.8, 3.9 and 10 GB captures (written under $TMPDIR, deleted after): bench/commands.py.
+bench: venv tools
+	$(BIN)/python -m bench.commands $(BENCH_ARGS)
+
+# The reader and flow table alone, in-process, one core (the figures before issue 15): bench/run.py.
+bench-read: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The detectors against known truth: simulator scenarios over the corpus call traces (docs/validation.md).

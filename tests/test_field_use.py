@@ -134,6 +134,36 @@ def test_live_capture_with_relative_output_finds_the_policer(tmp_path):
 
 
 @need_netns
+def test_capture_live_says_policing_during_the_call(tmp_path):
+    """`capture -i eth0 -o call.pcap --live`: the analysis (dropped to nobody) reads the capture as it
+    is written and says "policing" while the call is still running; the report follows at the end."""
+    import threading
+    python, env = _PORTABLE
+    work = tmp_path / "here"
+    work.mkdir(mode=0o700)
+    lines = []
+    with policed_call_path() as topo:
+        cmd = topo.ns_cmd(topo.client_ns, [python, "-m", "throttledetect", "capture", "-i", "eth0", "-o", "call.pcap",
+                                           "--duration", str(CALL_S + 8), "--live", "--format", "json",
+                                           "--report", "report.json"])
+        cap = subprocess.Popen(cmd, cwd=work, env={k: v for k, v in env.items() if k != "SUDO_USER"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line) for line in cap.stderr))
+        reader.start()
+        time.sleep(1.5)
+        run_call(topo, CALL_S)
+        call_over = time.monotonic()
+        cap.wait(timeout=300)
+        reader.join()
+    err = "".join(line for _, line in lines)
+    assert "Traceback" not in err and cap.returncode == 0, err
+    during = [line for t, line in lines if t < call_over and "throttledetect: live" in line and "policing" in line]
+    assert during, err
+    doc = json.loads((work / "report.json").read_text())
+    assert "policing" in {p["verdict"] for p in doc["protocols"]}
+
+
+@need_netns
 @pytest.mark.parametrize("stop", ["tcpdump", "ctrl-c"])
 def test_tcpdump_pipe(tmp_path, stop):
     """`tcpdump -w - | throttledetect analyze -`: stopped by ending tcpdump, or by Ctrl-C reaching the

@@ -62,6 +62,14 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.document, indent=2) + "\n"
 
+    def json_pieces(self):
+        """to_json() as text pieces, flow by flow: a document of many flows is never one string."""
+        from throttledetect.report.jsonout import dumps_pieces
+        doc = self.document
+        yield from dumps_pieces({k: v for k, v in doc.items() if k != "flows"}, "flows", iter(doc["flows"]),
+                                keys=list(doc))
+        yield "\n"
+
     def to_csv(self) -> str:
         from throttledetect.report.csvout import analyze_csv
         return analyze_csv(self.document)
@@ -107,11 +115,12 @@ def analyze(*paths, idle_timeout: float = 60.0, local=None, bin_s: float = 1.0, 
     return Report(document_from(analyses), analyses, loaded.failed)
 
 
-def run_analyses(paths: list[str], settings: dict, *, progress=None, say=None, stdin_name=None):
-    """Read every path and run the pipeline on each capture read: (analyses, inputs.Loaded)."""
+def run_analyses(paths: list[str], settings: dict, *, progress=None, say=None, stdin_name=None, stdin_file=None):
+    """Read every path and run the pipeline on each capture read: (analyses, inputs.Loaded).
+    stdin_file: standard input already spooled (live verdicts read it as it came)."""
     from throttledetect import pipeline
     from throttledetect.inputs import read_all
-    loaded = read_all(paths, progress=progress, say=say, stdin_name=stdin_name)
+    loaded = read_all(paths, progress=progress, say=say, stdin_name=stdin_name, stdin_file=stdin_file)
     analyses = []
     for cap in loaded.captures:
         if progress:

@@ -14,8 +14,9 @@ import click
 
 from throttledetect import __version__
 from throttledetect.commands.options import (ANALYSIS_OPTIONS, EXIT_BAD_INPUT, EXIT_FOUND, EXIT_INTERNAL,
-                                             EXIT_INTERRUPTED, FAIL_ON, FILES, OUTPUT, READ_OPTIONS, VERIFY, OutputFile,
-                                             Tag, analysis_settings, check_outputs, flatten_networks, options)
+                                             EXIT_INTERRUPTED, FAIL_ON, FILES, OUTPUT, READ_OPTIONS, VERIFY, Number,
+                                             OutputFile, Tag, analysis_settings, check_outputs, flatten_networks,
+                                             options)
 from throttledetect.report.terminal import output_width, sanitize
 
 EXIT_NOTHING_READABLE = EXIT_BAD_INPUT      # the name older code and tests use
@@ -53,8 +54,21 @@ class Run:
         self.first_run_note()
         return read_all(paths, progress=self.progress, say=self.say)
 
+    def stream(self, files, consume):
+        """read() for the streaming reader: (StreamSummary, consume(stream)) per capture."""
+        from throttledetect.inputs import InputError, expand, stream_all
+        try:
+            paths = expand(files)
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint="FILES") from None
+        self.first_run_note()
+        return stream_all(paths, consume, progress=self.progress, say=self.say)
+
     def close(self) -> None:
         self.progress.close()
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
 
 
 def _emit(text: str, output) -> None:
@@ -69,6 +83,25 @@ def _emit(text: str, output) -> None:
         if sys.stdout.isatty():
             text = sanitize(text, keep_newlines=True)
         click.echo(text, nl=not text.endswith("\n"))
+
+
+def _emit_pieces(pieces, output, end: str = "") -> None:
+    """_emit for a document made piece by piece (never held whole)."""
+    if output:
+        from throttledetect.report.output import OutputError, write_atomic
+
+        def all_pieces():
+            yield from pieces
+            yield end
+        try:
+            write_atomic(output, all_pieces())
+        except OutputError as e:
+            raise click.ClickException(str(e)) from None
+        return
+    tty = sys.stdout.isatty()
+    for piece in pieces:
+        click.echo(sanitize(piece, keep_newlines=True) if tty else piece, nl=False)
+    click.echo(end, nl=False)
 
 
 def _exit_status(loaded, found: bool = False) -> None:
@@ -101,32 +134,41 @@ def cli():
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def flows(files, idle_timeout, local, output, fmt):
     """List the bidirectional flows of each capture (a = the side that sent first)."""
-    from throttledetect.flows import build_flows
+    from throttledetect.flows_stream import stream_flows
     from throttledetect.report import document
     from throttledetect.report.text import table
     check_outputs({"--output": output}, files)
+    nets = flatten_networks(local)
     run = Run()
     try:
-        loaded = run.read(files)
-        results = [(cap, build_flows(cap, idle_timeout=idle_timeout, local_nets=flatten_networks(local)))
-                   for cap in loaded.captures]
+        # Read chunk by chunk: memory holds one chunk of packets and the flow counters, whatever
+        # the capture's size (docs/DESIGN.md, "Big captures").
+        loaded = run.stream(files, lambda stream: stream_flows(stream, idle_timeout=idle_timeout, local_nets=nets,
+                                                               say=run.say, progress=run.progress))
+        results = loaded.captures
     finally:
         run.close()
-    entries = [document.flow_entry(ft, i, ci) for ci, (cap, ft) in enumerate(results) for i in range(len(ft))]
+
+    def entries():
+        for ci, (_, ft) in enumerate(results):
+            yield from document.flow_entries(ft, ci)
+
     if fmt == "json":
-        doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _ in results], "flows": entries}
-        _emit(json.dumps(doc, indent=2) + "\n", output)
+        from throttledetect.report.jsonout import dumps_pieces
+        head = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _ in results]}
+        items = (text for ci, (_, ft) in enumerate(results) for text in document.flow_entries_json(ft, ci))
+        _emit_pieces(dumps_pieces(head, "flows", items), output, end="\n")
     elif fmt == "csv":
-        from throttledetect.report.csvout import flows_csv
-        _emit(flows_csv(entries), output)
+        from throttledetect.report.csvout import FLOW_COLUMNS, iter_rows
+        _emit_pieces(iter_rows(FLOW_COLUMNS, entries()), output)
     else:
         width = output_width(to_terminal=not output)
         parts = []
         for ci, (cap, ft) in enumerate(results):
             rows = [[e["id"], e["transport"], e["a"], e["b"], e["local"] or "", e["packets_ab"], e["packets_ba"],
                      e["bytes_ab"], e["bytes_ba"], round(e["last_ts"] - e["first_ts"], 3)]
-                    for e in entries if e["capture"] == ci]
-            parts.append(f"{cap.path}: {len(cap.packets)} packets, {len(ft)} flows ({cap.format})\n"
+                    for e in document.flow_entries(ft, ci)]
+            parts.append(f"{cap.path}: {cap.stats['records']} packets, {len(ft)} flows ({cap.format})\n"
                          + table(["id", "proto", "a", "b", "local", "pkts a>b", "pkts b>a", "bytes a>b", "bytes b>a",
                                   "dur s"], rows, width=width))
         _emit("\n\n".join(parts) + "\n", output)
@@ -210,6 +252,17 @@ REPORT_OPTIONS = [
     FAIL_ON,
     VERIFY,
     click.option("--stdin-name", hidden=True, help="Name for the capture read from standard input."),
+    click.option("--live", is_flag=True,
+                 help="With - (a capture arriving on a pipe): print each call's verdict as it forms, updated every "
+                      "--live-every seconds of capture time, then the full report at the end."),
+    click.option("--live-every", type=Number(0.2, 3600), default=2.0, show_default=True, metavar="SECONDS",
+                 help="--live: capture time between two looks at the capture so far."),
+    click.option("--scheduler", metavar="tcp://HOST:PORT",
+                 help="Run the work on a Dask distributed cluster: each capture, or a capture's call flows, on its "
+                      "workers (the captures must be at the same paths there). README: \"Big captures\"."),
+    click.option("--workers", type=click.IntRange(1, 256), metavar="N",
+                 help="Processes to use: several captures are analysed side by side, and a capture's call flows "
+                      "are tested side by side (default: every core). The results are the same for any N."),
 ]
 
 
@@ -219,12 +272,14 @@ REPORT_OPTIONS = [
 @options(ANALYSIS_OPTIONS)
 @OUTPUT
 @options(REPORT_OPTIONS)
-def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, **params):
+def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, live, live_every, scheduler, workers,
+            **params):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol
     (and per capture when there are several)."""
     from throttledetect.api import Report, run_analyses
-    from throttledetect.inputs import InputError, expand
-    from throttledetect.report.build import document_from
+    from throttledetect.inputs import STDIN, InputError, expand
+    from throttledetect.parallel import analyze_files, default_workers
+    from throttledetect.report.build import document_from, document_from_parts
     if tags and not db:
         raise click.BadParameter("tags are stored with --db FILE; give one", param_hint="--tag")
     check_outputs({"--output": output, "--html": html, "--db": db}, files)
@@ -233,16 +288,43 @@ def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, **p
         paths = expand(files)
     except InputError as e:
         raise click.BadParameter(str(e), param_hint="FILES") from None
+    if live and paths != [STDIN]:
+        raise click.BadParameter("--live reads a capture as it arrives: give - (standard input) as the only input",
+                                 param_hint="--live")
+    if scheduler and STDIN in paths:
+        raise click.BadParameter("a cluster's workers cannot read this standard input: give capture files",
+                                 param_hint="--scheduler")
     run = Run()
     try:
         run.first_run_note()
-        analyses, loaded = run_analyses(paths, settings, progress=run.progress, say=run.say, stdin_name=stdin_name)
-        if analyses and (html or db):
-            run.progress.show("writing the reports")
-        report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
-        if report is not None and verify:
+        live_run, stdin_file = _live(settings, live_every, stdin_name, run) if live else (None, None)
+        workers = workers or default_workers()
+        client = run.client = _cluster(scheduler) if scheduler else None
+        # the HTML report, the database and --verify need each capture's packets in this process:
+        # with them the captures go one after another (flows side by side)
+        whole = html or db or verify
+        if client is not None and len(paths) > 1 and not whole:
+            from throttledetect.cluster import file_mapper
+            parts, loaded = analyze_files(paths, settings, workers=workers, progress=run.progress, say=run.say,
+                                          mapper=file_mapper(client))
+            report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
+        elif client is not None:
+            analyses, loaded = _cluster_analyses(client, paths, settings, run)
+            report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
+        elif workers > 1 and len(paths) > 1 and STDIN not in paths and not whole:
+            parts, loaded = analyze_files(paths, settings, workers=workers, progress=run.progress, say=run.say)
+            report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
+        else:
+            analyses, loaded = run_analyses(paths, dict(settings, workers=workers), progress=run.progress,
+                                            say=run.say, stdin_name=stdin_name, stdin_file=stdin_file)
+            if analyses and (html or db):
+                run.progress.show("writing the reports")
+            report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
+        if report is not None and verify and report.analyses:
             from throttledetect.verify import verify_analyses
-            report.document["verify"] = verify_analyses(analyses, progress=run.progress)
+            report.document["verify"] = verify_analyses(report.analyses, progress=run.progress)
+        if live_run is not None and report is not None:
+            live_run.final(report.document)      # the live view ends on the report's verdicts
         if report is not None and html:
             report.write_html(html)
         if report is not None and db:
@@ -258,7 +340,7 @@ def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, **p
         from throttledetect.verify import summary_line
         verified = summary_line(report.document.get("verify"))
     if fmt == "json":
-        _emit(report.to_json(), output)
+        _emit_pieces(report.json_pieces(), output)
     elif fmt == "csv":
         _emit(report.to_csv(), output)
     else:
@@ -269,6 +351,51 @@ def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, **p
     if verified:
         click.echo(sanitize(f"throttledetect: note: {verified}"), err=True)
     _exit_status(loaded, report.found(fail_on))
+
+
+def _cluster(address: str):
+    from throttledetect.cluster import connect
+    try:
+        return connect(address)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _cluster_analyses(client, paths, settings: dict, run: "Run"):
+    """Each capture read here, its call flows tested on the cluster."""
+    import os
+    from throttledetect import pipeline
+    from throttledetect.cluster import flow_mapper
+    from throttledetect.inputs import read_all
+    loaded = read_all(paths, progress=run.progress, say=run.say)
+    analyses = []
+    for cap in loaded.captures:
+        run.progress.show(f"analysing {cap.path}: call flows on the cluster")
+        analyses.append(pipeline.analyze_capture(cap, **settings,
+                                                 map_flows=flow_mapper(client, os.path.abspath(cap.path), settings)))
+    run.progress.clear()
+    return analyses, loaded
+
+
+def _live(settings: dict, every_s: float, stdin_name, run: "Run"):
+    """Standard input spooled while live verdicts are printed; the spool for the final report."""
+    from throttledetect.inputs import STDIN_NAME, InputError, _scratch_file
+    from throttledetect.live import LiveAnalysis
+    try:
+        fd = sys.stdin.buffer.fileno()
+    except (OSError, ValueError, AttributeError):
+        raise InputError(f"{STDIN_NAME}: byte 0: standard input is closed") from None
+    import os
+    if os.isatty(fd):
+        raise InputError(f"{STDIN_NAME}: byte 0: standard input is a terminal; pipe a capture in, e.g. "
+                         "tcpdump -i eth0 -w - -U | throttledetect analyze - --live")
+    spool = _scratch_file()
+    run.say(f"throttledetect: live: verdicts every {every_s:g} s of capture time as the capture arrives")
+    live = LiveAnalysis(dict(settings, workers=1), name=stdin_name or STDIN_NAME, say=run.say, every_s=every_s)
+    live.run(fd, spool)
+    if spool.tell() == 0:
+        raise InputError(f"{STDIN_NAME}: byte 0: nothing arrived on standard input")
+    return live, spool
 
 
 # Commands that live in their own modules (one line each; see docs/CONTRACT.md).

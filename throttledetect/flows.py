@@ -168,12 +168,24 @@ def _assign(rows, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ts_ns, ti
 
     Returns (number of flows, first row of each flow) and fills flow_of/dir_of per row.
     """
-    cap = 1 << 12
-    table = np.zeros((cap, 8), np.uint64)       # _FLOW holds flow id + 1 (0: empty slot)
-    fcap = 1 << 12
-    first_row = np.empty(fcap, np.int64)
-    nflows = 0
-    used = 0
+    state = np.zeros(2, np.int64)
+    table, first_row = _assign_part(rows, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ts_ns, timeout_ns,
+                                    flow_of, dir_of, np.zeros((1 << 12, 8), np.uint64), np.empty(1 << 12, np.int64),
+                                    state)
+    return state[0], first_row[:state[0]]
+
+
+@njit
+def _assign_part(rows, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ts_ns, timeout_ns, flow_of, dir_of,
+                 table, first_row, state):
+    """_assign resumable across parts of a capture (the streaming reader's chunks): the table,
+    the first row of each flow (row numbers of the part that started it) and state = [flows,
+    slots used] carry over; flow ids go on from the previous part. Returns (table, first_row),
+    grown when needed."""
+    cap = table.shape[0]
+    fcap = first_row.shape[0]
+    nflows = state[0]
+    used = state[1]
     for k in range(rows.shape[0]):
         r = rows[k]
         sh, sl, sp = src_hi[r], src_lo[r], np.uint64(sport[r])
@@ -214,7 +226,9 @@ def _assign(rows, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ts_ns, ti
         if used * 2 > cap:
             cap *= 2
             table = _rehash(table, cap)
-    return nflows, first_row[:nflows]
+    state[0] = nflows
+    state[1] = used
+    return table, first_row
 
 
 @njit

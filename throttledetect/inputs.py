@@ -85,7 +85,8 @@ class Loaded:
     failed: list = field(default_factory=list)      # (name, one-line message)
 
 
-def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | None = None) -> Loaded:
+def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | None = None,
+             stdin_file=None) -> Loaded:
     """Read every path; a file with nothing readable is reported (say) and skipped, not fatal to
     the others. Warnings go to `say` as they come. `stdin_name` names standard input in messages."""
     from throttledetect.read import CaptureError, read_capture
@@ -95,7 +96,7 @@ def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | Non
     for path in paths:
         try:
             if path == STDIN:
-                spooled = spool_stdin(progress, say)
+                spooled = stdin_file if stdin_file is not None else spool_stdin(progress, say)
                 if progress:
                     progress.show(f"reading {stdin_name or STDIN_NAME}")
                 cap = read_capture(spooled, name=stdin_name or STDIN_NAME)
@@ -108,12 +109,55 @@ def read_all(paths: list[str], *, progress=None, say=None, stdin_name: str | Non
             say(f"throttledetect: error: {e}")
             loaded.failed.append(((stdin_name or STDIN_NAME) if path == STDIN else path, str(e)))
             continue
-        for w in cap.warnings:
-            say(f"throttledetect: warning: {cap.path}: {w}")
-        skipped = cap.skipped_summary()
-        if skipped:
-            say(f"throttledetect: note: {cap.path}: not decoded: {skipped}")
+        for line in read_messages(cap):
+            say(line)
         loaded.captures.append(cap)
+    if progress:
+        progress.clear()
+    return loaded
+
+
+def read_messages(cap) -> list[str]:
+    """What the reader has to tell about a capture (a Capture or a StreamSummary): its warnings
+    and what it could not decode."""
+    lines = [f"throttledetect: warning: {cap.path}: {w}" for w in cap.warnings]
+    skipped = cap.skipped_summary()
+    if skipped:
+        lines.append(f"throttledetect: note: {cap.path}: not decoded: {skipped}")
+    return lines
+
+
+def stream_all(paths: list[str], consume, *, progress=None, say=None, stdin_name: str | None = None,
+               chunk_records: int | None = None) -> Loaded:
+    """read_all for the streaming reader: each path's read.chunks.CaptureStream goes to
+    consume(stream), whose result is kept beside the stream's summary: Loaded.captures holds
+    (StreamSummary, result) pairs. Messages are read_all's (warnings once the file is read)."""
+    from throttledetect.progress import human_bytes
+    from throttledetect.read import CaptureError
+    from throttledetect.read.chunks import DEFAULT_CHUNK_RECORDS, CaptureStream
+    say = say or (lambda line: print(line, file=sys.stderr))
+    loaded = Loaded()
+    for path in paths:
+        name = (stdin_name or STDIN_NAME) if path == STDIN else path
+        try:
+            if path == STDIN:
+                source = spool_stdin(progress, say)
+            else:
+                source = path
+                if progress:
+                    size = _size(path)
+                    progress.show(f"reading {path}" + (f" ({human_bytes(size)})" if size else ""))
+            stream = CaptureStream(source, name=name if path == STDIN else None,
+                                   chunk_records=chunk_records or DEFAULT_CHUNK_RECORDS)
+            result = consume(stream)
+        except (CaptureError, InputError) as e:
+            say(f"throttledetect: error: {e}")
+            loaded.failed.append((name, str(e)))
+            continue
+        summary = stream.summary
+        for line in read_messages(summary):
+            say(line)
+        loaded.captures.append((summary, result))
     if progress:
         progress.clear()
     return loaded

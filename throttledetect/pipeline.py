@@ -27,12 +27,14 @@ class CaptureAnalysis:
 def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S, local_nets=None,
                     with_metrics: bool = True, with_detection: bool = True, bin_s: float = 1.0,
                     config=None, test: str = "calls", alpha: float | None = None,
-                    thresholds: dict | None = None) -> CaptureAnalysis:
+                    thresholds: dict | None = None, workers: int = 1, map_flows=None) -> CaptureAnalysis:
     """Run every stage on one capture (a path or an already read Capture).
 
     config: a detect.config.DetectConfig (default DEFAULT_CONFIG); alpha and thresholds (names of
     verdicts.DEFAULTS) override its decision thresholds; test: "calls" (test the call flows) or
-    "all" (every flow with enough packets)."""
+    "all" (every flow with enough packets); workers: processes that test the flows (results are
+    the same for any number, see throttledetect.parallel); map_flows: how the flows are tested
+    instead (detect.run.run_detectors; throttledetect.cluster sends them to a Dask cluster)."""
     cap = source if isinstance(source, Capture) else read_capture(source)
     ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=local_nets)
     cl = classify(cap, ft)
@@ -41,57 +43,93 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
         from throttledetect.metrics.flow import compute_flow_metrics
         result.metrics = compute_flow_metrics(cap, ft, cl, bin_s=bin_s)
     if with_detection:
-        from throttledetect.detect.config import DEFAULT_CONFIG
         from throttledetect.detect.run import run_detectors
-        config = config or DEFAULT_CONFIG
-        overrides = dict(thresholds or {})
-        if alpha is not None:
-            overrides["alpha"] = alpha
-        if overrides:
-            config = config.with_thresholds(**overrides)
+        config = detection_config(config, alpha, thresholds)
+        if map_flows is None and workers > 1:
+            from throttledetect.parallel import flow_pool
+            map_flows = flow_pool(workers)
         result.detections = run_detectors(cap, ft, cl, result.metrics, streams=result.streams, config=config,
-                                          test=test)
+                                          test=test, map_flows=map_flows)
     return result
+
+
+def detection_config(config=None, alpha: float | None = None, thresholds: dict | None = None):
+    """The DetectConfig: `config` (default DEFAULT_CONFIG) with alpha and thresholds overridden."""
+    from throttledetect.detect.config import DEFAULT_CONFIG
+    config = config or DEFAULT_CONFIG
+    overrides = dict(thresholds or {})
+    if alpha is not None:
+        overrides["alpha"] = alpha
+    return config.with_thresholds(**overrides) if overrides else config
 
 
 def to_document(analyses: list[CaptureAnalysis], *, include_metrics: bool = True) -> dict:
     """The JSON output contract (docs/DESIGN.md)."""
+    return document_from_parts([capture_part(a, include_metrics=include_metrics) for a in analyses])
+
+
+def capture_part(a: CaptureAnalysis, *, include_metrics: bool = True) -> dict:
+    """What one capture adds to the document, as plain data (so a worker process or a cluster node
+    can send it back): its capture entry, its flows numbered as capture 0, and its detections'
+    per-protocol rows, config and test scope."""
+    metrics_json = None
+    if include_metrics and a.metrics is not None:
+        from throttledetect.metrics.flow import flow_metrics_json
+        metrics_json = flow_metrics_json(a.metrics)
     flows = []
-    for ci, a in enumerate(analyses):
-        metrics_json = None
-        if include_metrics and a.metrics is not None:
-            from throttledetect.metrics.flow import flow_metrics_json
-            metrics_json = flow_metrics_json(a.metrics)
-        for i in range(len(a.flows)):
-            e = document.flow_entry(a.flows, i, ci)
-            e.update(protocol=a.classification.labels[i], confidence=round(float(a.classification.confidence[i]), 3),
-                     reason=a.classification.reasons[i])
-            if metrics_json is not None:
-                e["metrics"] = metrics_json[i]
-            if a.detections is not None:
-                e.update(a.detections.flow_json(i))
-            flows.append(e)
+    for i in range(len(a.flows)):
+        e = document.flow_entry(a.flows, i, 0)
+        e.update(protocol=a.classification.labels[i], confidence=round(float(a.classification.confidence[i]), 3),
+                 reason=a.classification.reasons[i])
+        if metrics_json is not None:
+            e["metrics"] = metrics_json[i]
+        if a.detections is not None:
+            e.update(a.detections.flow_json(i))
+        flows.append(e)
+    part = {"capture": document.capture_entry(a.capture), "flows": flows}
+    if a.detections is not None:
+        part["capture"]["call_attempts"] = [
+            dict(e, flows=[f"0:{i}" for i in e["flows"]], media_flows=[f"0:{i}" for i in e["media_flows"]])
+            for e in a.detections.attempts]
+        part.update(protocols=a.detections.protocols, config=a.detections.config.to_json(),
+                    test=a.detections.test_scope)
+    return part
+
+
+def _renumbered(e: dict, ci: int) -> dict:
+    if ci == 0:
+        return e
+    return dict(e, id=f"{ci}:{e['id'].split(':', 1)[1]}", capture=ci)
+
+
+def _capture_renumbered(c: dict, ci: int) -> dict:
+    if ci == 0 or "call_attempts" not in c:
+        return c
+    def ids(xs):
+        return [f"{ci}:{x.split(':', 1)[1]}" for x in xs]
+    return dict(c, call_attempts=[dict(e, flows=ids(e["flows"]), media_flows=ids(e["media_flows"]))
+                                  for e in c["call_attempts"]])
+
+
+def document_from_parts(parts: list[dict]) -> dict:
+    """The document of several captures from their capture_part()s, in order."""
+    flows = [_renumbered(e, ci) for ci, part in enumerate(parts) for e in part["flows"]]
     protocols = document.protocol_summary(flows)
     per_capture = {}
-    for ci, a in enumerate(analyses):
-        if a.detections is not None:
-            for p in a.detections.protocols:
-                per_capture.setdefault(p["protocol"], []).append(dict(p, capture=ci))
+    for ci, part in enumerate(parts):
+        for p in part.get("protocols", ()):
+            per_capture.setdefault(p["protocol"], []).append(dict(p, capture=ci))
     for p in protocols:
         found = per_capture.get(p["protocol"])
         if found:
             p.update(document.merge_protocol_verdicts(found))
         else:
             p.update(verdict="none", kinds=[], summary=f"{p['protocol']}: not tested (no call flows)")
-    doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(a.capture) for a in analyses],
+    doc = {"schema": document.SCHEMA, "captures": [_capture_renumbered(part["capture"], ci)
+                                                   for ci, part in enumerate(parts)],
            "flows": flows, "protocols": protocols}
-    for ci, a in enumerate(analyses):
-        if a.detections is not None:
-            doc["captures"][ci]["call_attempts"] = [
-                dict(e, flows=[f"{ci}:{i}" for i in e["flows"]], media_flows=[f"{ci}:{i}" for i in e["media_flows"]])
-                for e in a.detections.attempts]
-    dets = [a.detections for a in analyses if a.detections is not None]
-    if dets:
-        doc["config"] = dets[0].config.to_json()
-        doc["test"] = dets[0].test_scope
+    tested = [part for part in parts if "config" in part]
+    if tested:
+        doc["config"] = tested[0]["config"]
+        doc["test"] = tested[0]["test"]
     return doc

@@ -280,8 +280,9 @@ class PcapStreamCounter:
 
 
 def run_capture(interface: str, output: str, *, duration: float | None = None, bpf: str | None = None,
-                user: str | None = None, on_started=None, progress=None) -> CaptureResult:
-    """Capture until `duration` seconds have passed or SIGINT arrives; return what was captured."""
+                user: str | None = None, on_started=None, progress=None, tee=None) -> CaptureResult:
+    """Capture until `duration` seconds have passed or SIGINT arrives; return what was captured.
+    tee(chunk): also given every chunk of the capture as it arrives (--live)."""
     as_root = os.geteuid() == 0
     tool, tool_path = find_tool(as_root)
     problem = permission_problem(tool_path)
@@ -335,6 +336,8 @@ def run_capture(interface: str, output: str, *, duration: float | None = None, b
             out.write(chunk)
             written += len(chunk)
             counter.feed(chunk)
+            if tee is not None:
+                tee(chunk)
             if progress is not None:
                 progress.show(f"capturing on {interface}: {counter.packets} packets, {_kb(written)}{stop_hint}",
                               restart_clock=False)
@@ -381,6 +384,21 @@ def analyze_command(path: str, as_user: pwd.struct_passwd | None, *, options: li
     relative path means what it meant here. `outputs` maps analyze's output options (-o, --html) to
     destinations: the child writes into a private folder of its own, and the finished files are
     moved into place here (atomically, owned by `owner`), where the dropped user may not write."""
+    job = start_analysis(path, as_user, options=options, outputs=outputs, stdin_path=path)
+    return finish_analysis(job, owner)
+
+
+@dataclass
+class AnalysisJob:
+    proc: subprocess.Popen
+    outputs: dict
+    scratch: str | None
+
+
+def start_analysis(path: str, as_user: pwd.struct_passwd | None, *, options: list[str] = (),
+                   outputs: dict | None = None, stdin_path: str | None = None) -> AnalysisJob:
+    """Start `throttledetect analyze -` (see analyze_command): on the capture file at stdin_path, or,
+    without one, on a pipe this process writes the capture into as it arrives (job.proc.stdin)."""
     outputs = {k: v for k, v in (outputs or {}).items() if v}
     scratch = tempfile.mkdtemp(prefix="throttledetect-analysis-") if outputs else None
     try:
@@ -398,8 +416,12 @@ def analyze_command(path: str, as_user: pwd.struct_passwd | None, *, options: li
             # the compiled-code cache: throttledetect.jit finds the user a lasting place of its own
             # (its ~/.cache, else a private folder under /tmp), so only the first analysis compiles
         try:
-            with open(path, "rb") as capture_file:
-                proc = subprocess.run(cmd, env=env, preexec_fn=preexec, cwd="/", stdin=capture_file)
+            if stdin_path is not None:
+                with open(stdin_path, "rb") as capture_file:
+                    proc = subprocess.Popen(cmd, env=env, preexec_fn=preexec, cwd="/", stdin=capture_file)
+            else:
+                # its own process group: Ctrl-C stops the capture, and the end of the pipe ends the analysis
+                proc = subprocess.Popen(cmd, env=env, preexec_fn=_own_group(preexec), cwd="/", stdin=subprocess.PIPE)
         except PermissionError as e:
             who = as_user.pw_name if as_user else "this user"
             raise CaptureCommandError(
@@ -407,12 +429,36 @@ def analyze_command(path: str, as_user: pwd.struct_passwd | None, *, options: li
                 f"in {path}; analyse it without sudo: throttledetect analyze {path}") from None
         except OSError as e:
             raise CaptureCommandError(f"cannot start the analysis ({e.strerror or e}); the capture is in {path}") from None
-        for option, dest in outputs.items():
-            _deliver(os.path.join(scratch, option.lstrip("-")), dest, owner)
-        return proc.returncode
-    finally:
+    except BaseException:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return AnalysisJob(proc, outputs, scratch)
+
+
+def _own_group(then=None):
+    def pre() -> None:
+        os.setpgrp()
+        if then is not None:
+            then()
+    return pre
+
+
+def finish_analysis(job: AnalysisJob, owner: pwd.struct_passwd | None = None) -> int:
+    """Wait for the analysis, move its reports into place; its exit status."""
+    try:
+        if job.proc.stdin is not None:
+            try:
+                job.proc.stdin.close()
+            except OSError:
+                pass
+        job.proc.wait()
+        for option, dest in job.outputs.items():
+            _deliver(os.path.join(job.scratch, option.lstrip("-")), dest, owner)
+        return job.proc.returncode
+    finally:
+        if job.scratch:
+            shutil.rmtree(job.scratch, ignore_errors=True)
 
 
 def _deliver(made: str, dest: str, owner: pwd.struct_passwd | None) -> None:
@@ -439,6 +485,9 @@ def _deliver(made: str, dest: str, owner: pwd.struct_passwd | None) -> None:
               help="Stop after S seconds (default: at Ctrl-C).")
 @click.option("--filter", "bpf", metavar="BPF", help="Capture filter, e.g. \"udp or tcp port 443\" (pcap-filter(7)).")
 @click.option("--analyze", is_flag=True, help="Analyse the capture when it is done (as an unprivileged user).")
+@click.option("--live", is_flag=True,
+              help="Analyse while capturing: each call's verdict as it forms, every few seconds, then the report "
+                   "(implies --analyze; the analysis runs as the unprivileged user).")
 @click.option("--user", metavar="NAME",
               help="When run as root: the user the capture and analysis drop to (default: $SUDO_USER, else nobody).")
 @click.option("--local", "local", multiple=True, type=Networks(),
@@ -449,7 +498,7 @@ def _deliver(made: str, dest: str, owner: pwd.struct_passwd | None) -> None:
               help="--analyze: write the analysis to FILE instead of the terminal.")
 @click.option("--html", type=OutputFile(), metavar="FILE", help="--analyze: also write the HTML report.")
 @FAIL_ON
-def command(interface, output, duration, bpf, analyze, user, local, fmt, report, html, fail_on):
+def command(interface, output, duration, bpf, analyze, live, user, local, fmt, report, html, fail_on):
     """Capture packets on this machine (Linux) into FILE.pcap, optionally analysing them.
 
     Needs root (sudo) or tcpdump with capture capabilities; as root, the packet capture and the
@@ -458,6 +507,7 @@ def command(interface, output, duration, bpf, analyze, user, local, fmt, report,
     stderr while capturing (when stderr is a terminal).
     """
     from throttledetect.progress import Progress
+    analyze = analyze or live
     if user and os.geteuid() != 0:
         raise CaptureCommandError("--user only applies when running as root")
     given = [name for name, v in (("--local", local), ("--report", report), ("--html", html),
@@ -468,24 +518,49 @@ def command(interface, output, duration, bpf, analyze, user, local, fmt, report,
     click.echo(f"throttledetect: capturing on {interface}"
                + (f" for {duration:g} s" if duration else " until Ctrl-C")
                + (f" (filter: {bpf})" if bpf else "") + f" -> {output}", err=True)
-    with Progress() as progress:
-        result = run_capture(interface, output, duration=duration, bpf=bpf, user=user, progress=progress)
+    options = ["--format", fmt, "--fail-on", fail_on]
+    for net in flatten_networks(local) or ():
+        options += ["--local", str(net)]
+    job = None
+    if live:
+        # the analysis reads the capture on a pipe as it is written (analyze - --live), as the user
+        as_user = unprivileged_user(user) if os.geteuid() == 0 else None
+        job = start_analysis(output, as_user, options=options + ["--live"],
+                             outputs={"--output": report, "--html": html})
+    tee = _pipe_writer(job.proc.stdin) if job else None
+    with Progress(enabled=False if live else None) as progress:
+        result = run_capture(interface, output, duration=duration, bpf=bpf, user=user, progress=progress, tee=tee)
     count = "an unknown number of" if result.packets is None else str(result.packets)
     drops = f", {result.dropped} dropped by the kernel" if result.dropped else ""
     who = f", {result.tool} ran as {result.user}" if result.user else ""
     click.echo(f"throttledetect: captured {count} packets in {result.seconds:.1f} s ({result.bytes_written} bytes"
                f"{drops}{who}) -> {output}", err=True)
-    if analyze:
+    if job is not None:
+        rc = finish_analysis(job, _file_owner())
+        if rc:
+            sys.exit(rc)
+    elif analyze:
         if result.bytes_written <= 24:
             raise CaptureCommandError(f"nothing to analyse: no packet was captured in {output}")
         as_user = unprivileged_user(user) if os.geteuid() == 0 else None
-        options = ["--format", fmt, "--fail-on", fail_on]
-        for net in flatten_networks(local) or ():
-            options += ["--local", str(net)]
         rc = analyze_command(output, as_user, options=options, outputs={"--output": report, "--html": html},
                              owner=_file_owner())
         if rc:
             sys.exit(rc)
+
+
+def _pipe_writer(pipe):
+    """tee for run_capture: the chunk into the live analysis' pipe; if it has gone, capturing goes on."""
+    state = {"open": True}
+
+    def write(chunk: bytes) -> None:
+        if state["open"]:
+            try:
+                pipe.write(chunk)
+                pipe.flush()
+            except (BrokenPipeError, OSError):
+                state["open"] = False
+    return write
 
 
 def _file_owner() -> pwd.struct_passwd | None:

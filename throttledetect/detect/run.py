@@ -162,9 +162,26 @@ def select_flows(ctx: DetectContext, test: str) -> np.ndarray:
     return sel
 
 
+def detect_flow(ctx: DetectContext, i: int) -> tuple:
+    """One tested flow: (its role, the JSON of every detection its role's detectors made)."""
+    role = "setup" if ctx.is_setup_candidate(i) else ctx.role(i)
+    dets = []
+    for det in DETECTORS:
+        if role in det.roles:
+            dets.extend(detection_json(d) for d in _run_one(det, ctx, i))
+    return role, dets
+
+
+def _in_turn(ctx: DetectContext, flows: list, fn) -> list:
+    return [fn(ctx, i) for i in flows]
+
+
 def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
-                  config: DetectConfig = DEFAULT_CONFIG, test: str = "calls") -> DetectionReport:
-    """Test the selected flows of one capture; one false-discovery family over every p-value."""
+                  config: DetectConfig = DEFAULT_CONFIG, test: str = "calls", map_flows=None) -> DetectionReport:
+    """Test the selected flows of one capture; one false-discovery family over every p-value.
+
+    map_flows(ctx, flows, detect_flow) -> results in the order of flows: how the tested flows are
+    run (default one after another; throttledetect.parallel runs them in a pool of processes)."""
     if test not in TEST_SCOPES:
         raise ValueError(f"test must be one of {TEST_SCOPES}, not {test!r}")
     ctx = DetectContext(cap, ft, cl, streams=streams, metrics=metrics, config=config)
@@ -173,11 +190,9 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
     ctx.tested = tested
     roles: list = [None] * n
     dets: list = [[] for _ in range(n)]
-    for i in np.flatnonzero(tested).tolist():
-        roles[i] = "setup" if ctx.is_setup_candidate(i) else ctx.role(i)
-        for det in DETECTORS:
-            if roles[i] in det.roles:
-                dets[i].extend(detection_json(d) for d in _run_one(det, ctx, i))
+    todo = np.flatnonzero(tested).tolist()
+    for i, (role, found) in zip(todo, (map_flows or _in_turn)(ctx, todo, detect_flow)):
+        roles[i], dets[i] = role, found
     values = dict(config.thresholds)
     verdicts.redecide([d for fl in dets for d in fl], values)
     vs = [verdicts.flow_verdict(dets[i], roles[i]) if tested[i] else ("none", "not tested") for i in range(n)]

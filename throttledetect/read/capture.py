@@ -16,6 +16,9 @@ from throttledetect.read.table import PacketTable
 DEFAULT_PREFIX = 48
 _DECOMPRESS_CHUNK = 1 << 16
 _POPULATE_MAX = 8 << 30
+# Above this size the file is read in steps and its pages given back as they are read (memory does
+# not grow with the file); populating it all at once would hold it whole.
+_POPULATE_MIN_RELEASE = 256 << 20
 # Packets read from one file at most: about 200 bytes of columns each, so 50 million is ~10 GB.
 # Bounds the memory a decompression bomb of tiny records can claim.
 _MAX_RECORDS_RAW = os.environ.get("THROTTLEDETECT_MAX_RECORDS", "").strip()
@@ -71,9 +74,13 @@ class Capture:
         return ", ".join(parts)
 
 
-def _open_bytes(source, path: str) -> tuple[np.ndarray, str, list[ReadWarning], object]:
+def _open_bytes(source, path: str, spill: bool = False) -> tuple[np.ndarray, str, list[ReadWarning], object]:
     """Map or decompress the file (a path, or a binary file object that can seek, such as a spooled
-    pipe). Returns (bytes as uint8 array, compression, warnings, keepalive); `path` names it in messages."""
+    pipe). Returns (bytes as uint8 array, compression, warnings, keepalive); `path` names it in messages.
+
+    spill: the streaming reader's way. Compressed input is decompressed into an unlinked temporary
+    file rather than memory, and nothing is mapped eagerly, so the pages it has read can be given
+    back (madvise) and the reader's memory does not grow with the file."""
     if hasattr(source, "read"):
         f = os.fdopen(os.dup(source.fileno()), "rb")    # our own descriptor: closing it leaves the caller's
         f.seek(0)
@@ -86,14 +93,20 @@ def _open_bytes(source, path: str) -> tuple[np.ndarray, str, list[ReadWarning], 
         head = f.read(6)
         if head[:2] == b"\x1f\x8b":
             f.seek(0)
+            if spill:
+                return _decompress_to_map(f, path, "gzip")
             data, warns = _decompress(f, path, "gzip")
             return np.frombuffer(data, dtype=np.uint8), "gzip", warns, data
         if head == b"\xfd7zXZ\x00":
             f.seek(0)
+            if spill:
+                return _decompress_to_map(f, path, "xz")
             data, warns = _decompress(f, path, "xz")
             return np.frombuffer(data, dtype=np.uint8), "xz", warns, data
         if head[:3] == b"BZh":
             f.seek(0)
+            if spill:
+                return _decompress_to_map(f, path, "bzip2")
             data, warns = _decompress(f, path, "bzip2")
             return np.frombuffer(data, dtype=np.uint8), "bzip2", warns, data
         size = os.fstat(f.fileno()).st_size
@@ -102,7 +115,8 @@ def _open_bytes(source, path: str) -> tuple[np.ndarray, str, list[ReadWarning], 
         # MAP_POPULATE maps the (page-cached) file in one go instead of one fault per 4 kB page:
         # measured 0.40 s steady against 0.38-1.36 s for a 740 MB capture. Not for files that may
         # exceed memory, where eager population would only thrash.
-        populate = getattr(mmap, "MAP_POPULATE", 0) if size <= _POPULATE_MAX else 0
+        populate = getattr(mmap, "MAP_POPULATE", 0) if size <= _POPULATE_MAX and not spill else 0
+        populate = 0 if size > _POPULATE_MIN_RELEASE else populate
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
         return np.frombuffer(mm, dtype=np.uint8), "", [], mm
 
@@ -115,7 +129,33 @@ def _new_decompressor(kind: str):
     return bz2.BZ2Decompressor()
 
 
-def _decompress(f, path: str, kind: str) -> tuple[bytes, list[ReadWarning]]:
+class _FileSink:
+    """Decompressed bytes appended to a file (`sink += data`, len(sink)), as a bytearray would take them."""
+
+    def __init__(self, f):
+        self.f = f
+        self.size = 0
+
+    def __iadd__(self, data: bytes) -> "_FileSink":
+        self.f.write(data)
+        self.size += len(data)
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _decompress_to_map(f, path: str, kind: str):
+    import tempfile
+    spool = tempfile.TemporaryFile(prefix="throttledetect-decompressed-")
+    sink, warns = _decompress(f, path, kind, _FileSink(spool))
+    spool.flush()
+    mm = mmap.mmap(spool.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    spool.close()     # the mapping keeps the unlinked file's pages
+    return np.frombuffer(mm, dtype=np.uint8), kind, warns, mm
+
+
+def _decompress(f, path: str, kind: str, out=None) -> tuple[bytes, list[ReadWarning]]:
     """Stream-decompress, keeping everything produced before damage or a cut-off end.
 
     Small input chunks bound how far one step can overshoot the size limit (a "bomb").
@@ -124,7 +164,7 @@ def _decompress(f, path: str, kind: str) -> tuple[bytes, list[ReadWarning]]:
     if _MAX_DECOMPRESSED_RAW and not _MAX_DECOMPRESSED_RAW.isdigit():
         raise CaptureError(f"{path}: byte 0: THROTTLEDETECT_MAX_DECOMPRESSED={_MAX_DECOMPRESSED_RAW!r} "
                            "is not a whole number of bytes")
-    out = bytearray()
+    out = bytearray() if out is None else out
     warns: list[ReadWarning] = []
     dec = None
     consumed = 0
@@ -158,10 +198,10 @@ def _decompress(f, path: str, kind: str) -> tuple[bytes, list[ReadWarning]]:
 
 
 def _finish(out: bytearray, warns: list[ReadWarning], path: str, kind: str, consumed: int):
-    if not out:
+    if not len(out):
         detail = f": {warns[0].message}" if warns else ""
         raise CaptureError(f"{path}: byte {consumed}: {kind} stream yielded no data{detail}")
-    return bytes(out), warns
+    return (bytes(out) if isinstance(out, bytearray) else out), warns
 
 
 class _PcapArrays:
@@ -202,13 +242,58 @@ def _warnings_from(warn: np.ndarray, nwarn: int, base_offset: int = 0) -> list[R
     return out
 
 
-def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = None) -> Capture:
+_RELEASE_STEP = 1 << 18     # records read between two give-backs of the pages behind them
+
+
+def _release(keep, released: int, upto: int) -> int:
+    """madvise(DONTNEED) the mapped pages in [released, upto): they stay in the page cache, and a
+    later look at a payload maps its page back. Returns the new mark."""
+    if not isinstance(keep, mmap.mmap):
+        return released
+    upto = (upto // mmap.PAGESIZE) * mmap.PAGESIZE
+    if upto > released:
+        try:
+            keep.madvise(mmap.MADV_DONTNEED, released, upto - released)
+        except (OSError, ValueError, AttributeError):
+            return released
+        return upto
+    return released
+
+
+def _where(compression: str) -> str:
+    return f" (in the {compression}-decompressed data)" if compression else ""
+
+
+def probe_format(buf: np.ndarray, path: str, where: str = "") -> tuple[str, bool, bool, int, int]:
+    """(format, byte-swapped, nanosecond, snaplen, linktype) from a capture's first bytes (pcap's
+    fields are 0 for pcapng), or a CaptureError naming the file and byte offset."""
+    n = len(buf)
+    head = bytes(buf[:4])
+    if n < 4:
+        raise CaptureError(f"{path}: byte 0: too short to be a capture ({n} bytes){where}")
+    magic = int.from_bytes(head, "little")
+    if magic in PCAP_MAGICS:
+        swap, nano = PCAP_MAGICS[magic]
+        if n < 24:
+            raise CaptureError(f"{path}: byte {n}: pcap file header cut short ({n} of 24 bytes){where}")
+        order = "big" if swap else "little"
+        snaplen = int.from_bytes(bytes(buf[16:20]), order)
+        linktype = int.from_bytes(bytes(buf[20:24]), order) & 0xFFFF  # upper 16 bits: FCS length, reserved (libpcap LT_LINKTYPE)
+        return "pcap", swap, nano, snaplen, linktype
+    if head == PCAPNG_SHB_MAGIC:
+        return "pcapng", False, False, 0, 0
+    raise CaptureError(f"{path}: byte 0: not a pcap or pcapng capture (starts with {head.hex(' ')}){where}")
+
+
+def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = None,
+                 limit: int | None = None) -> Capture:
     """Read a pcap or pcapng file (optionally gzip/xz/bzip2 compressed) into a Capture.
 
     `path` is a file name or a seekable binary file object (stdin spooled to a temporary file);
     `name` is what messages and Capture.path call it (default: the path, or the object's name).
     Damaged records are skipped with a warning naming their byte offset, and reading resumes at
     the next plausible record; CaptureError is raised only when nothing at all is readable.
+    `limit`: read only the first `limit` bytes (a capture still being written: live verdicts).
     """
     source = path
     if hasattr(source, "read"):
@@ -216,34 +301,31 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
     else:
         source = os.fspath(source)
         path = name or source
-    buf, compression, warns, keep = _open_bytes(source, path)
+    buf, compression, warns, keep = _open_bytes(source, path, spill=limit is not None)
+    if limit is not None:
+        buf = buf[:limit]
     n = len(buf)
-    head = bytes(buf[:4])
-    where = f" (in the {compression}-decompressed data)" if compression else ""
-    if n < 4:
-        raise CaptureError(f"{path}: byte 0: too short to be a capture ({n} bytes){where}")
-    magic = int.from_bytes(head, "little")
+    where = _where(compression)
+    fmt, swap, nano, snaplen, linktype = probe_format(buf, path, where)
     warn = np.zeros((framing.MAX_WARNINGS, 3), dtype=np.int64)
-    if magic in PCAP_MAGICS:
-        fmt = "pcap"
-        swap, nano = PCAP_MAGICS[magic]
-        if n < 24:
-            raise CaptureError(f"{path}: byte {n}: pcap file header cut short ({n} of 24 bytes){where}")
-        order = "big" if swap else "little"
-        snaplen = int.from_bytes(bytes(buf[16:20]), order)
-        linktype = int.from_bytes(bytes(buf[20:24]), order) & 0xFFFF  # upper 16 bits: FCS length, reserved (libpcap LT_LINKTYPE)
+    if fmt == "pcap":
         # One compiled pass; arrays start at a typical record density and double when the file
         # holds more (a damaged or hostile file cannot make us reserve memory for records it lacks).
         most = max(0, (n - 24) // 16)
         size = min(most, MAX_RECORDS, max(1 << 16, (n - 24) // 256))
         arrays = _PcapArrays(size, prefix_len)
         o, count, nwarn, last_s = 24, 0, 0, -1
+        released = 0
         while True:
+            # in steps, giving back the pages read so far: the file is not held in memory whole
             o, count, nwarn, last_s, done = blocks.read_pcap_records(
-                buf, swap, nano, snaplen, linktype, blocks.BLOCK, prefix_len, o, count, nwarn, last_s, size,
-                *arrays.args(), warn)
+                buf, swap, nano, snaplen, linktype, blocks.BLOCK, prefix_len, o, count, nwarn, last_s,
+                min(size, count + _RELEASE_STEP), *arrays.args(), warn)
+            released = _release(keep, released, o)
             if done:
                 break
+            if count < size:
+                continue
             if size >= MAX_RECORDS:
                 warns.append(ReadWarning(int(o), f"record limit reached ({MAX_RECORDS} packets, "
                                                  "THROTTLEDETECT_MAX_RECORDS); the rest of the file is ignored"))
@@ -256,8 +338,7 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
         iface = np.zeros(count, dtype=np.uint16)
         linktypes = [linktype]
         decoded = True
-    elif head == PCAPNG_SHB_MAGIC:
-        fmt = "pcapng"
+    else:
         # Two passes (count, then fill): exact arrays, whatever the block sizes.
         iface_lt = np.zeros(framing.MAX_IFACES, dtype=np.int32)
         none64, none32, none16 = np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint16)
@@ -273,8 +354,6 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
         lt = iface_lt[iface].astype(np.uint16)
         linktypes = sorted(set(int(x) for x in iface_lt[:nif]))
         decoded = False
-    else:
-        raise CaptureError(f"{path}: byte 0: not a pcap or pcapng capture (starts with {head.hex(' ')}){where}")
 
     warns += _warnings_from(warn, nwarn)
     if count == 0:
@@ -320,6 +399,13 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
     cap = Capture(path=path, format=fmt + (f"+{compression}" if compression else ""), buffer=buf,
                   packets=table, linktypes=linktypes, warnings=warns, stats=stats, status=status)
     cap._keepalive = keep  # the mmap or bytes behind `buffer`
+    if isinstance(keep, mmap.mmap):
+        # Every page was read once; later stages touch the payloads of a few packets only. The
+        # pages stay in the page cache (a touch maps one back), but not in this process's memory.
+        try:
+            keep.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):
+            pass
     return cap
 
 

@@ -119,8 +119,9 @@ def walk_pcap(buf, swap, nano, snaplen, fill, out_off, out_caplen, out_wirelen, 
 
 @njit
 def walk_pcap_block(buf, swap, nano, snaplen, fill, o, count, nwarn, last_s, stop_count,
-                    out_off, out_caplen, out_wirelen, out_ts, warn):
-    """Resumable walk: from offset o until `stop_count` records (-1: no limit) or the end.
+                    out_off, out_caplen, out_wirelen, out_ts, warn, stop_o=-1):
+    """Resumable walk: from offset o until `stop_count` records (-1: no limit) or the end, or the
+    first record that starts at or after byte stop_o (-1: none; a part of the file read in parallel).
 
     Returns (next offset, records, warnings, last timestamp seconds, finished), so a caller can
     decode each block of records while its bytes are still in the CPU cache.
@@ -133,6 +134,8 @@ def walk_pcap_block(buf, swap, nano, snaplen, fill, o, count, nwarn, last_s, sto
         # Writers often set snaplen below what they actually store; only reject truly absurd lengths.
         maxcap = MAX_SNAPLEN
     while o < n:
+        if stop_o >= 0 and o >= stop_o:
+            return o, count, nwarn, last_s, False
         if count == stop_count:
             return o, count, nwarn, last_s, False
         if o + 16 > n:
@@ -185,6 +188,29 @@ def walk_pcap_block(buf, swap, nano, snaplen, fill, o, count, nwarn, last_s, sto
 
 
 @njit
+def find_pcap_record(buf, o, swap, nano, snaplen, ref_s, chain):
+    """The first offset from o where `chain` plausible record headers follow one another (or reach
+    the end of the file): where a part of a classic pcap file read in parallel probably starts.
+    -1 if none. A guess, confirmed only when the part before it ends exactly there."""
+    n = buf.shape[0]
+    frac_max = 1_000_000_000 if nano else 1_000_000
+    maxcap = snaplen if 0 < snaplen <= MAX_SNAPLEN * 4 else MAX_SNAPLEN
+    if maxcap < MAX_SNAPLEN:
+        maxcap = MAX_SNAPLEN
+    p = o
+    while p + 16 <= n:
+        q = p
+        k = 0
+        while k < chain and q < n and _pcap_header_plausible(buf, q, n, swap, frac_max, maxcap, ref_s):
+            q = q + 16 + _u32(buf, q + 8, swap)
+            k += 1
+        if k == chain or (k > 0 and q == n):
+            return p
+        p += 1
+    return -1
+
+
+@njit
 def _iface_ns(ts, units_per_s, offset_s):
     """pcapng timestamp in interface units -> epoch nanoseconds (int64), or -1 if absurd."""
     sec = ts // units_per_s
@@ -215,6 +241,17 @@ def _pcapng_block_ok(buf, o, n, swap):
     return _u32(buf, o + blen - 4, swap) == blen
 
 
+# Where a resumable pcapng walk stands (PcapngState.scalars): the walk carries its section and
+# interface context from one part of the file to the next.
+NG_O, NG_SWAP, NG_BASE, NG_NIF_LOCAL, NG_NIF_TOTAL, NG_LAST_NS, NG_NWARN, NG_DONE = range(8)
+
+
+def pcapng_state():
+    """(scalars, units, offsets, snaplens) of a walk that has not started."""
+    return (np.zeros(8, np.int64), np.empty(MAX_IFACES, dtype=np.int64), np.zeros(MAX_IFACES, dtype=np.int64),
+            np.zeros(MAX_IFACES, dtype=np.int64))
+
+
 @njit
 def walk_pcapng(buf, fill, out_off, out_caplen, out_wirelen, out_ts, out_iface, iface_linktype, warn):
     """Frame the packets of a pcapng file.
@@ -222,18 +259,32 @@ def walk_pcapng(buf, fill, out_off, out_caplen, out_wirelen, out_ts, out_iface, 
     iface_linktype (int32[MAX_IFACES]) receives the link type of every interface, numbered
     globally across sections (section base + local id). Returns (records, warnings, interfaces).
     """
-    n = buf.shape[0]
-    swap = False
-    o = 0
-    count = 0
-    nwarn = 0
-    base = 0          # global number of this section's interface 0
-    nif_local = 0     # interfaces declared in this section
-    nif_total = 0
+    st = np.zeros(8, np.int64)
     units = np.empty(MAX_IFACES, dtype=np.int64)
     offs = np.zeros(MAX_IFACES, dtype=np.int64)
     snap = np.zeros(MAX_IFACES, dtype=np.int64)
-    last_ns = 0
+    count = walk_pcapng_part(buf, buf.shape[0], fill, st, units, offs, snap, out_off, out_caplen, out_wirelen, out_ts,
+                             out_iface, iface_linktype, warn)
+    return count, st[NG_NWARN], st[NG_NIF_TOTAL]
+
+
+@njit
+def walk_pcapng_part(buf, n, fill, st, units, offs, snap, out_off, out_caplen, out_wirelen, out_ts, out_iface,
+                     iface_linktype, warn):
+    """Resumable pcapng walk from st[NG_O] until the output arrays are full (fill) or byte n.
+
+    Returns the records framed in this part (written from index 0); st carries the position,
+    byte order, section and interface context, the warning count and whether the walk is done.
+    """
+    o = st[NG_O]
+    swap = st[NG_SWAP] != 0
+    base = st[NG_BASE]          # global number of this section's interface 0
+    nif_local = st[NG_NIF_LOCAL]     # interfaces declared in this section
+    nif_total = st[NG_NIF_TOTAL]
+    last_ns = st[NG_LAST_NS]
+    nwarn = st[NG_NWARN]
+    count = 0
+    done = True
     while o < n:
         if o + 12 > n:
             nwarn = _warn(warn, nwarn, o, W_TRUNCATED_BLOCK, o + 12 - n)
@@ -317,6 +368,7 @@ def walk_pcapng(buf, fill, out_off, out_caplen, out_wirelen, out_ts, out_iface, 
                 nwarn = _warn(warn, nwarn, o, W_TOO_MANY_IFACES, gid)
         elif (btype == PCAPNG_EPB or btype == PCAPNG_PB or btype == PCAPNG_SPB) and fill \
                 and count >= out_off.shape[0]:
+            done = False
             break   # the arrays are full (record limit): never write past them
         elif btype == PCAPNG_EPB or btype == PCAPNG_PB:
             if btype == PCAPNG_EPB:
@@ -368,4 +420,12 @@ def walk_pcapng(buf, fill, out_off, out_caplen, out_wirelen, out_ts, out_iface, 
                     out_iface[count] = gid
                 count += 1
         o += blen
-    return count, nwarn, nif_total
+    st[NG_O] = o
+    st[NG_SWAP] = 1 if swap else 0
+    st[NG_BASE] = base
+    st[NG_NIF_LOCAL] = nif_local
+    st[NG_NIF_TOTAL] = nif_total
+    st[NG_LAST_NS] = last_ns
+    st[NG_NWARN] = nwarn
+    st[NG_DONE] = 1 if done else 0
+    return count

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 def document_from(analyses: list) -> dict:
     from throttledetect import pipeline
-    doc = pipeline.to_document(analyses)
-    if len(analyses) > 1:      # with one capture the merged rows are its own
-        for ci, a in enumerate(analyses):
-            doc["captures"][ci]["protocols"] = pipeline.to_document([a], include_metrics=False)["protocols"]
+    return document_from_parts([pipeline.capture_part(a) for a in analyses])
+
+
+def document_from_parts(parts: list) -> dict:
+    """document_from, from each capture's pipeline.capture_part() (made in this process or another)."""
+    from throttledetect import pipeline
+    doc = pipeline.document_from_parts(parts)
+    if len(parts) > 1:      # with one capture the merged rows are its own
+        for ci, part in enumerate(parts):
+            doc["captures"][ci]["protocols"] = pipeline.document_from_parts([part])["protocols"]
     return doc
 
 

@@ -30,12 +30,21 @@ def safe(value):
 
 
 def write_rows(columns: list[str], rows: list[dict]) -> str:
+    return "".join(iter_rows(columns, rows))
+
+
+def iter_rows(columns: list[str], rows, batch: int = 4096):
+    """write_rows as text pieces of `batch` rows: rows may be a generator of any length."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    for r in rows:
+    for count, r in enumerate(rows, 1):
         w.writerow({k: safe(v) for k, v in r.items()})
-    return buf.getvalue()
+        if count % batch == 0:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()
 
 
 def flows_csv(entries: list[dict]) -> str:

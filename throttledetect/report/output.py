@@ -15,10 +15,13 @@ class OutputError(Exception):
     """A result could not be written: one line naming the file."""
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes, *, encoding: str = "utf-8") -> None:
+def write_atomic(path: str | os.PathLike, data, *, encoding: str = "utf-8") -> None:
+    """data: str, bytes, or an iterable of str pieces (a large document written as it is made)."""
     path = os.fspath(path)
     target = os.path.realpath(path)          # through a symlink, replace what it points to
     payload = data.encode(encoding) if isinstance(data, str) else data
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        payload = _Pieces(payload, encoding)
     try:
         st = os.stat(target)
     except FileNotFoundError:
@@ -35,7 +38,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, encoding: str = 
         raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            _write(f, payload)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
@@ -51,9 +54,22 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, encoding: str = 
 def _write_in_place(path: str, target: str, payload: bytes) -> None:
     try:
         with open(target, "wb") as f:
-            f.write(payload)
+            _write(f, payload)
     except OSError as e:
         raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+class _Pieces:
+    def __init__(self, pieces, encoding: str):
+        self.pieces, self.encoding = pieces, encoding
+
+
+def _write(f, payload) -> None:
+    if isinstance(payload, _Pieces):
+        for piece in payload.pieces:
+            f.write(piece.encode(payload.encoding))
+    else:
+        f.write(payload)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -16,16 +16,11 @@ from throttledetect.testbed import netns, traffic
 from throttledetect.testbed.traffic import (AUDIO_CLIENT_PORT, AUDIO_SERVER_PORT, CTL_SERVER_PORT, TCP_CLIENT_PORT,
                                             UDPCTL_CLIENT_PORT, VIDEO_CLIENT_PORT, VIDEO_SERVER_PORT)
 
-try:
-    from throttledetect.flows import build_flows
-    from throttledetect.read import read_capture
-    HAVE_READER = True
-except ImportError:  # pragma: no cover - the reader is developed in parallel
-    HAVE_READER = False
+from throttledetect.flows import build_flows
+from throttledetect.read import read_capture
 
 _OK, _WHY = netns.availability()
 need_testbed = pytest.mark.skipif(not _OK, reason=f"kernel testbed unavailable: {_WHY}")
-need_reader = pytest.mark.skipif(not HAVE_READER, reason="throttledetect.read / flows not importable")
 
 SECONDS = 3.0
 
@@ -126,7 +121,6 @@ def _seq_lost(pkts) -> tuple[int, int]:
 
 
 @need_testbed
-@need_reader
 def test_policed_call_loses_media_but_not_control(policed):
     path, truth = policed
     v = _View(path)
@@ -168,7 +162,6 @@ def test_policed_call_loses_media_but_not_control(policed):
 
 
 @need_testbed
-@need_reader
 def test_shaped_call_queues(shaped):
     path, truth = shaped
     v = _View(path)

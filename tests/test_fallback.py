@@ -113,7 +113,7 @@ def plain(tmp_path_factory):
 def test_tunnels_open_as_if_plain_ip(tmp_path, plain):
     """Every tunnel kind carrying the same three inner flows, in one capture (one tshark run):
     the inner packets' columns equal the plain capture's; a plain flow and encrypted NAT-T stay."""
-    frames, expect_rows = [], []
+    frames = []
     for name, wrap in TUNNELS.items():
         for k in range(6):
             for kind in range(3):

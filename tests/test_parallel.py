@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus import CORPUS, HAVE_CORPUS, need_corpus
+from tests.corpus import CORPUS, HAVE_CORPUS
 from tests.parallel_golden import golden, golden_key, table_digest
 from throttledetect import pipeline
 from throttledetect.parallel import flow_pool

@@ -17,7 +17,6 @@ from scapy.layers.l2 import Ether
 
 from tests.test_simulate import FLOW_BPS, FLOWS, LOCAL, MACS, T0_NS, Loaded, _rtp_call
 from throttledetect import rewrite
-from throttledetect.classify import classify
 from throttledetect.flows import build_flows
 from throttledetect.metrics.rtp import find_rtp_streams, unwrap
 from throttledetect.validate import bases as B

@@ -181,7 +181,7 @@ class LiveAnalysis:
                     self.lock.wait(0.2)
                 eof = self.eof
                 boundary = self.follower.boundary
-                last_ns, first_ns = self.follower.last_ns, self.follower.first_ns
+                last_ns = self.follower.last_ns
             if eof:
                 break
             if boundary == 0:

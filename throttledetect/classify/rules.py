@@ -195,7 +195,7 @@ class Rules:
         for ev_ in events:
             events_by_host.setdefault(ev_[1], []).append(ev_)
         for f in generic:
-            host, lo, hi = local_ip[f], first_s[f] - CONTEXT_WINDOW_S, last_s[f] + CONTEXT_WINDOW_S
+            host, lo = local_ip[f], first_s[f] - CONTEXT_WINDOW_S
             apps = {out[g].label: g for g in named_by_host.get(host, ())
                     if first_s[g] <= last_s[f] + CONTEXT_WINDOW_S and last_s[g] >= lo}
             if len(apps) == 1:

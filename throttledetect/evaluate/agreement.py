@@ -30,7 +30,7 @@ NDPI_APP_LABEL = {
     "SnapchatCall": "snapchat_call", "KakaoTalk_Voice": "kakaotalk_call", "FaceTime": "facetime",
     "FacebookVoip": "messenger_call", "IMO": "imo_call", "Mumble": "mumble", "DiscordCall": "discord",
     "WeChat": "wechat_call", "TencentMeeting": "tencent_meeting", "Lark": "feishu_call", "Feishu": "feishu_call",
-    "Jitsi": "jitsi", "FaceTime": "facetime", "SkypeCall": "teams", "Skype": "teams",
+    "Jitsi": "jitsi", "SkypeCall": "teams", "Skype": "teams",
     "RTP": "rtp", "SRTP": "rtp", "RTCP": "rtp", "SIP": "sip",
     "IAX": "iax", "H323": "h323", "MGCP": "mgcp", "CiscoSkinny": "skinny", "Megaco": "megaco",
     "SD-RTN": "agora", "TeamSpeak": "teamspeak",

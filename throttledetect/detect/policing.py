@@ -367,6 +367,10 @@ def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, mean_size
     start = onsets[0]["onset"] if onsets else float(pk.t[0])
     w = pk.window(start + P.window_s, pk.t[-1] + 1e-9)
     w = w if w.n >= MIN_PACKETS else pk
+    # a queue shown directly: the delay rises whenever packets arrive spaced at size / rate (the
+    # coupling look; a busy shared link interleaves other traffic, so the cap itself need not bind)
+    if any(lk["how"] == "coupling" and lk["p"] * n_looks < ctx.alpha for lk in q["looks"]):
+        return depth
     binds = w.n >= MIN_PACKETS and binding_cap(spacing_test(w, P), P)[0]
     group = ctx.host_group(i)
     if not binds and len(group) > 1:

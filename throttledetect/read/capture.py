@@ -285,6 +285,16 @@ def probe_format(buf: np.ndarray, path: str, where: str = "") -> tuple[str, bool
     raise CaptureError(f"{path}: byte 0: not a pcap or pcapng capture (starts with {head.hex(' ')}){where}")
 
 
+def fill_record_columns(table: PacketTable, ts, rec_off, caplen, wirelen, iface, lt) -> None:
+    """The columns a record's header gives (the decoder fills the rest)."""
+    table.ts_ns[:] = ts
+    table.frame_off[:] = rec_off
+    table.caplen[:] = caplen
+    table.wirelen[:] = wirelen
+    table.iface[:] = iface
+    table.linktype[:] = lt
+
+
 def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = None,
                  limit: int | None = None) -> Capture:
     """Read a pcap or pcapng file (optionally gzip/xz/bzip2 compressed) into a Capture.
@@ -370,12 +380,7 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
                               table.tcp_seq, table.tcp_ack, table.tcp_flags, table.tcp_win,
                               table.l4_off, table.payload_off, table.payload_len, table.payload_wirelen,
                               table.prefix, table.tunnel)
-    table.ts_ns[:] = ts
-    table.frame_off[:] = rec_off
-    table.caplen[:] = caplen
-    table.wirelen[:] = wirelen
-    table.iface[:] = iface
-    table.linktype[:] = lt
+    fill_record_columns(table, ts, rec_off, caplen, wirelen, iface, lt)
     fb = fallback.apply(buf, table, status)     # Wireshark's dissectors where ours stop (read/fallback.py)
     warns += [ReadWarning(0, m) for m in fb.messages]
     _assign_fragment_ports(table, status)

@@ -27,6 +27,7 @@ import numpy as np
 from throttledetect.read import blocks, decode, framing
 from throttledetect.read import fallback
 from throttledetect.read.capture import (DEFAULT_PREFIX, ReadWarning, CaptureError, _assign_fragment_ports,
+                                         fill_record_columns,
                                          _open_bytes, _PcapArrays, _warnings_from, _where, probe_format)
 from throttledetect.read.table import FRAG_FIRST, PacketTable
 
@@ -253,12 +254,7 @@ class CaptureStream:
 
     # ------------------------------------------------------------------ per chunk
     def _fill(self, table, status, rec_off, caplen, wirelen, ts, iface, lt) -> None:
-        table.ts_ns[:] = ts
-        table.frame_off[:] = rec_off
-        table.caplen[:] = caplen
-        table.wirelen[:] = wirelen
-        table.iface[:] = iface
-        table.linktype[:] = lt
+        fill_record_columns(table, ts, rec_off, caplen, wirelen, iface, lt)
         # Wireshark's dissectors where ours stop, chunk by chunk (a chunk without candidates costs
         # a numpy pass); read_capture does the same for the whole file at once
         fb = fallback.apply(self.buffer, table, status)

@@ -10,25 +10,14 @@ honoured by tshark 4.0 as an alias of the same switch, but is gone from the pref
 """
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-HEURISTIC_ARGS = ("--enable-heuristic", "rtp_udp")
-TIMEOUT_S = 300
+from throttledetect.verify import _ROW, _TABLE_START, HEURISTIC_ARGS  # noqa: F401 - one parser of tshark's table
 
-_TABLE_START = "========================= RTP Streams ========================"
-_FLOAT = r"(-?\d+(?:\.\d+)?)"
-# One row, as printed by rtpstreams_stat_draw_cb:
-# "%13.6f %13.6f %15s %5u %15s %5u 0x%08X %16s %5u %5d (%.1f%%) %15.3f x6 %s"
-# The payload column may hold several names joined by ", ", so it is matched lazily.
-_ROW = re.compile(
-    r"^\s*" + _FLOAT + r"\s+" + _FLOAT
-    + r"\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+)\s+0x([0-9A-Fa-f]{8})\s+(.+?)\s+(\d+)\s+(-?\d+)\s+\(" + _FLOAT + r"%\)"
-    + (r"\s+" + _FLOAT) * 6 + r"\s*(X?)\s*$"
-)
+TIMEOUT_S = 300
 
 
 class TsharkNotFound(RuntimeError):

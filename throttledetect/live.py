@@ -127,6 +127,9 @@ def verdict_lines(doc: dict, state: LiveState, now_ts: float, first_ts: float) -
                 what += " from you"
             if det.get("onset_s") is not None:
                 what += f" since {_clock(first_ts + float(det['onset_s']))}"
+            elif f.get("first_ts") is not None:
+                # the test found it over the whole flow so far: say so rather than invent an onset
+                what += f" since {_clock(float(f['first_ts']))} (the flow's start; no onset located)"
         elif verdict == "inconclusive" and f.get("verdict_reason"):
             what += f" ({f['verdict_reason']})"
         lines.append(f"throttledetect: live {_clock(now_ts)} (+{now_ts - first_ts:.1f} s): {f['protocol']} "

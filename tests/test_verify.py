@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.corpus import EXTERNAL_DIR, need_corpus
+from tests.metrics.tshark_ref import SAMPLE_TABLE
 from throttledetect.read import fallback
 from throttledetect import verify
 
@@ -148,15 +149,7 @@ def test_a_failing_tshark_is_said_per_capture(monkeypatch):
     assert verify.summary_line(v).endswith("tshark failed on 1 capture(s) (--format json: 'verify')")
 
 
-TABLE = """\
-Running as user "root" and group "root". This could be dangerous.
-========================= RTP Streams ========================
-   Start time      End time     Src IP addr  Port    Dest IP addr  Port       SSRC          Payload  Pkts         Lost   Min Delta(ms)  Mean Delta(ms)   Max Delta(ms)  Min Jitter(ms) Mean Jitter(ms)  Max Jitter(ms) Problems?
-     0.000694      9.998958       127.0.0.1  6001       127.0.0.1  6000 0xFEBD6340            g711U   501     0 (0.0%)           0.014          19.997          97.080           0.005           0.562           8.162 
-     3.847241      4.167215  192.168.195.50 17718  192.168.195.58 32144 0x7C1071E2        g711U, CN    33   -16 (-94.1%)           0.004           9.999          20.055           0.004           0.011           0.020 X
-     7.676554     14.652923 2001:db8::1 14225 2001:db8::2 63308 0x0000E7E0      RTPType-103    94    11 (10.5%)           0.009         185.763        4419.422          -1.000           0.000           0.000 X
-==============================================================
-"""
+TABLE = 'Running as user "root" and group "root". This could be dangerous.\n' + SAMPLE_TABLE
 
 
 def test_parse_and_summary():

@@ -77,25 +77,32 @@ class WiresharkStream:
         return self.min_jitter_ms != -1.0
 
 
-def parse_rtp_streams(text: str) -> list[WiresharkStream]:
-    """Rows of the table tshark prints for ``-z rtp,streams``; ValueError when there is none."""
+def rtp_stream_rows(text: str) -> list[tuple]:
+    """The fields of each row of the table tshark prints for ``-z rtp,streams`` (the groups of
+    _ROW: start, end, src, sport, dst, dport, ssrc hex, payload, packets, lost, lost %, min/mean/max
+    delta, min/mean/max jitter, problem flag); ValueError when there is no table or a row is not one."""
     lines = text.splitlines()
     try:
         start = lines.index(_TABLE_START)
     except ValueError:
         raise ValueError("no RTP stream table in tshark's output") from None
-    out = []
-    for line in lines[start + 2:]:
+    rows = []
+    for line in lines[start + 2:]:          # skip the column header line
         if line.startswith("====="):
             break
         m = _ROW.match(line)
         if m is None:
             raise ValueError(f"unparsable RTP stream row: {line.strip()[:120]!r}")
-        g = m.groups()
-        out.append(WiresharkStream(src=g[2], sport=int(g[3]), dst=g[4], dport=int(g[5]), ssrc=int(g[6], 16),
-                                   payload=g[7], packets=int(g[8]), lost=int(g[9]), max_delta_ms=float(g[13]),
-                                   min_jitter_ms=float(g[14]), max_jitter_ms=float(g[16]), problem=g[17] == "X"))
-    return out
+        rows.append(m.groups())
+    return rows
+
+
+def parse_rtp_streams(text: str) -> list[WiresharkStream]:
+    """Rows of the table tshark prints for ``-z rtp,streams``; ValueError when there is none."""
+    return [WiresharkStream(src=g[2], sport=int(g[3]), dst=g[4], dport=int(g[5]), ssrc=int(g[6], 16),
+                            payload=g[7], packets=int(g[8]), lost=int(g[9]), max_delta_ms=float(g[13]),
+                            min_jitter_ms=float(g[14]), max_jitter_ms=float(g[16]), problem=g[17] == "X")
+            for g in rtp_stream_rows(text)]
 
 
 def wireshark_streams(tshark: str, path: str) -> list[WiresharkStream]:

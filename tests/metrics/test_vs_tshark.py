@@ -62,6 +62,7 @@ from tests.corpus import external_pcaps, ndpi_pcaps, need_corpus
 from throttledetect.flows import build_flows
 from tests.metrics import tshark_ref
 from throttledetect.metrics.rtp import find_rtp_streams
+from tests.metrics.tshark_ref import SAMPLE_TABLE as TABLE
 from tests.metrics.tshark_ref import TsharkNotFound, parse_rtp_streams, tshark_rtp_streams
 from throttledetect.read import read_capture
 
@@ -163,14 +164,6 @@ def test_known_differences_name_real_captures():
 
 # --- the tshark_ref module itself ---------------------------------------------------------
 
-TABLE = """\
-========================= RTP Streams ========================
-   Start time      End time     Src IP addr  Port    Dest IP addr  Port       SSRC          Payload  Pkts         Lost   Min Delta(ms)  Mean Delta(ms)   Max Delta(ms)  Min Jitter(ms) Mean Jitter(ms)  Max Jitter(ms) Problems?
-     0.000694      9.998958       127.0.0.1  6001       127.0.0.1  6000 0xFEBD6340            g711U   501     0 (0.0%)           0.014          19.997          97.080           0.005           0.562           8.162 
-     3.847241      4.167215  192.168.195.50 17718  192.168.195.58 32144 0x7C1071E2        g711U, CN    33   -16 (-94.1%)           0.004           9.999          20.055           0.004           0.011           0.020 X
-     7.676554     14.652923 2001:db8::1 14225 2001:db8::2 63308 0x0000E7E0      RTPType-103    94    11 (10.5%)           0.009         185.763        4419.422          -1.000           0.000           0.000 X
-==============================================================
-"""
 
 
 def test_parse_rtp_streams():

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from throttledetect.verify import _ROW, _TABLE_START, HEURISTIC_ARGS  # noqa: F401 - one parser of tshark's table
+from throttledetect.verify import HEURISTIC_ARGS, rtp_stream_rows  # one reader of tshark's table
 
 TIMEOUT_S = 300
 
@@ -79,27 +79,16 @@ def tshark_version(tshark: str | None = None) -> str:
 
 def parse_rtp_streams(text: str) -> list[TsharkRtpStream]:
     """Records from the text tshark prints for ``-z rtp,streams``; TsharkFailed if there is none."""
-    lines = text.splitlines()
     try:
-        start = lines.index(_TABLE_START)
-    except ValueError:
-        raise TsharkFailed("no RTP stream table in tshark's output") from None
-    streams = []
-    for line in lines[start + 2:]:          # skip the column header line
-        if line.startswith("====="):
-            break
-        m = _ROW.match(line)
-        if m is None:
-            raise TsharkFailed(f"unparsable RTP stream row: {line!r}")
-        g = m.groups()
-        streams.append(TsharkRtpStream(
-            start_s=float(g[0]), end_s=float(g[1]), src=g[2], sport=int(g[3]), dst=g[4],
-            dport=int(g[5]), ssrc=int(g[6], 16), payload=g[7], packets=int(g[8]), lost=int(g[9]),
-            lost_percent=float(g[10]), min_delta_ms=float(g[11]), mean_delta_ms=float(g[12]),
-            max_delta_ms=float(g[13]), min_jitter_ms=float(g[14]), mean_jitter_ms=float(g[15]),
-            max_jitter_ms=float(g[16]), problem=g[17] == "X",
-        ))
-    return streams
+        rows = rtp_stream_rows(text)
+    except ValueError as exc:
+        raise TsharkFailed(str(exc)) from None
+    return [TsharkRtpStream(
+        start_s=float(g[0]), end_s=float(g[1]), src=g[2], sport=int(g[3]), dst=g[4],
+        dport=int(g[5]), ssrc=int(g[6], 16), payload=g[7], packets=int(g[8]), lost=int(g[9]),
+        lost_percent=float(g[10]), min_delta_ms=float(g[11]), mean_delta_ms=float(g[12]),
+        max_delta_ms=float(g[13]), min_jitter_ms=float(g[14]), mean_jitter_ms=float(g[15]),
+        max_jitter_ms=float(g[16]), problem=g[17] == "X") for g in rows]
 
 
 def tshark_rtp_streams(path: str | Path, *, heuristic: bool = True,
@@ -118,3 +107,14 @@ def tshark_rtp_streams(path: str | Path, *, heuristic: bool = True,
         return parse_rtp_streams(out.stdout)
     except TsharkFailed as exc:
         raise TsharkFailed(f"{exc} (tshark exit {out.returncode}: {out.stderr.strip()[-300:]})") from None
+
+
+# A table as tshark 4.0 prints it (a plain stream, one with negative loss, one without a clock rate)
+SAMPLE_TABLE = """\
+========================= RTP Streams ========================
+   Start time      End time     Src IP addr  Port    Dest IP addr  Port       SSRC          Payload  Pkts         Lost   Min Delta(ms)  Mean Delta(ms)   Max Delta(ms)  Min Jitter(ms) Mean Jitter(ms)  Max Jitter(ms) Problems?
+     0.000694      9.998958       127.0.0.1  6001       127.0.0.1  6000 0xFEBD6340            g711U   501     0 (0.0%)           0.014          19.997          97.080           0.005           0.562           8.162 
+     3.847241      4.167215  192.168.195.50 17718  192.168.195.58 32144 0x7C1071E2        g711U, CN    33   -16 (-94.1%)           0.004           9.999          20.055           0.004           0.011           0.020 X
+     7.676554     14.652923 2001:db8::1 14225 2001:db8::2 63308 0x0000E7E0      RTPType-103    94    11 (10.5%)           0.009         185.763        4419.422          -1.000           0.000           0.000 X
+==============================================================
+"""

@@ -51,6 +51,18 @@ class ChangePoint:
                 f"{prefix}onset_pvalue": self.pvalue}
 
 
+
+def _max_stat_pvalue(stat: float, maxima: np.ndarray) -> float:
+    """Permutation p-value of a maximum statistic, (1 + #maxima >= stat) / (1 + #maxima); when no
+    permutation reaches it, the Gumbel tail fitted to the maxima (extreme-value law of a maximum)
+    resolves it below 1 / (1 + #maxima)."""
+    exceed = int(np.count_nonzero(maxima >= stat - 1e-9))
+    p = (1 + exceed) / (1 + len(maxima))
+    if exceed == 0 and np.ptp(maxima) > 0:
+        loc, scale = stats.gumbel_r.fit(maxima)
+        p = min(p, float(stats.gumbel_r.sf(stat, loc, scale)))
+    return p
+
 def _z_all(ranks: np.ndarray, k: np.ndarray, n: int, sd_unit: np.ndarray) -> np.ndarray:
     """z of the rank sum of the *after* part for every split k (rows of ranks: series)."""
     cs = np.cumsum(ranks, axis=-1)
@@ -122,12 +134,7 @@ def change_point(x, t=None, *, min_size: int = 5, alternative: str = "two-sided"
         perm = rng.permuted(np.broadcast_to(ranks, (b, n)), axis=1)
         maxima.append(_side(_z_all(perm, k, n, sd), alternative).max(axis=1))
         done += b
-    maxima = np.concatenate(maxima)
-    exceed = int(np.count_nonzero(maxima >= stat - 1e-9))
-    p = (1 + exceed) / (1 + n_perm)
-    if exceed == 0 and np.ptp(maxima) > 0:
-        loc, scale = stats.gumbel_r.fit(maxima)
-        p = min(p, float(stats.gumbel_r.sf(stat, loc, scale)))
+    p = _max_stat_pvalue(stat, np.concatenate(maxima))
     return ChangePoint(index=idx, statistic=float(z[best]), pvalue=float(p), before=float(lev(x[:idx])),
                        after=float(lev(x[idx:])), n_before=idx, n_after=n - idx,
                        onset_s=None if t is None else float(t[idx]), alternative=alternative)
@@ -188,12 +195,7 @@ def count_change_point(units, lost, t=None, *, min_size: int = 5, alternative: s
         o = rng.permuted(np.broadcast_to(order, (b, n)), axis=1)
         maxima.append(_count_lr(units[o], lost[o], k, alternative).max(axis=1))
         done += b
-    maxima = np.concatenate(maxima)
-    exceed = int(np.count_nonzero(maxima >= stat - 1e-9))
-    p = (1 + exceed) / (1 + n_perm)
-    if exceed == 0 and np.ptp(maxima) > 0:
-        loc, scale = stats.gumbel_r.fit(maxima)
-        p = min(p, float(stats.gumbel_r.sf(stat, loc, scale)))
+    p = _max_stat_pvalue(stat, np.concatenate(maxima))
     before = float(lost[:idx].sum() / max(units[:idx].sum(), 1.0))
     after = float(lost[idx:].sum() / max(units[idx:].sum(), 1.0))
     return ChangePoint(index=idx, statistic=stat, pvalue=float(p), before=before, after=after, n_before=idx,

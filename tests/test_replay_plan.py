@@ -210,3 +210,20 @@ def test_cli_usage_errors(tmp_path):
                         (["--police", "fast"], "not a rate"), (["--block-after", "2", "--onset", "1"], "onset")):
         r = CliRunner().invoke(cli, ["replay", "captures/call_clean.pcap", out, *args])
         assert r.exit_code == 2 and words in r.output, (args, r.output)
+
+
+def test_a_window_is_looped_even_when_the_capture_is_longer(tmp_path):
+    """A 20 s capture whose window [8 s, 10 s] is to be played for 6 s: prepare() loops that
+    window (a call a few seconds long inside a longer capture) instead of cutting the first 6 s."""
+    from throttledetect.testbed.replay import prepare
+    path = str(tmp_path / "long.pcap")
+    write_mixed_call(path, seconds=20.0)
+    w0, w1 = T0 + 8_000_000_000, T0 + 10_000_000_000
+    spec = ReplaySpec(kind="police", rate_factor=0.7, window_ns=(w0, w0, w1))
+    plan, ft, cl, loop = prepare(path, spec, seconds=6.0)
+    assert loop is not None and loop["copies"] >= 3
+    assert 5.5 <= plan.duration_s <= 6.5
+    assert plan.throttled_flow.any()
+    # without the window the first 6 s are cut, as before
+    plan2, _, _, loop2 = prepare(path, ReplaySpec(kind="police", rate_factor=0.7), seconds=6.0)
+    assert loop2 is None and plan2.duration_s <= 6.0

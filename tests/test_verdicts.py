@@ -175,7 +175,22 @@ def test_setup_only_protocols():
     assert V.protocol_verdict([flow("none"), flow("inconclusive", role="setup")])["verdict"] == "none"
     summary = V.protocol_summary("whatsapp_call", [flow("none", role="setup"), flow("inconclusive", role="setup")],
                                  "inconclusive", [], None)
-    assert "2 setup flows (1 answered)" in summary
+    assert "2 setup flows (1 set up or answered; 1 not judged: could not be judged)" in summary
+    unsure = flow("inconclusive", role="setup", reason="18 of 46 requests unanswered")
+    summary = V.protocol_summary("signal_call", [unsure, unsure], "inconclusive", [], None)
+    assert "2 setup flows (2 not judged: 18 of 46 requests unanswered)" in summary
+
+
+def test_a_setup_test_short_of_its_floor_is_inconclusive():
+    """Significantly fewer requests answered than a reachable far end gives, but a share
+    unanswered below the setup floor: neither a clean setup nor a block."""
+    d = det("blocking", p=0.002, effect=0.39)
+    d.update(floor_key="floor.setup", short_of_floor="inconclusive", reason="some unanswered")
+    values = V.config_values(None)
+    assert V.decide(d, values) == "inconclusive"
+    assert V.decide(dict(d, pvalue=0.4), values) == "not_detected"       # not significant: answered
+    assert V.decide(dict(d, effect=0.95), values) == "detected"          # nearly all unanswered
+    assert V.decide(dict(d, short_of_floor=None), values) == "not_detected"
 
 
 def test_protocol_summary_words():

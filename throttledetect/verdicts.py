@@ -99,16 +99,21 @@ def benjamini_hochberg(pvalues: list) -> list:
 
 def decide(det: dict, values: dict) -> str:
     """The decision of one detection under threshold values (see the module docstring). A test
-    whose negative result would not show the flow clean says so with ``otherwise``."""
+    whose negative result would not show the flow clean says so with ``otherwise``; one whose
+    significant result with an effect below the floor is neither clean nor throttled says so with
+    ``short_of_floor`` (its ``reason`` then says why)."""
     if det.get("pvalue") is None or (det.get("decision") == "inconclusive" and det.get("otherwise") != "inconclusive"):
         return det.get("decision", "inconclusive")
     q = det.get("qvalue", det.get("pvalue"))
     floor = values.get(det.get("floor_key") or f"floor.{det['kind']}", 0.0)
     effect = det.get("effect")
     checks = det.get("checks") or {}
-    ok = q is not None and q < values["alpha"] and all(checks.values()) and \
-        (effect is None or effect >= floor)
-    return "detected" if ok else det.get("otherwise", "not_detected")
+    significant = q is not None and q < values["alpha"] and all(checks.values())
+    if significant and (effect is None or effect >= floor):
+        return "detected"
+    if significant and det.get("short_of_floor"):
+        return det["short_of_floor"]
+    return det.get("otherwise", "not_detected")
 
 
 def apply_fdr(detections: list) -> None:
@@ -211,8 +216,13 @@ def protocol_summary(label: str, flows: list, verdict: str, kinds: list, rate: f
         top = sorted(why.items(), key=lambda kv: -kv[1])[0][0]
         bits.append(f"{len(untested)} could not be tested ({top})")
     if setup:
-        blocked_or_not = [f for f in setup if f["verdict"] == "none"]
-        bits.append(f"{len(setup)} setup flow{'s' * (len(setup) != 1)} ({len(blocked_or_not)} answered)")
+        answered = [f for f in setup if f["verdict"] == "none"]
+        unsure = [f for f in setup if f["verdict"] == "inconclusive"]
+        how = [f"{len(answered)} set up or answered"] if answered else []
+        if unsure:
+            r = unsure[0].get("verdict_reason") or "could not be judged"
+            how.append(f"{len(unsure)} not judged: {r}")
+        bits.append(f"{len(setup)} setup flow{'s' * (len(setup) != 1)} ({'; '.join(how)})")
     return f"{label}: " + "; ".join(bits) + "."
 
 

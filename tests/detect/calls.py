@@ -27,6 +27,7 @@ REMOTE_CALL = "203.0.113.50"
 REMOTE_UDP = "198.51.100.7"
 REMOTE_TCP = "198.51.100.20"
 ROUTER = "100.64.0.1"
+PEER = "192.0.2.77"
 CALL_PORT, VIDEO_PORT, UDP_CTRL_PORT, TCP_CTRL_PORT = 40000, 40002, 50001, 51000
 T0_NS = 1_700_000_000 * 10**9
 _MAC_L, _MAC_R = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
@@ -68,12 +69,12 @@ def tcp_frame(src, sport, dst, dport, seq, ack, flags, payload: bytes = b"", ide
     return _eth(src, _ipv4(src, dst, 6, l4 + payload, ident))
 
 
-def icmp_port_unreachable(router: str, quoted_frame: bytes, ident=0) -> bytes:
-    """ICMP type 3 code 3 from `router` to the local host quoting the IP header + 8 bytes of a frame."""
+def icmp_port_unreachable(router: str, quoted_frame: bytes, ident=0, to: str = LOCAL) -> bytes:
+    """ICMP type 3 code 3 from `router` (to the local host) quoting the IP header + 8 bytes of a frame."""
     quoted = quoted_frame[14:14 + 28]
     body = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
     body = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
-    return _eth(router, _ipv4(router, LOCAL, 1, body, ident))
+    return _eth(router, _ipv4(router, to, 1, body, ident))
 
 
 def rtp_header(seq, ts, ssrc, pt, marker=False) -> bytes:
@@ -119,7 +120,7 @@ class _Packets:
 def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx=False, video=False,
               encrypted=False, jitter_ms=1.0, rate_pps=50, hangup_at=None, after_hangup_every_s=None,
               icmp_at=None, controls=True, tcp_control=True, stun_every_s=None, skew=0.0,
-              inbound=True) -> dict:
+              inbound=True, local_refuses_every_s=None, migrate_at=None) -> dict:
     """Write the synthetic capture to `path` (see the module docstring); return what it holds.
 
     media=False: only STUN (a call that rang out or was rejected). inbound=False: nothing of the
@@ -131,7 +132,13 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
     a STUN Binding request (a new transaction) that often for the whole call, answered when
     stun_answered and the far end is up. skew: the remote sender's media clock runs fast by this
     fraction (0.0025: its RTP timestamps advance 0.25 % faster than real time).
-    controls=False: the call alone; tcp_control=False: only the UDP control."""
+    controls=False: the call alone; tcp_control=False: only the UDP control.
+    local_refuses_every_s: the local host sends an ICMP port unreachable to the far end that often,
+    quoting a packet of the far end's (its own refusal of a packet that reached it, or a replayed
+    trace's: not an answer to anything this host sent).
+    migrate_at: from then on the call's media (both ways) goes between the same local socket and
+    PEER (a relay -> peer switch), and the local host keeps sending small packets to the old
+    remote end, 20 a second, unanswered (an app keeping its relay leg warm)."""
     rng = np.random.default_rng(seed)
     P = _Packets()
     end = seconds if hangup_at is None else hangup_at
@@ -194,13 +201,23 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
             if src != LOCAL and not remote_up(send[k]):
                 seq += 1
                 continue
-            frame = udp_frame(src, sport, dst, dport, body, P.ident())
+            s_, d_ = src, dst
+            if migrate_at is not None and send[k] >= migrate_at:
+                s_, d_ = (LOCAL, PEER) if src == LOCAL else (PEER, LOCAL)
+            frame = udp_frame(s_, sport, d_, dport, body, P.ident())
             P.add(arrive[k], frame)
             info["local_sent" if src == LOCAL else "remote_sent"] += 1
             if src == LOCAL and icmp_at is not None and arrive[k] >= icmp_at and arrive[k] - last_icmp >= 1.0:
                 P.add(arrive[k] + 0.01, icmp_port_unreachable(ROUTER, frame, P.ident()))
                 last_icmp = arrive[k]
             seq += 1
+    if migrate_at is not None:
+        for t in np.arange(migrate_at + 0.025, seconds, 0.05):
+            P.add(t, udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, 50000, rng.bytes(60), P.ident()))
+    if local_refuses_every_s:
+        for t in np.arange(0.7, seconds - 0.2, local_refuses_every_s):
+            quoted = udp_frame(REMOTE_CALL, 50000, LOCAL, CALL_PORT, rng.bytes(40), P.ident())
+            P.add(t, icmp_port_unreachable(LOCAL, quoted, P.ident(), to=REMOTE_CALL))
     if media and hangup_at is not None and after_hangup_every_s:
         for t in np.arange(hangup_at + 0.5, seconds, after_hangup_every_s):
             P.add(t, udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, 50000, bytes([0x81, 0xC9, 0, 1]) + rng.bytes(4),

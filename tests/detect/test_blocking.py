@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.corpus import EXTERNAL_DIR, need_corpus
-from tests.detect.calls import (AUDIO, CALL_PORT, SOLO, TCP_CTRL_PORT, THROTTLING, VIDEO, VIDEO_PORT, analyze, detect,
+from tests.detect.calls import (AUDIO, CALL_PORT, PEER, SOLO, TCP_CTRL_PORT, THROTTLING, VIDEO, VIDEO_PORT, analyze, detect,
                                 detected, flow_of, of_kind, why)
 from throttledetect.simulate import BlockAfter, Jitter
 
@@ -46,6 +46,21 @@ def test_the_far_end_hangs_up(scenario, case):
     i = flow_of(ft, CALL_PORT)
     assert not detected(rep, i, "blocking"), why(rep, i)
     assert rep.verdict(i) == "none", why(rep, i)
+
+
+def test_a_move_to_a_peer_on_the_same_socket_is_not_blocking(scenario):
+    """At 20 s of 40 the call's media moves from the relay to a peer, on the same local socket;
+    the host goes on sending to the relay (20 small packets a second, unanswered). The call went on
+    elsewhere (tests/test_validate.py has the case where the new leg got another label)."""
+    cap, ft, cl, rep = scenario(dict(AUDIO, seconds=40.0, migrate_at=20.0), label="telegram_call")
+    i = flow_of(ft, CALL_PORT)           # the first flow on the call's port: the relay leg
+    peer = [j for j in range(len(ft)) if j != i and ft.endpoint(j, "a").rsplit(":", 1)[0] in (PEER,)
+            or ft.endpoint(j, "b").rsplit(":", 1)[0] == PEER]
+    assert len(peer) == 1 and int(ft.packets_ab[peer[0]]) > 500 and int(ft.packets_ba[peer[0]]) > 500
+    assert rep.tested[i] and cl.labels[i] == "telegram_call" and cl.labels[peer[0]] != "telegram_call"
+    assert not detected(rep, i, "blocking"), why(rep, i)
+    d = of_kind(rep, i, "blocking", test="silence")
+    assert d["decision"] == "not_detected" and "moved" in (d.get("reason") or ""), d
 
 
 def test_dtx_pauses_are_not_blocking(scenario):
@@ -99,6 +114,19 @@ def test_setup_blocked_synthetic_attempt(scenario):
     remote = ft.endpoint(i, "a" if att["local"] != ft.endpoint(i, "a").rsplit(":", 1)[0] else "b")
     assert f"udp {remote}" in att["tried"]
     assert att["reason"] and "unanswered" in att["reason"]
+
+
+def test_the_hosts_own_icmp_refusals_are_no_answer(scenario):
+    """Nothing of the call arrives, and the local host itself sends ICMP port unreachable to the
+    far end (quoting the far end's packets: what a replayed trace, or a host whose socket closed,
+    shows). Those are the host's refusals, not the far end answering its requests."""
+    cap, ft, cl, rep = scenario(dict(AUDIO, stun_every_s=1.0, stun_answered=False, inbound=False,
+                                     local_refuses_every_s=2.0))
+    i = flow_of(ft, CALL_PORT)
+    assert int(np.count_nonzero(cap.packets.proto == 1)) >= 20
+    assert rep.verdict(i) == "blocking", why(rep, i)
+    d = of_kind(rep, i, "blocking", test="setup")
+    assert d["decision"] == "detected" and d["estimates"]["answered"] == 0
 
 
 def test_a_call_that_was_set_up_then_blocked_has_one_attempt_line(scenario):

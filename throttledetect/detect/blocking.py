@@ -13,7 +13,8 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
    A hang-up stops the local side too within a second (what it sends afterwards, RTCP or
    keepalives, is sparse);
    a mute or hold keeps the far end's RTCP, STUN consent or comfort noise arriving, so the flow
-   is not silent; a capture that ends stops both sides. When another flow of the call still
+   is not silent; a capture that ends stops both sides. When another flow of the call, or of
+   the same local socket (a relay -> peer switch, whatever the new leg's label), still
    receives, the call moved there (ICE switched pairs): not blocking.
    H0: the inbound packets keep arriving as they did before. p-value: when every whole second
    of the flow's active period had packets, the Poisson probability of no packet in the silence
@@ -83,9 +84,12 @@ def outbound_times(ctx: DetectContext, i: int, last_in: float) -> tuple[np.ndarr
     P = ctx.config.blocking
     call = ctx.call_of(i)
     others = [j for j in (call.flows if call else []) if j != i]
-    # the call moved when another of its flows goes on receiving media (not just STUN answers)
+    # the call moved when another of its flows, or another flow of the same local socket (a
+    # relay -> peer switch whose new leg got another label), goes on receiving media (not just
+    # STUN answers)
+    moved_to = list(dict.fromkeys(others + ctx.socket_siblings(i)))
     alive_elsewhere = any(_media_after(ctx, j, last_in + P.keeps_sending_window_s) >= MOVED_MIN_PACKETS
-                          for j in others)
+                          for j in moved_to)
     parts = [ctx.packets(i, 1 - ctx.toward_local(i)).t]
     if not alive_elsewhere:
         parts += [ctx.packets(j, 1 - ctx.toward_local(j)).t for j in others]

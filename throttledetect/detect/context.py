@@ -158,7 +158,9 @@ class DetectContext:
 
     def icmp_unreachable(self) -> dict:
         """flow -> [(time s, icmp type, code, sent by the remote host itself)] for ICMP/ICMPv6
-        destination-unreachable messages quoting one of the capture's TCP/UDP flows."""
+        destination-unreachable messages quoting one of the capture's TCP/UDP flows. Those the
+        capturing host sent (it refused a packet that reached it) are left out: they are nobody's
+        answer to this host and no sign of a block on the path."""
         return self._cached(("icmp",), self._icmp)
 
     def _icmp(self) -> dict:
@@ -184,9 +186,17 @@ class DetectContext:
             q = _quoted_tuple(pl)
             if q is None or q not in index:
                 continue
-            from_remote = (int(pk.src_hi[r]), int(pk.src_lo[r])) == (q[4], q[5])
-            out.setdefault(index[q], []).append(((int(pk.ts_ns[r]) - self.streams.t0_ns) / 1e9, pl[0], pl[1],
-                                                 from_remote))
+            f = index[q]
+            src = (int(pk.src_hi[r]), int(pk.src_lo[r]))
+            local = ((int(self.ft.a_hi[f]), int(self.ft.a_lo[f])) if self.streams.local_is_a[f]
+                     else (int(self.ft.b_hi[f]), int(self.ft.b_lo[f])))
+            if src == local:
+                # the capturing host refusing a packet that reached it: an answer from nobody on
+                # the path, and no answer to this host's requests either
+                continue
+            from_remote = src in ((q[1], q[2]), (q[4], q[5]))
+            out.setdefault(f, []).append(((int(pk.ts_ns[r]) - self.streams.t0_ns) / 1e9, pl[0], pl[1],
+                                          from_remote))
         return out
 
     # ---------------------------------------------------------------- roles and calls
@@ -251,6 +261,18 @@ class DetectContext:
         idx = self._cached(("call_index",), lambda: {f: c for c in self.calls for f in c.flows})
         return idx.get(i)
 
+    def socket_siblings(self, i: int) -> list:
+        """Other flows of this host's UDP/TCP socket of flow i (same local address, port and
+        transport, another remote end): where an app's call goes when it switches relay or goes
+        peer to peer, whatever label the new leg got."""
+        def build():
+            a = self._flow_arrays
+            same = (a["l_hi"] == a["l_hi"][i]) & (a["l_lo"] == a["l_lo"][i]) & (a["l_port"] == a["l_port"][i])
+            same &= a["proto"] == a["proto"][i]
+            same[i] = False
+            return [int(j) for j in np.flatnonzero(same)]
+        return self._cached(("socket", i), build)
+
     def host_group(self, i: int) -> list:
         """The tested flows from flow i's remote host that overlap it in time (i included): what
         one policer or shaper on the path to this host meters together (audio, video and data on
@@ -287,6 +309,8 @@ class DetectContext:
             "start": (ft.first_ns.astype(np.int64) - self.streams.t0_ns) / 1e9,
             "end": (ft.last_ns.astype(np.int64) - self.streams.t0_ns) / 1e9,
             "r_hi": np.where(is_a, ft.b_hi, ft.a_hi), "r_lo": np.where(is_a, ft.b_lo, ft.a_lo),
+            "l_hi": np.where(is_a, ft.a_hi, ft.b_hi), "l_lo": np.where(is_a, ft.a_lo, ft.b_lo),
+            "l_port": np.where(is_a, ft.a_port, ft.b_port).astype(np.int64),
             "label": code, "proto": ft.proto.astype(np.int64),
             "n_in": np.where(d_in == 1, ft.packets_ba, ft.packets_ab).astype(np.int64),
             "call": np.array([self.is_call(j) for j in range(len(ft))], dtype=bool),

@@ -56,6 +56,8 @@ class Detection:
     floor_key: str | None = None      # which effect floor applies (default "floor.<kind>")
     otherwise: str = "not_detected"   # the decision when the test does not detect ("inconclusive":
     #                                    a negative result here would not show the flow is clean)
+    short_of_floor: str | None = None  # the decision when the test is significant, its checks hold
+    #                                    and only the effect falls short of the floor (None: otherwise)
 
     @classmethod
     def inconclusive(cls, kind: str, direction: str, reason: str, *, toward: str = TOWARD_LOCAL, test: str = "",

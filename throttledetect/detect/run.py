@@ -57,6 +57,7 @@ def detection_json(d: Detection) -> dict:
            "null": d.null or None, "checks": d.checks or None, "required": d.required,
            "family_key": d.family_key, "floor_key": d.floor_key,
            "otherwise": d.otherwise if d.otherwise != "not_detected" else None,
+           "short_of_floor": d.short_of_floor,
            "estimates": est or None}
     keep = {"kind", "direction", "decision", "pvalue", "qvalue", "effect", "onset_s", "rate_bps", "burst_bytes",
             "evidence"}         # the contract's keys are always there (null when not measured)
@@ -242,7 +243,8 @@ def _attempts(ctx: DetectContext, dets: list, tested: np.ndarray, flow_verdicts:
             # what happened to the call once set up: its flows' most severe verdict
             entry["media_verdict"] = min((flow_verdicts[i][0] for i in flows), key=verdicts.SEVERITY.index)
         if setup is not None and verdict != "set up":
-            entry["reason"] = setup.get("reason") or setup.get("evidence", "")
+            entry["reason"] = (setup.get("reason") if setup["decision"] == "inconclusive" else
+                               setup.get("evidence") or setup.get("reason") or "")
         out.append(_jsonable(entry))
     return out
 

@@ -25,6 +25,9 @@ pairs that fail by design while another pair carries the call.
   answered, the 2025 signature; an app probing many relays and using the first that answers, or a
   signalling server that drops some keepalives, leaves a good share answered).
 - Requests answered but no media (a call that rang out or was rejected) is not blocking.
+- Significantly fewer answered than H0 but a share unanswered below the floor (some relays answer,
+  most do not) is ``inconclusive``, not a clean setup: a partial block, a path losing most packets
+  and ICE candidates that fail by design cannot be told apart from the requests alone.
 - An ICMP destination unreachable from a router on the path for the attempt's flows, with
   nothing answered, is direct evidence.
 One p-value per attempt, shared by its flows (one entry in the false-discovery family).
@@ -140,7 +143,10 @@ def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
     return Detection(
         kind=KIND, direction=direction, decision="not_detected", test=NAME, statistic=float(k), pvalue=p,
         effect=effect, effect_unit="share of requests unanswered", family_key=key, estimates=est,
-        floor_key="floor.setup",
+        floor_key="floor.setup", short_of_floor="inconclusive",
+        reason=f"{n - k} of {n} {what} unanswered and no two-way media: more than a reachable far end "
+               f"leaves (p={p:.2g}), fewer than a block leaves (nearly all); a partial block, a path losing "
+               "most packets and candidates that fail by design look alike",
         null=f"each request answered with probability >= {P.answer_rate_h0:g}",
         evidence=f"{n - k} of {n} {what} this host sent in the {call.label} call attempt "
                  f"({call.end - call.start:.0f} s, {len(call.flows)} flow{'s' * (len(call.flows) > 1)}) went "

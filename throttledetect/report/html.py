@@ -151,7 +151,8 @@ def _tests_table(f: dict) -> str:
     for d in dets:
         q = d.get("qvalue", d.get("pvalue"))
         text = d.get("evidence") or ""
-        if d.get("decision") != "detected" and d.get("reason"):
+        shown = d.get("decision") == "inconclusive" or (d.get("decision") != "detected" and not d.get("short_of_floor"))
+        if shown and d.get("reason"):
             text = f"{d['reason']}. {text}".strip()
         rows.append([escape(d["kind"]), escape(direction_phrase(f, d["direction"], d.get("toward"))), escape(d.get("decision", "")),
                      "-" if q is None else f"{q:.2g}", escape(text)])

@@ -99,6 +99,9 @@ class ReplaySpec:
     onset_s: float = 0.0
     flows: str = "calls"
     loop_s: float | None = None
+    # (keep_from, loop_from, loop_to) absolute ns: loop this window of the capture (a call's
+    # two-way media after its setup, as validate/bases.py finds it) instead of the whole capture
+    window_ns: tuple | None = None
     local: tuple = ()
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
 
@@ -333,7 +336,13 @@ def prepare(capture_path: str, spec: ReplaySpec, seconds: float | None = None):
     loop = None
     if want is not None:
         t = cap.packets.ts_ns
-        if len(t) and (int(t.max()) - int(t.min())) / 1e9 < want:
+        if spec.window_ns is not None:
+            # the call's window, looped to the length wanted even when the capture is longer (a
+            # long capture whose call is a few seconds somewhere in the middle)
+            cap, loop = loop_capture(cap, ft, cl, want, window=tuple(int(x) for x in spec.window_ns))
+            ft = build_flows(cap, idle_timeout=spec.idle_timeout, local_nets=nets)
+            cl = classify(cap, ft)
+        elif len(t) and (int(t.max()) - int(t.min())) / 1e9 < want:
             cap, loop = loop_capture(cap, ft, cl, want)
             ft = build_flows(cap, idle_timeout=spec.idle_timeout, local_nets=nets)
             cl = classify(cap, ft)

@@ -94,7 +94,9 @@ def score_trial(r: dict) -> dict:
 
 def run(bases: list, *, seconds: float = 40.0, jobs: int = 1, scenarios=SCENARIOS, progress=None) -> list[dict]:
     """Every scenario on every base; jobs replays at once (each has its own namespaces)."""
-    todo = [(b.id, b.app, b.path, s.name, s.spec, seconds) for b in bases for s in scenarios]
+    # each base's call window (its two-way media after the setup) looped, as the simulator's rows do
+    todo = [(b.id, b.app, b.path, s.name, dict(s.spec, window_ns=tuple(b.window_ns)), seconds)
+            for b in bases for s in scenarios]
     if jobs <= 1:
         out = []
         for k, a in enumerate(todo):

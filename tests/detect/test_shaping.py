@@ -93,3 +93,67 @@ def test_no_queue_no_shaping(scenario):
         i = flow_of(ft, port)
         d = of_kind(rep, i, "shaping")
         assert d["decision"] == "not_detected" and (d.get("effect") or 0.0) < 5.0, why(rep, i)
+
+
+# ------------------------------------------------------------------------------- how a queue spaces packets
+
+def _direction(t, size):
+    import numpy as np
+    from throttledetect.streams.packets import DirectionPackets
+    t, size = np.asarray(t, float), np.asarray(size, float)
+    return DirectionPackets(flow=0, direction=1, rows=np.arange(len(t)), t=t, size=size,
+                            payload=size.astype("int64") - 42)
+
+
+def _video_sizes(n, seed):
+    import numpy as np
+    return np.random.default_rng(seed).integers(200, 1250, n).astype(float)
+
+
+@pytest.mark.parametrize("how", ["packets", "bursts"])
+def test_the_spacing_of_a_backlogged_queue_reads_its_rate(how):
+    """A queue releasing at 400 kbit/s, backlogged throughout: one packet at a time (a link or a
+    tbf: each packet size / C after the one before), or in bursts of 1-4 packets back to back
+    after which it waits until the tokens spent are earned back (an htb class). Either way most
+    gaps sit at the cap, the cap is the rate, and the cap binds."""
+    import numpy as np
+    from throttledetect.detect.config import DEFAULT_CONFIG
+    from throttledetect.detect.shaping import binding_cap, spacing_test
+    P, C = DEFAULT_CONFIG.shaping, 400_000.0
+    size = _video_sizes(3000, 5)
+    if how == "packets":
+        t = np.cumsum(size * 8 / C)
+    else:
+        rng = np.random.default_rng(6)
+        t, now, k = [], 0.0, 0
+        while k < len(size):
+            m = int(rng.integers(1, 5))
+            burst = size[k:k + m]
+            t += [now + 12e-6 * j for j in range(len(burst))]
+            now += burst.sum() * 8 / C
+            k += m
+    sp = spacing_test(_direction(t, size), P)
+    assert sp["reading"] == how
+    assert sp["cap"] == pytest.approx(C, rel=0.02) and sp["share"] >= 0.9
+    assert binding_cap(sp, P)[0]
+
+
+def test_a_sender_clock_is_no_cap():
+    """Voice frames every 20 ms and video frames every 33 ms sent as bursts at line rate, sizes
+    varying, no queue: neither reading finds most gaps at one rate."""
+    import numpy as np
+    from throttledetect.detect.config import DEFAULT_CONFIG
+    from throttledetect.detect.shaping import binding_cap, spacing_test
+    P = DEFAULT_CONFIG.shaping
+    rng = np.random.default_rng(7)
+    voice_t = np.arange(1500) * 0.02 + rng.exponential(0.001, 1500)
+    voice_s = rng.integers(80, 161, 1500).astype(float)
+    sp = spacing_test(_direction(np.sort(voice_t), voice_s), P)
+    assert not binding_cap(sp, P)[0] and sp["share"] < 0.5
+    t, s = [], []
+    for f in range(900):
+        n = int(rng.integers(1, 6))
+        t += [f / 30 + 40e-6 * j for j in range(n)]
+        s += list(rng.integers(300, 1250, n).astype(float))
+    sp = spacing_test(_direction(t, s), P)
+    assert not binding_cap(sp, P)[0] and sp["share"] < 0.5

@@ -37,7 +37,9 @@ Decision: the smallest p-value of the available looks (Bonferroni); effect the q
 ms (floor.shaping). Checks: the queue holds ``min_queue_packets`` packets at the cap (a tbf whose
 queue holds a packet or so drops like a policer and is one); an onset's rise persists (the last
 third of the windows after it keep half of it: congestion episodes end, shapers stay); and the cap
-binds (binding_cap: most arrival gaps are the packet's size over one rate C; C is no faster than
+binds (binding_cap: most arrival gaps are the packet's size over one rate C, or, for a queue that
+releases several packets at a time (an htb class), most gaps between bursts the burst's bytes over
+C (spacing_test's two readings); C is no faster than
 the flow's own rate, unlike a Wi-Fi aggregate or a pacer's burst; the queue stands most of the
 time, unlike congestion's, which comes and goes with the cross traffic); the call's flows from
 the same host are also read merged, as a queue they share releases them together. The coupling
@@ -62,6 +64,7 @@ KIND = "shaping"
 MIN_PACKETS = 50
 BINDING_CAP = 1.5           # a cap faster than this times the flow's own rate is not what holds it back
 MAX_LEADING = 50
+BACK_TO_BACK = 0.1          # a gap under this share of a packet's time at the flow's mean rate: sent in one burst
 
 
 def _delay_series(ctx: DetectContext, i: int, d: int):
@@ -184,13 +187,36 @@ def queue_depth_ms(q: dict, alpha: float) -> float:
 
 
 def spacing_test(pk, P) -> dict | None:
-    """Gaps against the size of the packet ending them (see the module docstring)."""
+    """Gaps against the size of what they pay for (see the module docstring), read two ways, the
+    one with more gaps at one rate kept (``reading``):
+    - ``packets``: each gap against the size of the packet ending it (a link or a tbf releasing
+      one packet at a time, size / C after the one before);
+    - ``bursts``: packets that arrive back to back (a gap under BACK_TO_BACK of the packet's own
+      time at the flow's mean rate) are one burst, and the time from one burst's start to the
+      next against the burst's bytes (an htb class, or any token bucket dequeuing several packets
+      per tick, sends a burst and then waits until the tokens it spent are earned back)."""
     if pk.n < MIN_PACKETS:
         return None
+    span = float(pk.t[-1] - pk.t[0])
+    rate = float(pk.size.sum() * 8.0 / span) if span > 0 else 0.0
     g = np.diff(pk.t)
-    s = pk.size[1:]
+    best = _spacing_reading(g, pk.size[1:], pk.t[1:], span, rate, P, "packets")
+    if rate > 0:
+        b2b = g < BACK_TO_BACK * 8.0 * pk.size[1:] / rate
+        if b2b.any():
+            first = np.r_[True, ~b2b]
+            burst = np.cumsum(first) - 1
+            t0 = pk.t[first]
+            nbytes = np.bincount(burst, weights=pk.size)
+            r = _spacing_reading(np.diff(t0), nbytes[:-1], t0[1:], span, rate, P, "bursts")
+            if r is not None and (best is None or r["share"] > best["share"]):
+                best = r
+    return best
+
+
+def _spacing_reading(g, s, t, span, rate, P, how) -> dict | None:
     ok = g > 0
-    g, s, t = g[ok], s[ok], pk.t[1:][ok]
+    g, s, t = g[ok], s[ok], t[ok]
     if len(g) < MIN_PACKETS:
         return None
     rho = 8.0 * s / g
@@ -209,16 +235,14 @@ def spacing_test(pk, P) -> dict | None:
     starts, ends = np.flatnonzero(edges_at == 1), np.flatnonzero(edges_at == -1) - 1
     runs = t[ends] - t[starts] + g[starts] if len(starts) else np.zeros(0)
     longest = float(runs.max()) if len(runs) else 0.0
-    span = float(pk.t[-1] - pk.t[0])
     busy = float(runs.sum() / span) if span > 0 else 0.0      # share of the time a queue stood
-    rate = float(pk.size.sum() * 8.0 / span) if span > 0 else 0.0
     if np.ptp(g) > 0 and np.ptp(s) > 0:
         r = stats.spearmanr(g, s, alternative="greater")
-        rho, p = float(r.statistic), float(r.pvalue)
+        rho_s, p = float(r.statistic), float(r.pvalue)
     else:                       # one size or one gap: no correlation to speak of
-        rho, p = 0.0, 1.0
-    return {"cap": cap, "share": share, "size_cv": size_cv, "backlog_s": longest, "rho": rho, "p": p,
-            "busy": busy, "rate": rate}
+        rho_s, p = 0.0, 1.0
+    return {"cap": cap, "share": share, "size_cv": size_cv, "backlog_s": longest, "rho": rho_s, "p": p,
+            "busy": busy, "rate": rate, "reading": how}
 
 
 def binding_cap(sp: dict | None, P) -> tuple[bool, dict]:

@@ -194,7 +194,9 @@ def spacing_test(pk, P) -> dict | None:
     - ``bursts``: packets that arrive back to back (a gap under BACK_TO_BACK of the packet's own
       time at the flow's mean rate) are one burst, and the time from one burst's start to the
       next against the burst's bytes (an htb class, or any token bucket dequeuing several packets
-      per tick, sends a burst and then waits until the tokens it spent are earned back)."""
+      per tick, sends a burst and then waits until the tokens it spent are earned back).
+    The p-value (Spearman, gap against size) is always the packets' reading: the bursts only
+    locate the cap and the time it held (``cap``, ``share``, ``busy``, ``backlog_s``)."""
     if pk.n < MIN_PACKETS:
         return None
     span = float(pk.t[-1] - pk.t[0])
@@ -209,8 +211,10 @@ def spacing_test(pk, P) -> dict | None:
             t0 = pk.t[first]
             nbytes = np.bincount(burst, weights=pk.size)
             r = _spacing_reading(np.diff(t0), nbytes[:-1], t0[1:], span, rate, P, "bursts")
-            if r is not None and (best is None or r["share"] > best["share"]):
-                best = r
+            if r is not None and best is not None and r["share"] > best["share"]:
+                # the test stays the packets' (H0: a gap does not depend on the size of the packet
+                # ending it); the bursts only say better where the cap is and how long it held
+                best = dict(r, rho=best["rho"], p=best["p"], size_cv=best["size_cv"])
     return best
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from throttledetect.flows import FlowTable
-from throttledetect.read import Capture
+from throttledetect.read import Capture, pages
 from throttledetect.read.table import halves_to_address
 from throttledetect.wire import apps as appwire
 from throttledetect.wire import dns as dnswire
@@ -132,10 +132,12 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
     rows = np.flatnonzero(stun_rows | classic_stun | wrapped | dns_rows | first)
     _cap_stun_rows(rows, stun_rows, ft)
 
-    for r in rows.tolist():
+    rows = rows.tolist()
+    # payloads read with the file's pages given back as they go (read/pages.py): rows worth a
+    # parse are spread over the whole file
+    for r, data in zip(rows, pages.payloads(cap, rows)):
         f = int(ft.flow_of[r])
         ev = flows[f]
-        data = cap.payload(r)
         side_a = ft.dir_of[r] == 0
         is_tcp = t.proto[r] == 6
         sport, dport = int(t.sport[r]), int(t.dport[r])

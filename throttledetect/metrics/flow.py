@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from throttledetect.flows import transport_name
 from throttledetect.metrics.rtp import RtpStream, RtpStreamStats
@@ -50,6 +49,7 @@ from throttledetect.metrics.series import (
     opt,
 )
 from throttledetect.metrics.tcp import TcpDirectionMetrics, TcpFlowMetrics, compute_tcp_metrics
+from throttledetect.read import pages
 from throttledetect.read.table import halves_to_address
 
 GAP_MEDIAN_FACTOR = 5.0
@@ -250,9 +250,9 @@ def find_flow_rtp_streams(cap, ft, cl, groups: DirGroups | None = None) -> list[
     if len(rows) == 0:
         return []
     at = pk.payload_off[rows] + off
-    # One gather of the 12 header bytes of every packet, from a sliding-window view of the buffer,
-    # read by the one RTP parser (wire.rtp).
-    head = rtp_fields(sliding_window_view(cap.buffer, RTP_HEADER_LEN)[at], 0)
+    # One gather of the 12 header bytes of every packet, read by the one RTP parser (wire.rtp);
+    # in batches that give the file's pages back (read/pages.py): RTP is most of a call capture
+    head = rtp_fields(pages.gather(cap, at, RTP_HEADER_LEN), 0)
     seq = head["seq"].astype(np.int64)
     ssrc = head["ssrc"].astype(np.int64)
     pt = head["pt"].astype(np.int64)

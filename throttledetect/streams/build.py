@@ -7,6 +7,7 @@ from functools import cached_property
 import numpy as np
 
 from throttledetect.flows import local_side_is_a, local_side_known
+from throttledetect.read import pages
 from throttledetect.streams.cadence import Cadence, find_cadence
 from throttledetect.streams.loss import LossUnits, merge_loss
 from throttledetect.streams.packets import DirectionPackets
@@ -138,7 +139,7 @@ class Streams:
         if not has.any():
             return []
         sel = np.flatnonzero(has)
-        header = self.cap.buffer[off[sel, None] + np.arange(12)[None, :]]
+        header = pages.gather(self.cap, off[sel], 12)     # the file's pages given back (read/pages.py)
         return build_rtp_streams(i, d, rows[sel], p.t[sel], p.size[sel], header, MIN_RTP_STREAM)
 
 

@@ -380,17 +380,19 @@ def _zoom_offsets(pre: np.ndarray) -> np.ndarray:
     return np.where(sfu, off_sfu, off_p2p)
 
 
-def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np.ndarray):
-    """Vectorised RTP/RTCP recognition over every packet of every flow.
+ROW_CHUNK = 1 << 20     # rows whose RTP candidates are found at once: bounds the temporaries per row
 
-    Returns per packet row the encapsulation (ENCAP_*, -1 = no RTP stream) and RTP header offset.
-    """
-    t = cap.packets
-    n = len(t)
-    pre = t.prefix
+
+def _rtp_candidates(t, flow_of: np.ndarray, udp: np.ndarray, tcp: np.ndarray, lo: int, hi: int):
+    """Rows lo..hi: the candidates with a valid RTP header (row, encapsulation, header offset,
+    seq, SSRC, payload type) and the RTCP rows. Per-row temporaries live for one chunk only;
+    what is kept is a few bytes per candidate."""
+    pre = t.prefix[lo:hi]
     width = pre.shape[1]
-    plen = t.payload_len.astype(np.int64)
+    plen = t.payload_len[lo:hi].astype(np.int64)
+    udp, tcp = udp[lo:hi], tcp[lo:hi]
     b0, b1 = pre[:, 0], pre[:, 1]
+    n = hi - lo
     encap = np.full(n, -1, dtype=np.int8)
     offset = np.full(n, -1, dtype=np.int64)
 
@@ -415,11 +417,31 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
     fields = rtp_fields(pre[cand], offset[cand], plen[cand])
     ok = fields["valid"]
     cand = cand[ok]
-    seq = fields["seq"][ok].astype(np.int64)
-    ssrc = fields["ssrc"][ok].astype(np.int64)
-    pt = fields["pt"][ok]
-    fl = ft.flow_of[cand].astype(np.int64)
-    dr = ft.dir_of[cand].astype(np.int64)
+    rtcp_rows = np.flatnonzero(rtcp & (flow_of[lo:hi] >= 0)) + lo
+    return (cand + lo, encap[cand], offset[cand].astype(np.int16), fields["seq"][ok], fields["ssrc"][ok],
+            fields["pt"][ok], rtcp_rows)
+
+
+def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np.ndarray):
+    """Vectorised RTP/RTCP recognition over every packet of every flow.
+
+    Returns per packet row the encapsulation (ENCAP_*, -1 = no RTP stream) and RTP header offset.
+    Candidates are found ROW_CHUNK rows at a time (_rtp_candidates): a capture of ten million
+    packets held gigabytes of per-row temporaries when they were found all at once.
+    """
+    t = cap.packets
+    n = len(t)
+    parts = [_rtp_candidates(t, ft.flow_of, udp, tcp, lo, min(n, lo + ROW_CHUNK)) for lo in range(0, n, ROW_CHUNK)]
+    if not parts:
+        parts = [_rtp_candidates(t, ft.flow_of, udp, tcp, 0, 0)]
+    cand, c_encap, c_offset, c_seq, c_ssrc, pt, rtcp_rows = (np.concatenate(p) for p in zip(*parts))
+    del parts
+    # seq, SSRC and payload type in the widths they came in: the differences and keys below are
+    # the same values as in int64
+    seq = c_seq.astype(np.int32)
+    ssrc = c_ssrc
+    fl = ft.flow_of[cand]
+    dr = ft.dir_of[cand]
 
     good = np.zeros(len(cand), dtype=bool)
     if len(cand):
@@ -427,6 +449,7 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
         perm = np.lexsort((cand, ssrc, dr, fl))
         g_fl, g_dr, g_ss, g_seq = fl[perm], dr[perm], ssrc[perm], seq[perm]
         same = np.r_[False, (g_fl[1:] == g_fl[:-1]) & (g_dr[1:] == g_dr[:-1]) & (g_ss[1:] == g_ss[:-1])]
+        del g_fl, g_dr, g_ss
         step = np.r_[0, (g_seq[1:] - g_seq[:-1]) % 65536]
         advancing = same & (step >= 1) & (step <= RTP_SEQ_STEP_MAX)
         gid = np.cumsum(~same) - 1
@@ -440,21 +463,20 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
     encap_of = np.full(n, -1, dtype=np.int8)
     offset_of = np.full(n, -1, dtype=np.int16)
     rows = cand[good]
-    encap_of[rows] = encap[rows]
-    offset_of[rows] = offset[rows]
+    encap_of[rows] = c_encap[good]
+    offset_of[rows] = c_offset[good]
 
     nf = len(ft)
     fg, dg = ft.flow_of[rows], ft.dir_of[rows]
     per_ab = np.bincount(fg[dg == 0], minlength=nf)
     per_ba = np.bincount(fg[dg == 1], minlength=nf)
-    rtcp_rows = np.flatnonzero(rtcp & (ft.flow_of >= 0))
     per_rtcp = np.bincount(ft.flow_of[rtcp_rows], minlength=nf)
     encap_names = {ENCAP_PLAIN: "plain", ENCAP_CHANNEL: "turn-channel", ENCAP_MSTURN: "ms-turn",
                    ENCAP_ZOOM: "zoom", ENCAP_TCP: "tcp"}
     if len(rows):
         pts = pt[good]
         ss = ssrc[good]
-        enc = encap[rows]
+        enc = c_encap[good]
         for f in np.unique(fg).tolist():
             sel = fg == f
             ev = flows[f]

@@ -38,7 +38,9 @@ AGORA_SNI = b"\x04SNI"     # Agora SD-RTN edge request: byte 6 = 0x21, then a le
 ENCAP_PLAIN, ENCAP_CHANNEL, ENCAP_MSTURN, ENCAP_ZOOM, ENCAP_TCP = 0, 1, 2, 3, 4
 
 
-@dataclass
+# slots: one FlowEvidence and one StunSummary per flow, and a capture may have a million flows;
+# without slots each carried an attribute dict of its own (~1.5 kB a flow, issue 15)
+@dataclass(slots=True)
 class StunSummary:
     messages: int = 0
     requests_ab: int = 0           # binding/allocate requests sent by side a
@@ -53,7 +55,7 @@ class StunSummary:
     relayed_media: Counter = field(default_factory=Counter)  # 'rtp'/'rtcp'/'dtls' inside TURN DATA attributes
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowEvidence:
     """What the packets of one flow say about it. Filled by gather(); read by the rules."""
 
@@ -87,7 +89,7 @@ class FlowEvidence:
         return self.rtp_packets >= MIN_RTP_RUN
 
 
-@dataclass
+@dataclass(slots=True)
 class NameEvent:
     """A name a local host used: a DNS answer it received or a TLS SNI it sent."""
 

@@ -61,7 +61,9 @@ ENCAP_NAMES = {0: "plain", 1: "turn-channel", 2: "ms-turn", 3: "zoom", 4: "tcp"}
 MAX_LOSS_RUNS_JSON = 1000     # loss run lengths listed in JSON (count, max and mean cover them all)
 
 
-@dataclass(frozen=True)
+# slots on the per-flow and per-direction objects: a capture may have a million flows, and an
+# attribute dict per object was most of their size (issue 15)
+@dataclass(frozen=True, slots=True)
 class IatStats:
     """Inter-arrival times of one direction, seconds."""
 
@@ -78,7 +80,7 @@ class IatStats:
                 "max_s": self.max_s, "mean_s": self.mean_s, "cv": self.cv}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gap:
     start_s: float            # the packet before the gap, seconds from the flow's first packet
     length_s: float
@@ -87,7 +89,7 @@ class Gap:
         return {"start_s": self.start_s, "length_s": self.length_s}
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class SizeStats:
     """Transport payload sizes of one direction, bytes."""
 
@@ -122,7 +124,7 @@ class FlowRtpStream(RtpStream):
         return (self.src, self.sport, self.dst, self.dport, self.ssrc, self.split_payload_type)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RtpStreamMetrics:
     """RtpStreamStats of one stream and its per-bin series over the flow's bins."""
 
@@ -162,7 +164,7 @@ class RtpStreamMetrics:
         }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class DirectionMetrics:
     """Everything about the packets one side of a flow sent (see the module docstring)."""
 
@@ -195,7 +197,7 @@ class DirectionMetrics:
         }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class FlowMetrics:
     flow: int
     transport: str

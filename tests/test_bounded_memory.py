@@ -3,7 +3,9 @@ all at once.
 
 The pieces: read/pages.py reads the mapped file a SPAN of bytes at a time and gives the pages
 back (payloads every PAYLOAD_BATCH rows at most); classify/evidence.py finds RTP candidates
-ROW_CHUNK rows at a time; metrics/flow.py measures the flows BATCH_PACKETS packets at a time.
+ROW_CHUNK rows at a time; metrics/flow.py measures the flows BATCH_PACKETS packets at a time;
+streams/build.py keeps the streams of the MAX_CACHED_FLOWS flows used last (the others are built
+again when asked for).
 Each capture is analysed with tiny pieces (so that it crosses many spans, chunks and batches)
 and with pieces larger than any capture, and the two JSON documents must be equal, character
 for character: on the corpus captures (skipped, saying why, without the corpus) and on the
@@ -32,20 +34,24 @@ def _at_once(monkeypatch):
     from throttledetect.classify import evidence
     from throttledetect.metrics import flow
     from throttledetect.read import pages
+    from throttledetect.streams import build
     monkeypatch.setattr(pages, "SPAN", HUGE)
     monkeypatch.setattr(pages, "PAYLOAD_BATCH", HUGE)
     monkeypatch.setattr(evidence, "ROW_CHUNK", HUGE)
     monkeypatch.setattr(flow, "BATCH_PACKETS", HUGE)
+    monkeypatch.setattr(build, "MAX_CACHED_FLOWS", HUGE)
 
 
 def _in_pieces(monkeypatch):
     from throttledetect.classify import evidence
     from throttledetect.metrics import flow
     from throttledetect.read import pages
+    from throttledetect.streams import build
     monkeypatch.setattr(pages, "SPAN", 3 * 4096)
     monkeypatch.setattr(pages, "PAYLOAD_BATCH", 7)
     monkeypatch.setattr(evidence, "ROW_CHUNK", 1000)
     monkeypatch.setattr(flow, "BATCH_PACKETS", 300)
+    monkeypatch.setattr(build, "MAX_CACHED_FLOWS", 1)
 
 
 def _same(path, monkeypatch):

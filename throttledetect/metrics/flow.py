@@ -367,7 +367,7 @@ def _gc_paused():
 # with a few dozen per-packet temporaries (group ids, times, sizes, sorts): over ten million
 # packets at once they held 1.5 GB. Each flow's metrics read that flow's packets only, so flows
 # measured a batch at a time give the same metrics.
-BATCH_PACKETS = 1 << 21
+BATCH_PACKETS = 1 << 19
 
 
 def compute_flow_metrics(cap, ft, cl, *, bin_s: float = 1.0) -> list[FlowMetrics]:

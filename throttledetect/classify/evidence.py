@@ -209,6 +209,8 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
             dns_names.setdefault(server, set()).add(ev.tls_sni)
             names.append(NameEvent(int(t.ts_ns[r]), client, ev.tls_sni, server))
 
+    # the per-row masks are done with: not held through the RTP pass
+    del rank, member, has_payload, cookie_at4, cookie_at6, stun_rows, classic_stun, wrapped, dns_rows, first, rows
     rtp_encap_of, rtp_offset_of = _note_rtp(cap, ft, flows, udp, tcp)
     return CaptureEvidence(flows=flows, dns_names=dns_names, rtp_encap_of=rtp_encap_of, rtp_offset_of=rtp_offset_of,
                            names=names)
@@ -219,19 +221,29 @@ def _endpoint_ip(hi, lo) -> str:
 
 
 def _rank_in_flow_direction(ft: FlowTable) -> np.ndarray:
-    """Per packet row: its index among its flow's packets in the same direction (-1 outside flows)."""
+    """Per packet row: its index among its flow's packets in the same direction (-1 outside flows).
+
+    ft.order is grouped by flow and time-ordered within: a row's rank is the number of rows of
+    its direction before it in its flow, counted with one cumulative sum, in int32 (a flow table
+    of 2**31 rows would be 24 GB of packet columns): no sort, and a quarter of the memory of the
+    int64 sort it replaces (the classifier's peak on ten million packets, issue 15)."""
     n = len(ft.flow_of)
-    rank = np.full(n, -1, dtype=np.int64)
+    rank = np.full(n, -1, dtype=np.int32)
     order = ft.order
-    if len(order) == 0:
+    m = len(order)
+    if m == 0:
         return rank
-    key = ft.flow_of[order].astype(np.int64) * 2 + ft.dir_of[order]
-    # order is grouped by flow and time-ordered within; a stable sort by (flow, dir) keeps time order.
-    perm = np.argsort(key, kind="stable")
-    ks = key[perm]
-    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-    pos = np.arange(len(ks)) - np.repeat(starts, np.diff(np.r_[starts, len(ks)]))
-    rank[order[perm]] = pos
+    fstart = np.asarray(ft.start, dtype=np.int64)
+    is_ba = ft.dir_of[order] != 0
+    c_ab = np.cumsum(~is_ba, dtype=np.int32)                        # a->b rows up to and including each
+    ab_before = np.concatenate(([0], c_ab)).astype(np.int32)[fstart[:-1]]   # a->b rows before each flow
+    flow = np.repeat(np.arange(len(fstart) - 1, dtype=np.int32), np.diff(fstart))
+    pos = np.arange(m, dtype=np.int32)
+    # b->a rows before it in its flow: its position in the flow minus the a->b rows up to it
+    ba = pos - c_ab - (fstart[:-1].astype(np.int32) - ab_before)[flow]
+    c_ab -= 1
+    c_ab -= ab_before[flow]                                         # now: a->b rows before it in its flow
+    rank[order] = np.where(is_ba, ba, c_ab)
     return rank
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from throttledetect.read import blocks, decode, fallback, framing, pages
+from throttledetect.read import blocks, decode, fallback, framing
 from throttledetect.read.table import PacketTable
 
 DEFAULT_PREFIX = 48
@@ -305,7 +305,6 @@ def read_capture(path, *, prefix_len: int = DEFAULT_PREFIX, name: str | None = N
     the next plausible record; CaptureError is raised only when nothing at all is readable.
     `limit`: read only the first `limit` bytes (a capture still being written: live verdicts).
     """
-    pages.large_allocations_mapped()     # freed columns and temporaries go back to the system
     source = path
     if hasattr(source, "read"):
         path = name or str(getattr(source, "name", "<stream>"))

@@ -131,6 +131,32 @@ def run_analyses(paths: list[str], settings: dict, *, progress=None, say=None, s
     return analyses, loaded
 
 
+def run_parts(paths: list[str], settings: dict, *, progress=None, say=None, stdin_name=None, stdin_file=None):
+    """run_analyses for a caller that needs the document only: each capture read, analysed and
+    turned into its document part (pipeline.consume_into_part) before the next one is read, so
+    one capture's packets and analysis are held at a time, and never beside its document part.
+    Returns (parts, inputs.Loaded) with Loaded.captures empty: the captures are let go."""
+    from throttledetect import pipeline
+    from throttledetect.inputs import Loaded, read_all
+    loaded = Loaded()
+    parts = []
+    for path in paths:
+        one = read_all([path], progress=progress, say=say, stdin_name=stdin_name, stdin_file=stdin_file)
+        loaded.failed += one.failed
+        while one.captures:
+            cap = one.captures.pop(0)
+            if progress:
+                progress.show(f"analysing {cap.path} ({len(cap.packets)} packets): flows, classification, metrics, "
+                              "tests")
+            analysis = pipeline.analyze_capture(cap, **settings)
+            del cap
+            parts.append(pipeline.consume_into_part(analysis))
+            del analysis
+    if progress:
+        progress.clear()
+    return parts, loaded
+
+
 def compare(baseline, test, **options):
     """Compare two sets of captures (paths, folders, saved JSON reports, or Reports) per protocol:
     see throttledetect.report.compare.Comparison."""

@@ -276,7 +276,7 @@ def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, liv
             **params):
     """Read, classify, measure and test each call flow for throttling; summarise per protocol
     (and per capture when there are several)."""
-    from throttledetect.api import Report, run_analyses
+    from throttledetect.api import Report, run_analyses, run_parts
     from throttledetect.inputs import STDIN, InputError, expand
     from throttledetect.parallel import analyze_files, default_workers
     from throttledetect.report.build import document_from, document_from_parts
@@ -313,6 +313,11 @@ def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, liv
             report = Report(document_from(analyses), analyses, loaded.failed) if analyses else None
         elif workers > 1 and len(paths) > 1 and STDIN not in paths and not whole:
             parts, loaded = analyze_files(paths, settings, workers=workers, progress=run.progress, say=run.say)
+            report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
+        elif not whole:
+            # the document is all that is written: each capture let go as its part is made
+            parts, loaded = run_parts(paths, dict(settings, workers=workers), progress=run.progress, say=run.say,
+                                      stdin_name=stdin_name, stdin_file=stdin_file)
             report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
         else:
             analyses, loaded = run_analyses(paths, dict(settings, workers=workers), progress=run.progress,

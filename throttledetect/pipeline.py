@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from throttledetect.classify import Classification, classify
 from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S, FlowTable, build_flows
 from throttledetect.read import Capture, read_capture
@@ -72,27 +74,47 @@ def capture_part(a: CaptureAnalysis, *, include_metrics: bool = True) -> dict:
     """What one capture adds to the document, as plain data (so a worker process or a cluster node
     can send it back): its capture entry, its flows numbered as capture 0, and its detections'
     per-protocol rows, config and test scope."""
-    metrics_json = None
-    if include_metrics and a.metrics is not None:
-        from throttledetect.metrics.flow import flow_metrics_json
-        metrics_json = flow_metrics_json(a.metrics)
+    return _part(a, include_metrics, consume=False)
+
+
+def consume_into_part(a: CaptureAnalysis) -> dict:
+    """capture_part(a) of an analysis nobody reads afterwards (the `analyze` command writing JSON,
+    CSV or text), taken apart as its part is made: what the part does not hold goes first (the
+    packets' columns, the streams, the classifier's evidence, the per-packet flow arrays), and
+    each flow's metrics objects go as their JSON is made. The part is the same; the analysis is
+    left empty. Without this the whole document was held beside the whole analysis (issue 15)."""
+    return _part(a, True, consume=True)
+
+
+def _part(a: CaptureAnalysis, include_metrics: bool, consume: bool) -> dict:
+    from throttledetect.metrics.flow import _gc_paused
+    entry = document.capture_entry(a.capture)      # its time range reads the packets: before they go
+    ft, cl, metrics, det = a.flows, a.classification, a.metrics, a.detections
+    if not include_metrics:
+        metrics = None
+    if consume:
+        a.capture = a.streams = a.metrics = None
+        cl.evidence = cl.flow_table = None
+        empty = np.zeros(0, np.int64)
+        ft.packets, ft.flow_of, ft.dir_of, ft.order = None, empty.astype(np.int32), empty.astype(np.uint8), empty
     flows = []
-    for i in range(len(a.flows)):
-        e = document.flow_entry(a.flows, i, 0)
-        e.update(protocol=a.classification.labels[i], confidence=round(float(a.classification.confidence[i]), 3),
-                 reason=a.classification.reasons[i])
-        if metrics_json is not None:
-            e["metrics"] = metrics_json[i]
-        if a.detections is not None:
-            e.update(a.detections.flow_json(i))
-        flows.append(e)
-    part = {"capture": document.capture_entry(a.capture), "flows": flows}
-    if a.detections is not None:
+    with _gc_paused():      # many small acyclic objects (metrics.flow.flow_metrics_json does the same)
+        for i in range(len(ft)):
+            e = document.flow_entry(ft, i, 0)
+            e.update(protocol=cl.labels[i], confidence=round(float(cl.confidence[i]), 3), reason=cl.reasons[i])
+            if metrics is not None:
+                e["metrics"] = metrics[i].to_json()
+                if consume:
+                    metrics[i] = None
+            if det is not None:
+                e.update(det.flow_json(i))
+            flows.append(e)
+    part = {"capture": entry, "flows": flows}
+    if det is not None:
         part["capture"]["call_attempts"] = [
             dict(e, flows=[f"0:{i}" for i in e["flows"]], media_flows=[f"0:{i}" for i in e["media_flows"]])
-            for e in a.detections.attempts]
-        part.update(protocols=a.detections.protocols, config=a.detections.config.to_json(),
-                    test=a.detections.test_scope)
+            for e in det.attempts]
+        part.update(protocols=det.protocols, config=det.config.to_json(), test=det.test_scope)
     return part
 
 

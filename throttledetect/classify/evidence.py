@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from throttledetect.flows import FlowTable
-from throttledetect.read import Capture
+from throttledetect.read import Capture, pages
 from throttledetect.read.table import halves_to_address
 from throttledetect.wire import apps as appwire
 from throttledetect.wire import dns as dnswire
@@ -38,22 +38,64 @@ AGORA_SNI = b"\x04SNI"     # Agora SD-RTN edge request: byte 6 = 0x21, then a le
 ENCAP_PLAIN, ENCAP_CHANNEL, ENCAP_MSTURN, ENCAP_ZOOM, ENCAP_TCP = 0, 1, 2, 3, 4
 
 
-@dataclass
+class _NoCounts(Counter):
+    """The one empty Counter every flow without hits shares. Read-only, so that a writer that did
+    not take the flow's own (_counts) fails loudly rather than counting for every flow."""
+
+    def __setitem__(self, key, value):
+        raise TypeError("the shared empty Counter is read-only: write through _counts()")
+
+    def update(self, iterable=None, /, **kwds):
+        if iterable is not None or kwds:      # Counter() itself calls update(None)
+            raise TypeError("the shared empty Counter is read-only: write through _counts()")
+
+
+# A capture may have a million flows, each with its evidence: the empty Counters and sets a flow
+# without hits holds are these shared ones (read-only), and a flow gets its own on its first hit
+# (_counts, _own_set). With an attribute dict per object and a fresh container per field, the
+# evidence of a DNS flow took 2.9 kB (issue 15).
+NO_COUNTS = _NoCounts()
+NO_SET: frozenset = frozenset()
+
+
+def _counts(obj, name: str) -> Counter:
+    """obj.<name>, made obj's own Counter on the first write."""
+    c = getattr(obj, name)
+    if c is NO_COUNTS:
+        c = Counter()
+        setattr(obj, name, c)
+    return c
+
+
+def _own_set(obj, name: str) -> set:
+    """obj.<name>, made obj's own set on the first write."""
+    c = getattr(obj, name)
+    if c is NO_SET:
+        c = set()
+        setattr(obj, name, c)
+    return c
+
+
+def _no_counts() -> Counter:
+    return NO_COUNTS
+
+
+@dataclass(slots=True)
 class StunSummary:
     messages: int = 0
     requests_ab: int = 0           # binding/allocate requests sent by side a
     requests_ba: int = 0
     responses_ab: int = 0          # success or error responses sent by side a
     responses_ba: int = 0
-    apps: Counter = field(default_factory=Counter)     # app hint -> messages naming it
-    realms: set = field(default_factory=set)
-    software: set = field(default_factory=set)
-    peers: set = field(default_factory=set)            # (ip, port) from XOR-PEER / XOR-RELAYED
+    apps: Counter = field(default_factory=_no_counts)     # app hint -> messages naming it
+    realms: set = NO_SET
+    software: set = NO_SET
+    peers: set = NO_SET            # (ip, port) from XOR-PEER / XOR-RELAYED
     turn: bool = False
-    relayed_media: Counter = field(default_factory=Counter)  # 'rtp'/'rtcp'/'dtls' inside TURN DATA attributes
+    relayed_media: Counter = field(default_factory=_no_counts)  # 'rtp'/'rtcp'/'dtls' inside TURN DATA attributes
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowEvidence:
     """What the packets of one flow say about it. Filled by gather(); read by the rules."""
 
@@ -61,7 +103,7 @@ class FlowEvidence:
     rtp_packets: int = 0           # packets in valid RTP runs (both directions)
     rtp_packets_ab: int = 0
     rtp_packets_ba: int = 0
-    rtp_pts: Counter = field(default_factory=Counter)
+    rtp_pts: Counter = field(default_factory=_no_counts)
     rtp_ssrcs: int = 0
     rtp_encap: str | None = None   # 'plain', 'turn-channel', 'ms-turn', 'zoom', 'tcp'
     rtcp_packets: int = 0
@@ -73,21 +115,21 @@ class FlowEvidence:
     tls_records: int = 0
     quic: str | None = None        # version name
     dns_messages: int = 0
-    apps: Counter = field(default_factory=Counter)     # app framing hits: 'zoom', 'telegram', 'discord', ...
+    apps: Counter = field(default_factory=_no_counts)     # app framing hits: 'zoom', 'telegram', 'discord', ...
     zoom_media: int = 0
     http: bool = False
     first_payload: bytes | None = None   # first bytes of the first packet that carried any
-    mumble_pings: set = field(default_factory=set)    # identifiers of Mumble UDP pings sent by side a
-    mumble_pongs: set = field(default_factory=set)    # ... and echoed in 24-byte answers from side b
+    mumble_pings: set = NO_SET    # identifiers of Mumble UDP pings sent by side a
+    mumble_pongs: set = NO_SET    # ... and echoed in 24-byte answers from side b
     imo_last_byte: int = -1        # payload of the previous packet when it was a single byte, else -1
-    tencent_ids: set = field(default_factory=set)     # Tencent Meeting session ids seen in the framing
+    tencent_ids: set = NO_SET     # Tencent Meeting session ids seen in the framing
 
     @property
     def has_rtp(self) -> bool:
         return self.rtp_packets >= MIN_RTP_RUN
 
 
-@dataclass
+@dataclass(slots=True)
 class NameEvent:
     """A name a local host used: a DNS answer it received or a TLS SNI it sent."""
 
@@ -132,10 +174,12 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
     rows = np.flatnonzero(stun_rows | classic_stun | wrapped | dns_rows | first)
     _cap_stun_rows(rows, stun_rows, ft)
 
-    for r in rows.tolist():
+    rows = rows.tolist()
+    # payloads read with the file's pages given back as they go (read/pages.py): rows worth a
+    # parse are spread over the whole file
+    for r, data in zip(rows, pages.payloads(cap, rows)):
         f = int(ft.flow_of[r])
         ev = flows[f]
-        data = cap.payload(r)
         side_a = ft.dir_of[r] == 0
         is_tcp = t.proto[r] == 6
         sport, dport = int(t.sport[r]), int(t.dport[r])
@@ -165,6 +209,8 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
             dns_names.setdefault(server, set()).add(ev.tls_sni)
             names.append(NameEvent(int(t.ts_ns[r]), client, ev.tls_sni, server))
 
+    # the per-row masks are done with: not held through the RTP pass
+    del rank, member, has_payload, cookie_at4, cookie_at6, stun_rows, classic_stun, wrapped, dns_rows, first, rows
     rtp_encap_of, rtp_offset_of = _note_rtp(cap, ft, flows, udp, tcp)
     return CaptureEvidence(flows=flows, dns_names=dns_names, rtp_encap_of=rtp_encap_of, rtp_offset_of=rtp_offset_of,
                            names=names)
@@ -175,19 +221,29 @@ def _endpoint_ip(hi, lo) -> str:
 
 
 def _rank_in_flow_direction(ft: FlowTable) -> np.ndarray:
-    """Per packet row: its index among its flow's packets in the same direction (-1 outside flows)."""
+    """Per packet row: its index among its flow's packets in the same direction (-1 outside flows).
+
+    ft.order is grouped by flow and time-ordered within: a row's rank is the number of rows of
+    its direction before it in its flow, counted with one cumulative sum, in int32 (a flow table
+    of 2**31 rows would be 24 GB of packet columns): no sort, and a quarter of the memory of the
+    int64 sort it replaces (the classifier's peak on ten million packets, issue 15)."""
     n = len(ft.flow_of)
-    rank = np.full(n, -1, dtype=np.int64)
+    rank = np.full(n, -1, dtype=np.int32)
     order = ft.order
-    if len(order) == 0:
+    m = len(order)
+    if m == 0:
         return rank
-    key = ft.flow_of[order].astype(np.int64) * 2 + ft.dir_of[order]
-    # order is grouped by flow and time-ordered within; a stable sort by (flow, dir) keeps time order.
-    perm = np.argsort(key, kind="stable")
-    ks = key[perm]
-    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-    pos = np.arange(len(ks)) - np.repeat(starts, np.diff(np.r_[starts, len(ks)]))
-    rank[order[perm]] = pos
+    fstart = np.asarray(ft.start, dtype=np.int64)
+    is_ba = ft.dir_of[order] != 0
+    c_ab = np.cumsum(~is_ba, dtype=np.int32)                        # a->b rows up to and including each
+    ab_before = np.concatenate(([0], c_ab)).astype(np.int32)[fstart[:-1]]   # a->b rows before each flow
+    flow = np.repeat(np.arange(len(fstart) - 1, dtype=np.int32), np.diff(fstart))
+    pos = np.arange(m, dtype=np.int32)
+    # b->a rows before it in its flow: its position in the flow minus the a->b rows up to it
+    ba = pos - c_ab - (fstart[:-1].astype(np.int32) - ab_before)[flow]
+    c_ab -= 1
+    c_ab -= ab_before[flow]                                         # now: a->b rows before it in its flow
+    rank[order] = np.where(is_ba, ba, c_ab)
     return rank
 
 
@@ -233,11 +289,11 @@ def _note_stun(s: StunSummary, msg, side_a: bool) -> None:
             s.responses_ba += 1
     hint = appwire.stun_app_hint(msg)
     if hint:
-        s.apps[hint] += 1
+        _counts(s, "apps")[hint] += 1
     if msg.realm:
-        s.realms.add(msg.realm)
+        _own_set(s, "realms").add(msg.realm)
     if msg.software:
-        s.software.add(msg.software)
+        _own_set(s, "software").add(msg.software)
     if msg.is_turn:
         s.turn = True
         inner = msg.attribute(stunwire.DATA_ATTRIBUTE)
@@ -246,12 +302,12 @@ def _note_stun(s: StunSummary, msg, side_a: bool) -> None:
             if kind is None and dtlswire.parse_dtls(inner) is not None:
                 kind = "dtls"
             if kind:
-                s.relayed_media[kind] += 1
+                _counts(s, "relayed_media")[kind] += 1
     for addr in msg.xor_peer_addresses:
-        s.peers.add((addr.ip, addr.port))
+        _own_set(s, "peers").add((addr.ip, addr.port))
     relayed = msg.xor_relayed_address
     if relayed is not None:
-        s.peers.add((relayed.ip, relayed.port))
+        _own_set(s, "peers").add((relayed.ip, relayed.port))
 
 
 def _learn_dns(msg, names: dict) -> dict:
@@ -293,9 +349,9 @@ def _note_first_packet(ev: FlowEvidence, data: bytes, is_tcp: bool, sport: int, 
             ev.tls_records += 1
             return
         if appwire.parse_whatsapp_preamble(data) is not None:
-            ev.apps["whatsapp_chat"] += 1
+            _counts(ev, "apps")["whatsapp_chat"] += 1
         elif appwire.is_viber_packet(data, tcp=True):
-            ev.apps["viber"] += 1
+            _counts(ev, "apps")["viber"] += 1
         return
     b0 = data[0] if data else -1
     if _note_small_app_packet(ev, data, side_a):
@@ -323,45 +379,45 @@ def _note_first_packet(ev: FlowEvidence, data: bytes, is_tcp: bool, sport: int, 
         ev.zoom_media += 1
         return
     if len(data) >= 18 and data[6] == 0x21 and data[12:16] == AGORA_SNI:
-        ev.apps["agora"] += 1
+        _counts(ev, "apps")["agora"] += 1
         return
     if data.startswith(appwire.ZOOM_P2P_HELLO_PREFIX) and appwire.parse_zoom_p2p_hello(data):
-        ev.apps["zoom"] += 1
+        _counts(ev, "apps")["zoom"] += 1
         return
     if appwire.parse_telegram_reflector(data) is not None:
-        ev.apps["telegram"] += 1
+        _counts(ev, "apps")["telegram"] += 1
         return
     if appwire.parse_discord(data) is not None:
-        ev.apps["discord"] += 1
+        _counts(ev, "apps")["discord"] += 1
         return
     if appwire.is_line_call_packet(data):
-        ev.apps["line"] += 1
+        _counts(ev, "apps")["line"] += 1
         return
     if appwire.is_viber_packet(data):
-        ev.apps["viber"] += 1
+        _counts(ev, "apps")["viber"] += 1
 
 
 def _note_small_app_packet(ev: FlowEvidence, data: bytes, side_a: bool) -> bool:
     """imo, Mumble and Tencent Meeting packets, recognised by their lengths and first bytes."""
     if len(data) == 1:
         if ev.imo_last_byte == data[0]:
-            ev.apps["imo"] += 1
+            _counts(ev, "apps")["imo"] += 1
         ev.imo_last_byte = data[0]
         return True
     ev.imo_last_byte = -1
     if appwire.is_imo_packet(data):
-        ev.apps["imo"] += 1
+        _counts(ev, "apps")["imo"] += 1
         return True
     ident = appwire.mumble_ping_ident(data)
     if ident is not None:
-        (ev.mumble_pings if side_a and len(data) == appwire.MUMBLE_PING_LEN else ev.mumble_pongs).add(ident)
+        _own_set(ev, "mumble_pings" if side_a and len(data) == appwire.MUMBLE_PING_LEN else "mumble_pongs").add(ident)
         if ev.mumble_pings & ev.mumble_pongs:
-            ev.apps["mumble"] += 1
+            _counts(ev, "apps")["mumble"] += 1
         return len(data) == appwire.MUMBLE_PING_LEN
     tid = appwire.tencent_media_id(data)
     if tid is not None:
-        ev.tencent_ids.add(tid)
-        ev.apps["tencent_meeting"] += 1
+        _own_set(ev, "tencent_ids").add(tid)
+        _counts(ev, "apps")["tencent_meeting"] += 1
         return True
     return False
 
@@ -378,17 +434,19 @@ def _zoom_offsets(pre: np.ndarray) -> np.ndarray:
     return np.where(sfu, off_sfu, off_p2p)
 
 
-def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np.ndarray):
-    """Vectorised RTP/RTCP recognition over every packet of every flow.
+ROW_CHUNK = 1 << 20     # rows whose RTP candidates are found at once: bounds the temporaries per row
 
-    Returns per packet row the encapsulation (ENCAP_*, -1 = no RTP stream) and RTP header offset.
-    """
-    t = cap.packets
-    n = len(t)
-    pre = t.prefix
+
+def _rtp_candidates(t, flow_of: np.ndarray, udp: np.ndarray, tcp: np.ndarray, lo: int, hi: int):
+    """Rows lo..hi: the candidates with a valid RTP header (row, encapsulation, header offset,
+    seq, SSRC, payload type) and the RTCP rows. Per-row temporaries live for one chunk only;
+    what is kept is a few bytes per candidate."""
+    pre = t.prefix[lo:hi]
     width = pre.shape[1]
-    plen = t.payload_len.astype(np.int64)
+    plen = t.payload_len[lo:hi].astype(np.int64)
+    udp, tcp = udp[lo:hi], tcp[lo:hi]
     b0, b1 = pre[:, 0], pre[:, 1]
+    n = hi - lo
     encap = np.full(n, -1, dtype=np.int8)
     offset = np.full(n, -1, dtype=np.int64)
 
@@ -413,11 +471,31 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
     fields = rtp_fields(pre[cand], offset[cand], plen[cand])
     ok = fields["valid"]
     cand = cand[ok]
-    seq = fields["seq"][ok].astype(np.int64)
-    ssrc = fields["ssrc"][ok].astype(np.int64)
-    pt = fields["pt"][ok]
-    fl = ft.flow_of[cand].astype(np.int64)
-    dr = ft.dir_of[cand].astype(np.int64)
+    rtcp_rows = np.flatnonzero(rtcp & (flow_of[lo:hi] >= 0)) + lo
+    return (cand + lo, encap[cand], offset[cand].astype(np.int16), fields["seq"][ok], fields["ssrc"][ok],
+            fields["pt"][ok], rtcp_rows)
+
+
+def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np.ndarray):
+    """Vectorised RTP/RTCP recognition over every packet of every flow.
+
+    Returns per packet row the encapsulation (ENCAP_*, -1 = no RTP stream) and RTP header offset.
+    Candidates are found ROW_CHUNK rows at a time (_rtp_candidates): a capture of ten million
+    packets held gigabytes of per-row temporaries when they were found all at once.
+    """
+    t = cap.packets
+    n = len(t)
+    parts = [_rtp_candidates(t, ft.flow_of, udp, tcp, lo, min(n, lo + ROW_CHUNK)) for lo in range(0, n, ROW_CHUNK)]
+    if not parts:
+        parts = [_rtp_candidates(t, ft.flow_of, udp, tcp, 0, 0)]
+    cand, c_encap, c_offset, c_seq, c_ssrc, pt, rtcp_rows = (np.concatenate(p) for p in zip(*parts))
+    del parts
+    # seq, SSRC and payload type in the widths they came in: the differences and keys below are
+    # the same values as in int64
+    seq = c_seq.astype(np.int32)
+    ssrc = c_ssrc
+    fl = ft.flow_of[cand]
+    dr = ft.dir_of[cand]
 
     good = np.zeros(len(cand), dtype=bool)
     if len(cand):
@@ -425,6 +503,7 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
         perm = np.lexsort((cand, ssrc, dr, fl))
         g_fl, g_dr, g_ss, g_seq = fl[perm], dr[perm], ssrc[perm], seq[perm]
         same = np.r_[False, (g_fl[1:] == g_fl[:-1]) & (g_dr[1:] == g_dr[:-1]) & (g_ss[1:] == g_ss[:-1])]
+        del g_fl, g_dr, g_ss
         step = np.r_[0, (g_seq[1:] - g_seq[:-1]) % 65536]
         advancing = same & (step >= 1) & (step <= RTP_SEQ_STEP_MAX)
         gid = np.cumsum(~same) - 1
@@ -438,21 +517,20 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
     encap_of = np.full(n, -1, dtype=np.int8)
     offset_of = np.full(n, -1, dtype=np.int16)
     rows = cand[good]
-    encap_of[rows] = encap[rows]
-    offset_of[rows] = offset[rows]
+    encap_of[rows] = c_encap[good]
+    offset_of[rows] = c_offset[good]
 
     nf = len(ft)
     fg, dg = ft.flow_of[rows], ft.dir_of[rows]
     per_ab = np.bincount(fg[dg == 0], minlength=nf)
     per_ba = np.bincount(fg[dg == 1], minlength=nf)
-    rtcp_rows = np.flatnonzero(rtcp & (ft.flow_of >= 0))
     per_rtcp = np.bincount(ft.flow_of[rtcp_rows], minlength=nf)
     encap_names = {ENCAP_PLAIN: "plain", ENCAP_CHANNEL: "turn-channel", ENCAP_MSTURN: "ms-turn",
                    ENCAP_ZOOM: "zoom", ENCAP_TCP: "tcp"}
     if len(rows):
         pts = pt[good]
         ss = ssrc[good]
-        enc = encap[rows]
+        enc = c_encap[good]
         for f in np.unique(fg).tolist():
             sel = fg == f
             ev = flows[f]

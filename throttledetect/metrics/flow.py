@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from throttledetect.flows import transport_name
 from throttledetect.metrics.rtp import RtpStream, RtpStreamStats
@@ -50,6 +49,7 @@ from throttledetect.metrics.series import (
     opt,
 )
 from throttledetect.metrics.tcp import TcpDirectionMetrics, TcpFlowMetrics, compute_tcp_metrics
+from throttledetect.read import pages
 from throttledetect.read.table import halves_to_address
 
 GAP_MEDIAN_FACTOR = 5.0
@@ -61,7 +61,9 @@ ENCAP_NAMES = {0: "plain", 1: "turn-channel", 2: "ms-turn", 3: "zoom", 4: "tcp"}
 MAX_LOSS_RUNS_JSON = 1000     # loss run lengths listed in JSON (count, max and mean cover them all)
 
 
-@dataclass(frozen=True)
+# slots on the per-flow and per-direction objects: a capture may have a million flows, and an
+# attribute dict per object was most of their size (issue 15)
+@dataclass(frozen=True, slots=True)
 class IatStats:
     """Inter-arrival times of one direction, seconds."""
 
@@ -78,7 +80,7 @@ class IatStats:
                 "max_s": self.max_s, "mean_s": self.mean_s, "cv": self.cv}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gap:
     start_s: float            # the packet before the gap, seconds from the flow's first packet
     length_s: float
@@ -87,7 +89,7 @@ class Gap:
         return {"start_s": self.start_s, "length_s": self.length_s}
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class SizeStats:
     """Transport payload sizes of one direction, bytes."""
 
@@ -122,7 +124,7 @@ class FlowRtpStream(RtpStream):
         return (self.src, self.sport, self.dst, self.dport, self.ssrc, self.split_payload_type)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RtpStreamMetrics:
     """RtpStreamStats of one stream and its per-bin series over the flow's bins."""
 
@@ -162,7 +164,7 @@ class RtpStreamMetrics:
         }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class DirectionMetrics:
     """Everything about the packets one side of a flow sent (see the module docstring)."""
 
@@ -195,7 +197,7 @@ class DirectionMetrics:
         }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class FlowMetrics:
     flow: int
     transport: str
@@ -250,9 +252,9 @@ def find_flow_rtp_streams(cap, ft, cl, groups: DirGroups | None = None) -> list[
     if len(rows) == 0:
         return []
     at = pk.payload_off[rows] + off
-    # One gather of the 12 header bytes of every packet, from a sliding-window view of the buffer,
-    # read by the one RTP parser (wire.rtp).
-    head = rtp_fields(sliding_window_view(cap.buffer, RTP_HEADER_LEN)[at], 0)
+    # One gather of the 12 header bytes of every packet, read by the one RTP parser (wire.rtp);
+    # in batches that give the file's pages back (read/pages.py): RTP is most of a call capture
+    head = rtp_fields(pages.gather(cap, at, RTP_HEADER_LEN), 0)
     seq = head["seq"].astype(np.int64)
     ssrc = head["ssrc"].astype(np.int64)
     pt = head["pt"].astype(np.int64)
@@ -287,8 +289,10 @@ def find_flow_rtp_streams(cap, ft, cl, groups: DirGroups | None = None) -> list[
     rows, seq, ssrc, pt, off = rows[o], seq[o], ssrc[o], pt[o], off[o]
     rtp_ts = head["ts"][o].astype(np.int64)
     marker = head["marker"][o]
-    flow = ft.flow_of[rows].astype(np.int64)
-    direction = ft.dir_of[rows].astype(np.int64)
+    # flow and direction from the group ids (2 * flow + direction) rather than the capture-wide
+    # flow_of: the same numbers, and right for a FlowTable of some of the flows (metrics batches)
+    g_o = gid[o]
+    flow, direction = g_o >> 1, g_o & 1
     starts = np.flatnonzero(new_stream)
     ends = np.r_[starts[1:], len(rows)]
     encap_of = ev.rtp_encap_of[rows].astype(np.int64)
@@ -359,10 +363,80 @@ def _gc_paused():
             gc.enable()
 
 
+# Packets of the flows measured at once. Everything below is vectorised over the packets given,
+# with a few dozen per-packet temporaries (group ids, times, sizes, sorts): over ten million
+# packets at once they held 1.5 GB. Each flow's metrics read that flow's packets only, so flows
+# measured a batch at a time give the same metrics.
+BATCH_PACKETS = 1 << 19
+
+
 def compute_flow_metrics(cap, ft, cl, *, bin_s: float = 1.0) -> list[FlowMetrics]:
     """FlowMetrics for every flow of `ft` (a FlowTable of `cap`), with `cl` from classify()."""
     with _gc_paused():
-        return _compute_flow_metrics(cap, ft, cl, bin_s)
+        out = []
+        batches = flow_batches(ft.start, BATCH_PACKETS)
+        for f0, f1 in batches:
+            part = _compute_flow_metrics(cap, flow_slice(ft, f0, f1), cl, bin_s)
+            if f0:
+                _renumber(part, f0)
+            out += part
+        if len(batches) > 1:
+            _silent_as_at_once(out)
+        return out
+
+
+def _silent_as_at_once(metrics: list) -> None:
+    """silent_s as one batch of every flow has it: numpy's weighted bincount of no gaps at all is
+    integer zeros, so a capture without a gap says 0 and one with gaps says 0.0 where a flow has
+    none. A batch without a gap must not say 0 when another batch has gaps."""
+    dirs = [d for m in metrics for d in (m.ab, m.ba)]
+    if any(isinstance(d.silent_s, float) for d in dirs):
+        for d in dirs:
+            if not isinstance(d.silent_s, float):
+                d.silent_s = float(d.silent_s)
+
+
+def flow_batches(start: np.ndarray, packets: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of flows [f0, f1) of about `packets` packets each (at least one flow
+    each; one range of every flow when they hold no more); start: FlowTable.start."""
+    nf = len(start) - 1
+    if nf <= 0 or int(start[-1]) - int(start[0]) <= packets:
+        return [(0, max(nf, 0))]
+    out, f0 = [], 0
+    while f0 < nf:
+        f1 = int(np.searchsorted(start, int(start[f0]) + packets, side="right")) - 1
+        f1 = min(nf, max(f1, f0 + 1))
+        out.append((f0, f1))
+        f0 = f1
+    return out
+
+
+_PER_FLOW = ("proto", "a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port", "first_ns", "last_ns", "packets_ab",
+             "packets_ba", "bytes_ab", "bytes_ba", "a_local", "b_local")
+
+
+def flow_slice(ft, f0: int, f1: int):
+    """The FlowTable of flows f0..f1-1 (numbered from 0), sharing the capture's packet rows.
+    Its flow_of and dir_of stay the capture's (flow_of numbers the whole capture's flows):
+    the metrics read a flow's rows through order/start, never through flow_of."""
+    if f0 == 0 and f1 == len(ft):
+        return ft
+    import dataclasses
+    a, b = int(ft.start[f0]), int(ft.start[f1])
+    return dataclasses.replace(ft, order=ft.order[a:b], start=ft.start[f0:f1 + 1] - a,
+                               **{k: getattr(ft, k)[f0:f1] for k in _PER_FLOW})
+
+
+def _renumber(metrics: list, f0: int) -> None:
+    """Flow numbers of a batch's results from the batch's (0 = f0) to the capture's."""
+    for m in metrics:
+        m.flow += f0
+        if m.tcp is not None:
+            m.tcp.flow += f0
+        for d in (m.ab, m.ba):
+            for r in d.rtp:
+                # FlowRtpStream is frozen (a stream is a value); its number is set once, here
+                object.__setattr__(r.stream, "flow", r.stream.flow + f0)
 
 
 def flow_metrics_json(metrics: list[FlowMetrics]) -> list[dict]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from throttledetect.read import blocks, decode, framing
 from throttledetect.read import fallback
+from throttledetect.read.pages import large_allocations_mapped
 from throttledetect.read.capture import (DEFAULT_PREFIX, ReadWarning, CaptureError, _assign_fragment_ports,
                                          fill_record_columns,
                                          _open_bytes, _PcapArrays, _warnings_from, _where, probe_format)
@@ -34,25 +35,6 @@ from throttledetect.read.table import FRAG_FIRST, PacketTable
 DEFAULT_CHUNK_RECORDS = 1 << 18    # ~45 MB of columns: large enough that per-chunk overhead vanishes
 FRAG_CARRY = 4096                  # first fragments remembered across chunks
 DEFAULT_SEGMENT_BYTES = 48 << 20   # a part of a classic pcap read by one thread: ~130 k records of a call mix
-
-
-_MALLOC_FIXED = False
-
-
-def _fix_malloc_threshold() -> None:
-    """Have glibc map every allocation of 1 MB or more on its own and unmap it when freed. By default
-    the threshold rises after such a free, and a chunk's columns then stay in the allocator's arenas
-    (one per reading thread) after they are freed: measured 607 MB against 390 MB at the peak of
-    `flows` on 2 M packets. Elsewhere (no glibc) nothing is done."""
-    global _MALLOC_FIXED
-    if _MALLOC_FIXED:
-        return
-    _MALLOC_FIXED = True
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)      # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _cores() -> int:
@@ -100,7 +82,7 @@ class CaptureStream:
             source = os.fspath(source)
             path = name or source
         self.path = path
-        _fix_malloc_threshold()
+        large_allocations_mapped()
         self.chunk_records = max(1, int(chunk_records))
         # classic pcap is read in parts of this many bytes by two threads (None: one chunk of
         # chunk_records after another); the default when chunk_records is the default

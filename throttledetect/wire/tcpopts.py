@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from throttledetect.jit import njit
+from throttledetect.read import pages
 
 _TCP_OPT_END, _TCP_OPT_NOP, _TCP_OPT_MSS, _TCP_OPT_SACK, _TCP_OPT_TS = 0, 1, 2, 5, 8
 MAX_SACK = 4
@@ -37,13 +38,23 @@ def tcp_options(cap, rows: np.ndarray) -> TcpOptions:
     frame_end = pk.frame_off[rows].astype(np.int64) + pk.caplen[rows].astype(np.int64)
     ok = (l4 >= 0) & (l4 + 13 <= frame_end) & (l4 + 13 <= buf.shape[0])
     doff = np.zeros(len(rows), dtype=np.int64)
-    doff[ok] = (buf[l4[ok] + 12].astype(np.int64) >> 4) * 4
+    doff[ok] = (pages.gather(cap, l4[ok] + 12).astype(np.int64) >> 4) * 4
     hdr_end = np.minimum(l4 + doff, np.minimum(frame_end, buf.shape[0]))
     n = len(rows)
     out = TcpOptions(np.empty(n, np.int64), np.empty(n, np.bool_), np.empty(n, np.int64),
                      np.zeros((n, MAX_SACK), np.int64), np.zeros((n, MAX_SACK), np.int64), np.zeros(n, np.int64))
-    _parse_tcp_options(buf, np.where(ok, l4, -1), hdr_end, out.mss, out.has_ts, out.tsval, out.sack_start,
-                       out.sack_end, out.nsack)
+    at = np.where(ok, l4, -1)
+    # a span of file at a time, the pages given back after each (read/pages.py): a bulk flow's
+    # headers are spread over the whole capture. Each row is parsed on its own, so the order of
+    # the rows does not matter.
+    for idx in pages.windows(cap, at):
+        k = len(idx)
+        part = TcpOptions(np.empty(k, np.int64), np.empty(k, np.bool_), np.empty(k, np.int64),
+                          np.zeros((k, MAX_SACK), np.int64), np.zeros((k, MAX_SACK), np.int64), np.zeros(k, np.int64))
+        _parse_tcp_options(buf, at[idx], hdr_end[idx], part.mss, part.has_ts, part.tsval, part.sack_start,
+                           part.sack_end, part.nsack)
+        for name in ("mss", "has_ts", "tsval", "sack_start", "sack_end", "nsack"):
+            getattr(out, name)[idx] = getattr(part, name)
     return out
 
 

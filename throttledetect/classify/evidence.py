@@ -58,22 +58,21 @@ NO_COUNTS = _NoCounts()
 NO_SET: frozenset = frozenset()
 
 
-def _counts(obj, name: str) -> Counter:
-    """obj.<name>, made obj's own Counter on the first write."""
+def _own(obj, name: str, shared, make):
+    """obj.<name>, made obj's own (make()) in place of the shared empty one on the first write."""
     c = getattr(obj, name)
-    if c is NO_COUNTS:
-        c = Counter()
+    if c is shared:
+        c = make()
         setattr(obj, name, c)
     return c
+
+
+def _counts(obj, name: str) -> Counter:
+    return _own(obj, name, NO_COUNTS, Counter)
 
 
 def _own_set(obj, name: str) -> set:
-    """obj.<name>, made obj's own set on the first write."""
-    c = getattr(obj, name)
-    if c is NO_SET:
-        c = set()
-        setattr(obj, name, c)
-    return c
+    return _own(obj, name, NO_SET, set)
 
 
 def _no_counts() -> Counter:

@@ -87,7 +87,7 @@ def consume_into_part(a: CaptureAnalysis) -> dict:
 
 
 def _part(a: CaptureAnalysis, include_metrics: bool, consume: bool) -> dict:
-    from throttledetect.metrics.flow import _gc_paused
+    from throttledetect.metrics.flow import gc_paused
     entry = document.capture_entry(a.capture)      # its time range reads the packets: before they go
     ft, cl, metrics, det = a.flows, a.classification, a.metrics, a.detections
     if not include_metrics:
@@ -98,7 +98,7 @@ def _part(a: CaptureAnalysis, include_metrics: bool, consume: bool) -> dict:
         empty = np.zeros(0, np.int64)
         ft.packets, ft.flow_of, ft.dir_of, ft.order = None, empty.astype(np.int32), empty.astype(np.uint8), empty
     flows = []
-    with _gc_paused():      # many small acyclic objects (metrics.flow.flow_metrics_json does the same)
+    with gc_paused():      # many small acyclic objects (metrics.flow.flow_metrics_json does the same)
         for i in range(len(ft)):
             e = document.flow_entry(ft, i, 0)
             e.update(protocol=cl.labels[i], confidence=round(float(cl.confidence[i]), 3), reason=cl.reasons[i])

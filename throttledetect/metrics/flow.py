@@ -347,7 +347,7 @@ def rtp_stream_metrics(stream: FlowRtpStream, layout: BinLayout, clock_rate: int
 
 
 @contextmanager
-def _gc_paused():
+def gc_paused():
     """Pause the cyclic garbage collector while building many small acyclic objects.
 
     Each collection of the oldest generation walks every object alive (the classifier's
@@ -372,7 +372,7 @@ BATCH_PACKETS = 1 << 19
 
 def compute_flow_metrics(cap, ft, cl, *, bin_s: float = 1.0) -> list[FlowMetrics]:
     """FlowMetrics for every flow of `ft` (a FlowTable of `cap`), with `cl` from classify()."""
-    with _gc_paused():
+    with gc_paused():
         out = []
         batches = flow_batches(ft.start, BATCH_PACKETS)
         for f0, f1 in batches:
@@ -380,20 +380,7 @@ def compute_flow_metrics(cap, ft, cl, *, bin_s: float = 1.0) -> list[FlowMetrics
             if f0:
                 _renumber(part, f0)
             out += part
-        if len(batches) > 1:
-            _silent_as_at_once(out)
         return out
-
-
-def _silent_as_at_once(metrics: list) -> None:
-    """silent_s as one batch of every flow has it: numpy's weighted bincount of no gaps at all is
-    integer zeros, so a capture without a gap says 0 and one with gaps says 0.0 where a flow has
-    none. A batch without a gap must not say 0 when another batch has gaps."""
-    dirs = [d for m in metrics for d in (m.ab, m.ba)]
-    if any(isinstance(d.silent_s, float) for d in dirs):
-        for d in dirs:
-            if not isinstance(d.silent_s, float):
-                d.silent_s = float(d.silent_s)
 
 
 def flow_batches(start: np.ndarray, packets: int) -> list[tuple[int, int]]:
@@ -441,7 +428,7 @@ def _renumber(metrics: list, f0: int) -> None:
 
 def flow_metrics_json(metrics: list[FlowMetrics]) -> list[dict]:
     """to_json() of many FlowMetrics (the garbage collector paused, as in compute_flow_metrics)."""
-    with _gc_paused():
+    with gc_paused():
         return [m.to_json() for m in metrics]
 
 
@@ -490,7 +477,8 @@ def _compute_flow_metrics(cap, ft, cl, bin_s: float) -> list[FlowMetrics]:
     gap_g = gid[gap_pos]
     gap_start = (ts[gap_pos - 1] - layout.origin_ns[gap_g >> 1]) / 1e9
     gap_len = iat_s[is_gap]
-    silent = np.bincount(gap_g, weights=gap_len, minlength=ng)
+    # seconds, a float even with no gap at all (numpy's weighted bincount of nothing is integer)
+    silent = np.bincount(gap_g, weights=gap_len, minlength=ng).astype(np.float64)
     gap_split = np.searchsorted(gap_g, np.arange(ng + 1))   # gaps of group g: gap_split[g]:gap_split[g+1]
 
     # Sizes.

@@ -120,7 +120,7 @@ class _Packets:
 def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx=False, video=False,
               encrypted=False, jitter_ms=1.0, rate_pps=50, hangup_at=None, after_hangup_every_s=None,
               icmp_at=None, controls=True, tcp_control=True, stun_every_s=None, skew=0.0,
-              inbound=True, local_refuses_every_s=None, migrate_at=None) -> dict:
+              inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None) -> dict:
     """Write the synthetic capture to `path` (see the module docstring); return what it holds.
 
     media=False: only STUN (a call that rang out or was rejected). inbound=False: nothing of the
@@ -138,7 +138,9 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
     trace's: not an answer to anything this host sent).
     migrate_at: from then on the call's media (both ways) goes between the same local socket and
     PEER (a relay -> peer switch), and the local host keeps sending small packets to the old
-    remote end, 20 a second, unanswered (an app keeping its relay leg warm)."""
+    remote end, 20 a second, unanswered (an app keeping its relay leg warm).
+    local_quiet=(t0, t1): the local side sends no media then, only an RTCP packet every 0.5 s
+    (a listener in a one-way phase of the call: the far end talks or shares its screen)."""
     rng = np.random.default_rng(seed)
     P = _Packets()
     end = seconds if hangup_at is None else hangup_at
@@ -201,6 +203,9 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
             if src != LOCAL and not remote_up(send[k]):
                 seq += 1
                 continue
+            if src == LOCAL and local_quiet is not None and local_quiet[0] <= send[k] < local_quiet[1]:
+                seq += 1
+                continue
             s_, d_ = src, dst
             if migrate_at is not None and send[k] >= migrate_at:
                 s_, d_ = (LOCAL, PEER) if src == LOCAL else (PEER, LOCAL)
@@ -218,6 +223,10 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
         for t in np.arange(0.7, seconds - 0.2, local_refuses_every_s):
             quoted = udp_frame(REMOTE_CALL, 50000, LOCAL, CALL_PORT, rng.bytes(40), P.ident())
             P.add(t, icmp_port_unreachable(LOCAL, quoted, P.ident(), to=REMOTE_CALL))
+    if media and local_quiet is not None:
+        for t in np.arange(local_quiet[0] + 0.25, local_quiet[1], 0.5):
+            P.add(t, udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, 50000, bytes([0x81, 0xC9, 0, 1]) + rng.bytes(4),
+                               P.ident()))
     if media and hangup_at is not None and after_hangup_every_s:
         for t in np.arange(hangup_at + 0.5, seconds, after_hangup_every_s):
             P.add(t, udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, 50000, bytes([0x81, 0xC9, 0, 1]) + rng.bytes(4),

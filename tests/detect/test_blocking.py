@@ -48,6 +48,58 @@ def test_the_far_end_hangs_up(scenario, case):
     assert rep.verdict(i) == "none", why(rep, i)
 
 
+def test_a_block_while_this_host_listens_is_found_when_it_talks_again(scenario):
+    """This host is in a one-way phase (from 20 s to 30 s it sends only RTCP, two packets a
+    second, while the far end talks) when the call is blocked at 20 s; at 30 s it talks again, at
+    its media rate, for 10 s, while nothing arrives. A host whose call ended does not take up its
+    media again: blocking, from 20 s."""
+    call = dict(AUDIO, seconds=45.0, local_quiet=(20.0, 30.0))
+    cap, ft, cl, rep = scenario(call, BlockAfter(20.0))
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "blocking", why(rep, i)
+    d = detected(rep, i, "blocking")[0]
+    assert d["test"] == "silence" and d["onset_s"] == pytest.approx(20.0, abs=0.5)
+    assert d["estimates"]["outbound_media_seconds"] >= 5
+    # the same host, not blocked: the far end talks throughout, nothing to find
+    cap, ft, cl, rep = scenario(call)
+    assert rep.verdict(flow_of(ft, CALL_PORT)) == "none", why(rep, flow_of(ft, CALL_PORT))
+
+
+def test_a_silence_after_few_gaps_is_judged_by_their_mean():
+    """A flow that got three STUN answers 1.5 s apart (a second with none), then 2 s of voice at 10 packets a second,
+    then nothing for 40 s: 23 earlier gaps, so the silence's rank among them cannot give less
+    than 1/24; Markov's bound (mean gap / silence) can, for any gap distribution with that mean."""
+    from throttledetect.detect.blocking import silence_pvalue
+    t = np.r_[0.0, 1.5, 3.0, 3.5 + np.arange(20) * 0.1]
+    p, how, lam = silence_pvalue(t, 40.0)
+    mean_gap = float(np.diff(t).mean())
+    assert lam < 1.0 and "Markov" in how
+    assert p == pytest.approx(2 * mean_gap / 40.0) and p < 1 / 24
+    # a silence no longer than the gaps already seen gives no evidence at all
+    p_short, _, _ = silence_pvalue(t, 1.5)
+    assert p_short > 0.1
+
+
+def test_a_block_while_this_host_only_listens_is_inconclusive(scenario):
+    """This host listens from 10 s to the end (RTCP only, two packets a second) and the call is
+    blocked at 15 s: it never sends media again, so from the capture a block and a hang-up with an
+    RTCP trickle look the same."""
+    cap, ft, cl, rep = scenario(dict(AUDIO, seconds=40.0, local_quiet=(10.0, 40.0)), BlockAfter(15.0))
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "inconclusive", why(rep, i)
+    d = of_kind(rep, i, "blocking", test="silence")
+    assert d["decision"] == "inconclusive" and "look the same" in d["reason"], d
+
+
+def test_a_hang_up_during_a_one_way_phase_is_not_blocking(scenario):
+    """The far end hangs up at 25 s while this host listens (20-30 s: RTCP only); this host's
+    media never resumes (its RTCP trickles on, one packet every 5 s)."""
+    call = dict(AUDIO, seconds=45.0, local_quiet=(20.0, 30.0), hangup_at=25.0, after_hangup_every_s=5.0)
+    cap, ft, cl, rep = scenario(call, Jitter(2.0), seed=31)
+    i = flow_of(ft, CALL_PORT)
+    assert not detected(rep, i, "blocking"), why(rep, i)
+
+
 def test_a_move_to_a_peer_on_the_same_socket_is_not_blocking(scenario):
     """At 20 s of 40 the call's media moves from the relay to a peer, on the same local socket;
     the host goes on sending to the relay (20 small packets a second, unanswered). The call went on

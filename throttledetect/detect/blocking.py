@@ -8,8 +8,11 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
    whole second of the ``keeps_sending_window_s`` after the first (HANGUP_TAIL_S) at no less than
    ``keeps_sending_share`` of the packet rate it had in the RECENT_S before, and at least
    ``min_media_pps`` (a blocked app keeps sending its media until it gives up, ICE consent after
-   ~30 s, and retries more slowly then). A host that sent fewer than ``min_media_pps`` before
-   the silence (keepalives, RTCP) is ``inconclusive``: a block and a hang-up look the same.
+   ~30 s, and retries more slowly then), or in at least RESUMED_SECONDS whole seconds later in
+   the silence (a host that was listening, in a one-way phase of the call, when the block began
+   sends only RTCP at first and takes up its media again when it talks: a host whose call ended
+   never does). A host that sent fewer than ``min_media_pps`` before the silence (keepalives,
+   RTCP) and never sends media in it is ``inconclusive``: a block and a hang-up look the same.
    A hang-up stops the local side too within a second (what it sends afterwards, RTCP or
    keepalives, is sparse);
    a mute or hold keeps the far end's RTCP, STUN consent or comfort noise arriving, so the flow
@@ -21,7 +24,11 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
    at a low quantile of the per-second counts (a rate the flow always kept up); else the chance
    of a gap that long from the tail of the flow's own gaps (peaks over threshold: gap_tail_p);
    with too few gaps for that, the rank of the silence among them, (1 + #gaps >= silence) /
-   (1 + #gaps), valid whatever the arrival process as long as gaps are exchangeable.
+   (1 + #gaps), valid whatever the arrival process as long as gaps are exchangeable, or Markov's
+   bound P(gap >= silence) <= mean gap / silence, valid for any gap distribution with the flow's
+   mean gap (a call blocked 2 s into its media has twenty gaps: no rank can fall below 1/21, but a
+   silence hundreds of times its mean gap is beyond any of them); the smaller of the two, doubled
+   (Bonferroni).
 2. **ICMP destination unreachable** from a router on the path (not from the remote host: a
    finished peer-to-peer call or ICE probing of a stale candidate produce those), after which
    nothing arrives: direct evidence, no p-value.
@@ -47,6 +54,7 @@ RATE_QUANTILE = 0.1
 OUTBOUND_PAUSE_S = 10.0     # the local side's activity ends at its first pause this long
 TAIL_MIN = 5                # exceedances needed to fit the tail of the gaps
 MOVED_MIN_PACKETS = 20      # media packets another flow of the call receives after the silence: it moved
+RESUMED_SECONDS = 3         # whole seconds at media rate in the silence: the host is still in its call
 
 
 def _media_after(ctx: DetectContext, j: int, t0: float) -> int:
@@ -74,6 +82,29 @@ def gap_tail_p(gaps: np.ndarray, silence: float) -> float | None:
     if b <= 0:
         return None
     return float(len(exc) / len(gaps) * np.exp(-(silence - u) / b))
+
+
+def silence_pvalue(t: np.ndarray, silence: float) -> tuple[float, str, float]:
+    """P(no inbound packet for `silence` seconds) given the flow's arrivals t before it (see the
+    module docstring, 1.). Returns (p, how it was computed, the per-second rate kept)."""
+    gaps = np.diff(t)
+    dur = float(t[-1] - t[0])
+    nb = int(np.floor(dur))
+    if nb >= 3:
+        counts = np.bincount(np.floor(t - t[0]).astype(np.int64), minlength=nb + 1)[:nb]
+        lam = float(np.quantile(counts, RATE_QUANTILE))
+    else:
+        lam = (len(t) - 1) / dur if dur > 0 else 0.0
+    if lam >= 1.0:
+        return float(np.exp(-lam * silence)), f"Poisson at {lam:.0f} packets/s, the rate every second kept", lam
+    tail = gap_tail_p(gaps, silence)
+    if tail is not None:
+        return tail, f"exponential tail of its {len(gaps)} earlier gaps", lam
+    rank = float((1 + np.count_nonzero(gaps >= silence)) / (1 + len(gaps)))
+    markov = float(gaps.mean() / silence) if len(gaps) else 1.0
+    how = (f"rank among its {len(gaps)} earlier gaps" if rank <= markov else
+           f"Markov's bound: mean gap {gaps.mean():.2f} s of {len(gaps)} earlier gaps / silence")
+    return min(1.0, 2.0 * min(rank, markov)), how + ", doubled for the choice", lam
 
 
 def outbound_times(ctx: DetectContext, i: int, last_in: float) -> tuple[np.ndarray, bool]:
@@ -158,13 +189,22 @@ def detect(ctx: DetectContext, i: int) -> list:
         early_rate = float(np.median(np.bincount(sec, minlength=whole)[:whole]))
     else:
         early_rate = np.count_nonzero((t_out > w0) & (t_out <= w0 + early)) / early if early > 0 else 0.0
-    kept = early_rate >= max(P.keeps_sending_share * before_rate, P.min_media_pps) and after_rate > 0
+    media_rate = max(P.keeps_sending_share * before_rate, P.min_media_pps)
+    # ... or does it send its media later in the silence, for several whole seconds? (it was
+    # listening when the block began, and talks again; a hang-up's keepalives never reach this)
+    n_sec = int(max(silence - HANGUP_TAIL_S, 0.0))
+    per_sec = np.bincount(np.floor(t_out[(t_out > w0) & (t_out < w0 + n_sec)] - w0).astype(np.int64),
+                          minlength=n_sec)[:n_sec]
+    media_seconds = int(np.count_nonzero(per_sec >= media_rate))
+    resumed = media_seconds >= RESUMED_SECONDS
+    kept = (early_rate >= media_rate or resumed) and after_rate > 0
     est.update(inbound_last_s=last_in, outbound_after=int(np.count_nonzero(after_out)), silence_s=silence,
-               outbound_pps_before=before_rate, outbound_pps_after=after_rate)
+               outbound_pps_before=before_rate, outbound_pps_after=after_rate,
+               outbound_media_seconds=media_seconds)
     if silence < P.min_silence_s:
         return [Detection.nothing_to_find(KIND, direction, "packets arrive for as long as this host sends",
                                           test=NAME, **est)]
-    if before_rate < P.min_media_pps and not moved:
+    if before_rate < P.min_media_pps and not moved and not resumed:
         return [Detection.inconclusive(
             KIND, direction, f"inbound stops at {last_in:.1f} s, but this host sent only {before_rate:.1f} packets/s "
             f"before it (keepalives, RTCP): from the capture a block and a hang-up look the same",
@@ -175,27 +215,13 @@ def detect(ctx: DetectContext, i: int) -> list:
     if not kept:
         return [Detection.nothing_to_find(
             KIND, direction, f"inbound stops at {last_in:.1f} s and this host slows to {early_rate:.1f} packets/s "
-            f"(from {before_rate:.1f}): the call ended (hang-up), not a block", test=NAME, **est)]
+            f"(from {before_rate:.1f}) and " + (f"sends media in only {media_seconds} whole second(s) after it"
+                                                if media_seconds else "never sends media again")
+            + ": the call ended (hang-up), not a block", test=NAME, **est)]
     t = p_in.t
     gaps = np.diff(t)
-    dur = float(t[-1] - t[0])
-    nb = int(np.floor(dur))
-    if nb >= 3:
-        counts = np.bincount(np.floor(t - t[0]).astype(np.int64), minlength=nb + 1)[:nb]
-        lam = float(np.quantile(counts, RATE_QUANTILE))
-    else:
-        lam = (p_in.n - 1) / dur if dur > 0 else 0.0
     longest = float(gaps.max()) if len(gaps) else 0.0
-    tail = gap_tail_p(gaps, silence)
-    if lam >= 1.0:
-        p = float(np.exp(-lam * silence))
-        how = f"Poisson at {lam:.0f} packets/s, the rate every second kept"
-    elif tail is not None:
-        p = tail
-        how = f"exponential tail of its {len(gaps)} earlier gaps"
-    else:
-        p = float((1 + np.count_nonzero(gaps >= silence)) / (1 + len(gaps)))
-        how = f"rank among its {len(gaps)} earlier gaps"
+    p, how, lam = silence_pvalue(t, silence)
     effect = float(max(0.0, 1.0 - longest / silence)) if silence > 0 else 0.0
     est.update(onset_s=last_in, longest_earlier_gap_s=longest, inbound_rate_low_pps=lam)
     return [Detection(
@@ -203,7 +229,8 @@ def detect(ctx: DetectContext, i: int) -> list:
         effect=effect, effect_unit="share of the silence beyond the longest earlier gap", checks={"longer_than_any_gap": silence > longest},
         estimates=est, null="inbound packets keep arriving as before",
         evidence=f"nothing arrives after {last_in:.1f} s while this host sends {est['outbound_after']} more packets "
-                 f"over {silence:.1f} s at {after_rate:.1f}/s (before: {before_rate:.1f}/s); the longest earlier "
+                 f"over {silence:.1f} s at {after_rate:.1f}/s (before: {before_rate:.1f}/s; {media_seconds} whole "
+                 f"seconds at {media_rate:.0f}/s or more); the longest earlier "
                  f"gap was {longest:.2f} s ({how}, p={p:.2g})")]
 
 

@@ -3,6 +3,7 @@ what only looks like a queue (a sender clock that runs fast or slow, Wi-Fi jitte
 link's episodes) is not."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.detect.calls import (AUDIO, CALL_PORT, VIDEO, VIDEO_PORT, detected, flow_of, of_kind, rate_of, why)
@@ -13,17 +14,8 @@ def shaper(rate, queue_s):
     return Shape(rate, rate / 8 * queue_s)
 
 
-QUEUE_DEPTH = pytest.mark.xfail(strict=True, reason=(
-    "detect.shaping takes the queue's depth from the look with the smallest p-value: the 'spacing' look "
-    "(p=0: a queue that never empties) carries only the window minima's spread as its rise (22-85 ms) while "
-    "the coupling look measured ~470 ms, so a 500 ms queue is reported as 22-85 ms / 0.8-4 packets; at 0.6x "
-    "it falls under min_queue_packets and the shaper is not called shaping (policing.queue_packets reads the "
-    "same queue as 14 packets)"))
-
-
 @pytest.mark.parametrize("call,port,factor", [
-    (AUDIO, CALL_PORT, 0.6), (AUDIO, CALL_PORT, 0.85),
-    pytest.param(VIDEO, VIDEO_PORT, 0.6, marks=QUEUE_DEPTH), pytest.param(VIDEO, VIDEO_PORT, 0.8, marks=QUEUE_DEPTH)],
+    (AUDIO, CALL_PORT, 0.6), (AUDIO, CALL_PORT, 0.85), (VIDEO, VIDEO_PORT, 0.6), (VIDEO, VIDEO_PORT, 0.8)],
     ids=["voice-0.6", "voice-0.85", "video-0.6", "video-0.8"])
 def test_a_shaper_with_a_deep_queue_from_the_start(synthetic_call, scenario, call, port, factor):
     """Rate factor x the flow's, a queue of 500 ms at that rate, on from the first packet: shaping,
@@ -157,3 +149,17 @@ def test_a_sender_clock_is_no_cap():
         s += list(rng.integers(300, 1250, n).astype(float))
     sp = spacing_test(_direction(t, s), P)
     assert not binding_cap(sp, P)[0] and sp["share"] < 0.5
+
+
+def test_the_queue_a_shaper_already_on_filled_is_read_from_the_first_frames_base():
+    """A queue that fills while the first frames pass (30 at the base delay, then 3 ms more per
+    frame up to 170 ms, where it stands with a little jitter): the leading frames are the ramp
+    too, so the queue's delay is the standing level over the least delay the ramp began at, not
+    over the highest leading frame."""
+    from throttledetect.detect.shaping import leading_test
+    rng = np.random.default_rng(5)
+    ramp = np.r_[np.zeros(30), np.arange(1, 57) * 3.0]
+    ms = np.r_[ramp, 170.0 + rng.exponential(3.0, 2000)]
+    r = leading_test(ms)
+    assert r.pvalue < 1e-50 and r.statistic >= 30
+    assert r.estimates["gap_ms"] == pytest.approx(170.0, abs=5.0)

@@ -120,7 +120,7 @@ class _Packets:
 def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx=False, video=False,
               encrypted=False, jitter_ms=1.0, rate_pps=50, hangup_at=None, after_hangup_every_s=None,
               icmp_at=None, controls=True, tcp_control=True, stun_every_s=None, skew=0.0,
-              inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None) -> dict:
+              inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None, sizes=None) -> dict:
     """Write the synthetic capture to `path` (see the module docstring); return what it holds.
 
     media=False: only STUN (a call that rang out or was rejected). inbound=False: nothing of the
@@ -139,6 +139,8 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
     migrate_at: from then on the call's media (both ways) goes between the same local socket and
     PEER (a relay -> peer switch), and the local host keeps sending small packets to the old
     remote end, 20 a second, unanswered (an app keeping its relay leg warm).
+    sizes: the voice payloads' sizes are drawn from these (a codec with a few frame sizes), not
+    from 80-160 bytes.
     local_quiet=(t0, t1): the local side sends no media then, only an RTCP packet every 0.5 s
     (a listener in a one-way phase of the call: the far end talks or shares its screen)."""
     rng = np.random.default_rng(seed)
@@ -193,7 +195,7 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
         seq = seq0
         prev = True
         for k in np.flatnonzero(active):
-            size = int(rng.integers(80, 161))
+            size = int(rng.integers(80, 161)) if sizes is None else int(rng.choice(sizes))
             if encrypted:
                 body = bytes([0x40 | int(rng.integers(0, 0x3F))]) + rng.bytes(size + 11)
             else:

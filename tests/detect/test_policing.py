@@ -113,3 +113,39 @@ def test_without_loss_there_is_nothing_to_explain(scenario):
     i = flow_of(ft, CALL_PORT)
     d = of_kind(rep, i, "policing")
     assert d["decision"] == "not_detected" and "no loss" in d["reason"]
+
+
+# voice without RTP headers, 20 frames a second of two sizes (a codec with a few frame sizes): a
+# queue's output is then nearly periodic, and a voice cadence is found in it
+SPARSE_VOICE = dict(seed=8, seconds=40.0, encrypted=True, rate_pps=20, sizes=(60, 100))
+
+
+@pytest.mark.parametrize("queue_s", [0.5, 3.0])
+def test_a_shaper_on_voice_without_rtp_is_not_a_policer(synthetic_call, scenario, queue_s):
+    """That voice behind a shaper at half its rate with a deep queue from the first packet: the
+    full queue drops every other frame, as regularly as a bucket would (the cadence's empty slots
+    pass the regularity test), but it also re-times the packets it passes (size / rate apart, off
+    the sender's clock), which a policer never does; so not policing, and the spacing names the
+    shaper."""
+    rate = 0.5 * rate_of(synthetic_call, SPARSE_VOICE, CALL_PORT)
+    cap, ft, cl, rep = scenario(SPARSE_VOICE, Shape(rate, rate / 8 * queue_s), port=CALL_PORT, seed=9,
+                                label="telegram_call")
+    i = flow_of(ft, CALL_PORT)
+    d = of_kind(rep, i, "policing")
+    assert d["test"] == "regularity" and d["pvalue"] < 1e-6, why(rep, i)
+    assert d["checks"]["arrivals_on_the_sender_clock"] is False and "re-times" in d["evidence"]
+    assert not detected(rep, i, "policing")
+    assert rep.verdict(i) == "shaping", why(rep, i)
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.7])
+def test_a_policer_on_voice_without_rtp_is_still_a_policer(synthetic_call, scenario, factor):
+    """The same voice behind a token bucket (20 ms at the rate, no queue): the packets that pass
+    keep the sender's clock, so the check that vetoes a queue holds, and the cadence's regular
+    losses name the policer."""
+    rate = factor * rate_of(synthetic_call, SPARSE_VOICE, CALL_PORT)
+    cap, ft, cl, rep = scenario(SPARSE_VOICE, police(rate, SMALL), port=CALL_PORT, seed=9, label="telegram_call")
+    i = flow_of(ft, CALL_PORT)
+    d = of_kind(rep, i, "policing")
+    assert d["test"] == "regularity" and d["checks"]["arrivals_on_the_sender_clock"], why(rep, i)
+    assert rep.verdict(i) == "policing", why(rep, i)

@@ -383,20 +383,36 @@ def _from_regularity(ctx: DetectContext, i: int, d: int, loss, reg) -> Detection
     """Policing on a loss signal that is an estimate (a voice cadence's empty slots): a bucket is
     not fitted to estimated times and sizes (the estimate's errors follow the sender's load and
     would fake an alignment); the regularity of the losses alone is tested (a bucket emptied by
-    a steady voice train drops at a steady share)."""
+    a steady voice train drops at a steady share).
+
+    Check ``arrivals_on_the_sender_clock``: a queue's full buffer drops a steady train's excess
+    just as regularly, and it also re-times what it passes: packets leave size / C apart, off the
+    sender's clock, so the cadence's "empty slots" may be the queue's spacing. A policer passes
+    packets when they come. When the arrivals are spaced at a binding cap with a lasting backlog
+    (shaping's spacing reading, significant, sizes varying so that a cap and a clock differ), the
+    check fails."""
+    from throttledetect.detect.shaping import binding_cap, spacing_test
     direction = dir_name(d)
     if reg is None:
         return Detection.inconclusive(KIND, direction, "losses counted from the voice cadence are too few to "
                                       "show a bucket's regular drops", test="regularity", loss=loss.fraction)
     disp, p = reg.statistic, reg.pvalue
     cad = ctx.streams.cadence(i, d)
+    S = ctx.config.shaping
+    sp = spacing_test(ctx.packets(i, d), S)
+    re_timed = bool(sp is not None and sp["p"] < ctx.alpha and sp["size_cv"] >= 0.1
+                    and sp["backlog_s"] >= S.min_backlog_s and binding_cap(sp, S)[0])
     return Detection(kind=KIND, direction=direction, decision="not_detected", test="regularity", statistic=disp,
-                     pvalue=p, effect=None, estimates={"loss": loss.fraction, "loss_source": loss.source,
-                                                       "dispersion": disp,
-                                                       "cadence": cad.describe() if cad else None},
+                     pvalue=p, effect=None, checks={"arrivals_on_the_sender_clock": not re_timed},
+                     estimates={"loss": loss.fraction, "loss_source": loss.source,
+                                "dispersion": disp,
+                                "cadence": cad.describe() if cad else None},
                      evidence=f"{loss.fraction:.1%} of the voice slots empty ({cad.describe() if cad else ''}); the "
                               f"losses spread more evenly than random loss would (dispersion test, p={p:.2g}): a "
-                              "bucket emptied by a steady sender",
+                              "bucket emptied by a steady sender" + (
+                                  f"; but the arrivals are spaced at {fmt_rate(sp['cap'])} by a queue that never "
+                                  "empties (a queue re-times what it passes, a policer does not): the empty slots "
+                                  "may be its spacing" if re_timed else ""),
                      null="independent losses with one probability")
 
 

@@ -19,6 +19,7 @@ from tests.test_simulate import FLOW_BPS, FLOWS, LOCAL, MACS, T0_NS, Loaded, _rt
 from throttledetect import rewrite
 from throttledetect.flows import build_flows
 from throttledetect.metrics.rtp import find_rtp_streams, unwrap
+from throttledetect.streams.reports import rtcp_report_blocks
 from throttledetect.validate import bases as B
 from throttledetect.validate import network as nw
 from throttledetect.validate import scenarios as S
@@ -340,7 +341,7 @@ def test_far_end_reports_count_the_uplink_losses(tmp_path):
     assert tr.lost_beyond.sum() > 50 and not tr.lost.any()   # lost past the capture point: still captured
     cap = tr.capture()
     _udp_checksums_ok(cap)
-    blocks = rewrite.rtcp_report_blocks(cap, np.flatnonzero(cap.packets.sport == 3478))
+    blocks = rtcp_report_blocks(cap, np.flatnonzero(cap.packets.sport == 3478))
     ix = sc.rtp
     lost_seq = np.sort(ix.xseq[sc.rtp_pos[np.flatnonzero(tr.lost_beyond[:sc.n])]])
     prev_h, prev_c = first_seq - 1, 0

@@ -309,40 +309,6 @@ def renumber_after_removal(buf: np.ndarray, ix: RtpIndex, removed: np.ndarray, *
     return int(len(pos))
 
 
-def rtcp_report_blocks(cap: Capture, rows: np.ndarray) -> dict:
-    """Report blocks (RFC 3550 6.4.1) of plain RTCP SR/RR in the given UDP rows, as arrays:
-    row, at (absolute position of the block's fraction-lost byte), ssrc, fraction, cumulative,
-    highest (extended highest sequence number received), udp_rel, v4. Compound packets walked,
-    RFC 5761 demultiplexing by packet type 200-201. Encrypted SRTCP report blocks read as junk
-    SSRCs: callers keep the blocks whose SSRC is a stream they know."""
-    from throttledetect.wire.rtp import parse_rtcp
-    t = cap.packets
-    out = {k: [] for k in ("row", "at", "ssrc", "fraction", "cumulative", "highest", "udp_rel", "v4")}
-    rows = np.asarray(rows, dtype=np.int64)
-    # a cheap prefilter on the first payload bytes (version 2, SR/RR type) keeps the parse to RTCP
-    pre = t.prefix[rows]
-    ok = ((pre[:, 0] >> 6) == 2) & ((pre[:, 1] == 200) | (pre[:, 1] == 201)) & (t.payload_off[rows] >= 0)
-    for r in rows[ok].tolist():          # only RTCP datagrams: a few per second
-        data = cap.payload(r)
-        packets = parse_rtcp(data)
-        if not packets:
-            continue
-        pos = 0
-        for p in packets:
-            first = 8 + (20 if p.packet_type == 200 else 0)   # header + SSRC (+ sender info)
-            for k, b in enumerate(p.reports):
-                out["row"].append(r)
-                out["at"].append(int(t.payload_off[r]) + pos + first + 24 * k + 4)
-                out["ssrc"].append(b.ssrc)
-                out["fraction"].append(b.fraction_lost)
-                out["cumulative"].append(b.cumulative_lost)
-                out["highest"].append(b.highest_seq)
-                out["udp_rel"].append(int(t.l4_off[r]) - int(t.frame_off[r]))
-                out["v4"].append(bool(t.l3[r] == 4))
-            pos += p.length
-    return {k: np.asarray(v, dtype=np.int64 if k != "v4" else bool) for k, v in out.items()}
-
-
 def set_report_loss(buf: np.ndarray, cap: Capture, blocks: dict, sel: np.ndarray, fraction, cumulative) -> None:
     """Rewrite the fraction lost (8 bits) and cumulative lost (24-bit two's complement) of the
     selected report blocks, UDP checksums kept valid."""

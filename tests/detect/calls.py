@@ -120,7 +120,8 @@ class _Packets:
 def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx=False, video=False,
               encrypted=False, jitter_ms=1.0, rate_pps=50, hangup_at=None, after_hangup_every_s=None,
               icmp_at=None, controls=True, tcp_control=True, stun_every_s=None, skew=0.0,
-              inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None, sizes=None) -> dict:
+              inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None, sizes=None,
+              uplink_loss=None) -> dict:
     """Write the synthetic capture to `path` (see the module docstring); return what it holds.
 
     media=False: only STUN (a call that rang out or was rejected). inbound=False: nothing of the
@@ -139,6 +140,10 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
     migrate_at: from then on the call's media (both ways) goes between the same local socket and
     PEER (a relay -> peer switch), and the local host keeps sending small packets to the old
     remote end, 20 a second, unanswered (an app keeping its relay leg warm).
+    uplink_loss=(at_s, before, after): the far end sends a plain RTCP receiver report every second
+    (in the call's flow, RFC 5761) about this host's stream, counting lost a share ``before`` of
+    the packets this host sent in each second until at_s and ``after`` from then on (what the
+    uplink lost past the capture point: every packet is still in the capture).
     sizes: the voice payloads' sizes are drawn from these (a codec with a few frame sizes), not
     from 80-160 bytes.
     local_quiet=(t0, t1): the local side sends no media then, only an RTCP packet every 0.5 s
@@ -180,6 +185,8 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
         if not media:
             break
         seq0, ts0 = int(rng.integers(0, 65535)), int(rng.integers(0, 2**32))
+        if src == LOCAL:
+            local_seq0 = seq0
         send = 0.5 + ptime * np.arange(n)
         active = send < end
         if dtx:
@@ -225,6 +232,18 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
         for t in np.arange(0.7, seconds - 0.2, local_refuses_every_s):
             quoted = udp_frame(REMOTE_CALL, 50000, LOCAL, CALL_PORT, rng.bytes(40), P.ident())
             P.add(t, icmp_port_unreachable(LOCAL, quoted, P.ident(), to=REMOTE_CALL))
+    if media and uplink_loss is not None:
+        at_s, before, after = uplink_loss
+        first = 0.5 + np.arange(n) / rate_pps
+        cum = 0
+        for k, t in enumerate(np.arange(1.5, seconds, 1.0)):
+            sent = int(np.count_nonzero(first < t))
+            prev = int(np.count_nonzero(first < t - 1.0))
+            cum += int(round((after if t - 0.5 >= at_s else before) * (sent - prev)))
+            high = (local_seq0 + sent - 1) & 0xFFFFFFFF
+            rr = struct.pack("!BBHI", 0x81, 201, 7, 0x2222) + struct.pack("!IIIIII", 0x1111, cum & 0xFFFFFF, high,
+                                                                          0, 0, 0)
+            P.add(t + 0.03, udp_frame(REMOTE_CALL, 50000, LOCAL, CALL_PORT, rr, P.ident()))
     if media and local_quiet is not None:
         for t in np.arange(local_quiet[0] + 0.25, local_quiet[1], 0.5):
             P.add(t, udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, 50000, bytes([0x81, 0xC9, 0, 1]) + rng.bytes(4),

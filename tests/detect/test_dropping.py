@@ -115,3 +115,45 @@ def test_no_loss_signal_is_inconclusive(scenario):
     d = of_kind(rep, i, "dropping")
     assert d["decision"] == "inconclusive" and d["reason"].startswith("no loss signal")
     assert rep.verdict(i) == "inconclusive"
+
+
+# ------------------------------------------------------------------- the uplink, as the far end reports it
+
+def _uplink(rep, i):
+    return [d for d in rep.detections[i] if d["kind"] == "dropping" and d.get("test") == "uplink"]
+
+
+def test_the_uplink_losing_more_from_some_point_is_dropping_toward_the_far_end(scenario):
+    """The far end's receiver reports (plain RTCP, one a second) count none of this host's packets
+    lost for 20 s, then 15 % of them: every packet is in the capture (the loss is past it), so only
+    the reports show it. Dropping, toward the remote end, from about 20 s."""
+    cap, ft, cl, rep = scenario(dict(AUDIO, uplink_loss=(20.0, 0.0, 0.15)))
+    i = flow_of(ft, CALL_PORT)
+    (d,) = _uplink(rep, i)
+    assert d["decision"] == "detected" and d["toward"] == "remote", why(rep, i)
+    assert d["onset_s"] == pytest.approx(20.0, abs=1.5)
+    assert d["estimates"]["loss_after"] == pytest.approx(0.15, abs=0.02)
+    assert d["direction"] != of_kind(rep, i, "dropping", test="loss")["direction"]
+    assert rep.verdict(i) == "dropping"
+
+
+def test_a_lossy_uplink_without_a_step_is_inconclusive_and_a_clean_one_is_nothing(scenario):
+    """Steady 10 % uplink loss from the start: lossy, nothing shows it is selective (the reports do
+    not say which packets, so no bucket can be fitted): inconclusive, never none. Reports of no
+    loss: nothing to find, and the flow's verdict is none."""
+    cap, ft, cl, rep = scenario(dict(AUDIO, uplink_loss=(0.0, 0.10, 0.10)))
+    i = flow_of(ft, CALL_PORT)
+    (d,) = _uplink(rep, i)
+    assert d["decision"] == "inconclusive" and "lossy uplink" in d["reason"], why(rep, i)
+    assert rep.verdict(i) == "inconclusive"
+    cap, ft, cl, rep = scenario(dict(AUDIO, uplink_loss=(0.0, 0.0, 0.0)))
+    i = flow_of(ft, CALL_PORT)
+    (d,) = _uplink(rep, i)
+    assert d["decision"] == "not_detected" and d["estimates"]["loss"] == 0.0
+    assert d["estimates"]["report_intervals"] >= 30
+    assert rep.verdict(i) == "none", why(rep, i)
+
+
+def test_no_reports_no_uplink_test(scenario):
+    cap, ft, cl, rep = scenario(AUDIO)
+    assert not _uplink(rep, flow_of(ft, CALL_PORT))

@@ -287,6 +287,25 @@ class DetectContext:
             return np.flatnonzero(same).tolist()
         return self._cached(("host_group", i), build)
 
+    def uplink_reports(self, i: int):
+        """What the far end reports receiving of the RTP this host sends in flow i
+        (streams.reports.UplinkReports), read from every flow arriving from the same remote host
+        (RTCP rides the media's 5-tuple or the next port), or None."""
+        def build():
+            from throttledetect.streams.reports import uplink_reports
+            d_in = self.toward_local(i)
+            ssrcs = [s.ssrc for s in self.streams.rtp(i, 1 - d_in)]
+            if not ssrcs:
+                return None
+            a = self._flow_arrays
+            same = (a["r_hi"] == a["r_hi"][i]) & (a["r_lo"] == a["r_lo"][i]) & (a["proto"] == 17)
+            parts = [self.packets(j, self.toward_local(j)) for j in np.flatnonzero(same).tolist()]
+            rows = np.concatenate([p.rows for p in parts])
+            t = np.concatenate([p.t for p in parts])
+            o = np.argsort(rows, kind="stable")
+            return uplink_reports(self.cap, rows[o], t[o], ssrcs)
+        return self._cached(("uplink_reports", i), build)
+
     def merged_packets(self, flows: list):
         """The packets arriving from several flows, merged in time (a shared queue's output)."""
         from throttledetect.streams.packets import DirectionPackets

@@ -36,7 +36,7 @@ from scipy import stats
 from throttledetect.detect.context import DetectContext, dir_name
 from throttledetect.detect.onset import count_change_point
 from throttledetect.detect.detector import Detector
-from throttledetect.detect.result import Detection
+from throttledetect.detect.result import TOWARD_REMOTE, Detection
 from throttledetect.streams import merge_loss
 
 KIND = "dropping"
@@ -107,6 +107,11 @@ def _onset(ctx: DetectContext, i: int, loss, controls) -> dict | None:
 
 
 def detect(ctx: DetectContext, i: int) -> list:
+    up = uplink(ctx, i)
+    return _downlink(ctx, i) + ([up] if up is not None else [])
+
+
+def _downlink(ctx: DetectContext, i: int) -> list:
     d = ctx.toward_local(i)
     direction = dir_name(d)
     P = ctx.config.dropping
@@ -179,6 +184,61 @@ def detect(ctx: DetectContext, i: int) -> list:
         det.reason = (f"lossy path: {loss.fraction:.1%} loss ({what}), nothing shows it is selective "
                       "(no other flow with a loss signal to compare, no onset)")
     return [det]
+
+
+def uplink(ctx: DetectContext, i: int) -> Detection | None:
+    """The uplink's loss as the far end reports it (plain RTCP receiver reports about the RTP this
+    host sends: streams.reports), tested as the downlink's is without controls: H0 the loss
+    probability does not change over the report intervals (count_change_point, the intervals as
+    bins, the search paid for by permutation). Checks: the step persists (the last third of the
+    intervals after it keeps ``onset_persistence`` of it) and lasts ``onset_min_s``. Without a
+    step, loss above ``lossy_path`` is ``inconclusive`` ("lossy uplink"): the reports count the
+    lost packets but do not say which, so no bucket can be fitted, and nothing here compares the
+    uplink with other traffic. None when the far end reports nothing readable (SRTCP, no RTCP)."""
+    rep = ctx.uplink_reports(i)
+    if rep is None or rep.n == 0:
+        return None
+    P = ctx.config.dropping
+    direction = dir_name(1 - ctx.toward_local(i))
+    total, n_lost, frac = int(rep.expected.sum()), int(rep.lost.sum()), rep.fraction
+    est = {"loss": frac, "expected": total, "lost": n_lost, "loss_source": "rtcp", "report_intervals": rep.n,
+           "report_blocks": rep.blocks}
+    what = f"the far end's RTCP receiver reports, {rep.n} intervals"
+    if total < P.min_units:
+        return Detection.inconclusive(KIND, direction, f"the far end reports on too few of this host's packets "
+                                      f"({total})", toward=TOWARD_REMOTE, test="uplink", **est)
+    span = float(np.median(rep.t1 - rep.t0))
+    min_size = max(2, int(np.ceil(P.onset_min_s / max(span, 1e-3))))
+    cp = None
+    if n_lost and rep.n >= 2 * min_size:
+        cp = count_change_point(rep.expected, rep.lost, rep.t1, min_size=min_size, alternative="increase",
+                                rng=ctx.rng("uplink-onset", i))
+    lossy = (f"lossy uplink: the far end reports {frac:.1%} of this host's packets lost ({what}); nothing shows it "
+             "is selective (the reports do not say which packets, so no bucket can be fitted; no step in time)")
+    if cp is not None:
+        k = cp.index
+        e, lo = rep.expected.astype(np.float64), rep.lost.astype(np.float64)
+        before, after = lo[:k].sum() / e[:k].sum(), lo[k:].sum() / e[k:].sum()
+        third = max(1, (rep.n - k) // 3)
+        step = after - before
+        persists = step > 0 and (lo[-third:].sum() / e[-third:].sum() - before) >= P.onset_persistence * step
+        onset = float(rep.t0[k])
+        est.update(onset_s=onset, loss_before=float(before), loss_after=float(after))
+        det = Detection(kind=KIND, direction=direction, decision="not_detected", toward=TOWARD_REMOTE, test="uplink",
+                        statistic=cp.pvalue, pvalue=cp.pvalue, effect=float(step), effect_unit="excess loss",
+                        checks={"persists": bool(persists), "long_enough": float(rep.t1[-1]) - onset >= P.onset_min_s},
+                        estimates=est, null="the uplink's loss probability does not change over the report intervals",
+                        evidence=f"the far end reports this host's packets lost at {before:.1%}, then {after:.1%} from "
+                                 f"{onset:.1f} s ({what}), and it stays (permutation test of the best split, "
+                                 f"p={cp.pvalue:.2g})")
+        if frac > P.lossy_path:
+            det.otherwise = "inconclusive"
+            det.reason = lossy
+        return det
+    if frac <= P.lossy_path:
+        return Detection.nothing_to_find(KIND, direction, f"{frac:.1%} of this host's packets lost ({what})",
+                                         toward=TOWARD_REMOTE, test="uplink", **est)
+    return Detection.inconclusive(KIND, direction, lossy, toward=TOWARD_REMOTE, test="uplink", **est)
 
 
 DETECTOR = Detector(name="dropping", kind=KIND, params="dropping", detect=detect, roles=('media',))

@@ -35,6 +35,7 @@ import numpy as np
 from throttledetect import rewrite
 from throttledetect.flows import local_side_is_a
 from throttledetect.jit import njit
+from throttledetect.streams.reports import rtcp_report_blocks
 
 MTU_BYTES = 1500
 STUN_COOKIE = bytes.fromhex("2112a442")
@@ -126,7 +127,7 @@ class Scene:
         local host sends in the same flow (encrypted SRTCP blocks carry no such SSRC)."""
         if self._rr is None:
             rows = np.flatnonzero(self.to_local & (self.cap.packets.proto == 17) & (self.rtp_pos < 0))
-            b = rewrite.rtcp_report_blocks(self.cap, rows)
+            b = rtcp_report_blocks(self.cap, rows)
             ix = self.rtp
             local = ~self.to_local[ix.row[ix.starts]]
             keys = {(int(ix.flow[a]), int(ix.ssrc[a])): s for s, a in enumerate(ix.starts) if local[s]}

@@ -105,3 +105,115 @@ def test_gather_and_payloads_read_the_same_bytes(tmp_path, monkeypatch):
     assert np.array_equal(pages.gather(cap, at, 12), np.asarray(cap.buffer)[at[:, None] + np.arange(12)])
     rows = np.flatnonzero(cap.packets.payload_len > 0)[::3].tolist()
     assert list(pages.payloads(cap, rows)) == [cap.payload(r) for r in rows]
+
+
+# --- analyze --format json: each flow's metrics spilled as JSON text as they are measured --------
+# (report/spill.py). The document must be the one the whole analysis gives, byte for byte, and what
+# the metrics keep in memory must not grow with the flows.
+
+
+def _spilled_json(path, monkeypatch, *, batch=None, test="calls") -> str:
+    from click.testing import CliRunner
+    from throttledetect.cli import cli
+    from throttledetect.metrics import flow
+    out = path.parent / (path.name + f".{test}.spilled.json") if hasattr(path, "parent") else None
+    with monkeypatch.context() as m:
+        if batch is not None:
+            m.setattr(flow, "BATCH_PACKETS", batch)
+        r = CliRunner().invoke(cli, ["analyze", str(path), "--format", "json", "--workers", "1", "--test", test,
+                                     "-o", str(out)])
+    assert r.exit_code in (0, 1), (r.output, r.exception)
+    text = out.read_text()
+    out.unlink()
+    return text
+
+
+def _whole_json(path, test="calls") -> str:
+    from throttledetect import api
+    report = api.analyze(str(path), workers=1, test=test)
+    return report.to_json()
+
+
+def test_synthetic_mix_spilled_document_is_the_whole_one(tmp_path, monkeypatch):
+    from bench.synth import make_mixed_capture
+    path = tmp_path / "mixed.pcap"
+    make_mixed_capture(path, packets=30_000, seed=11)
+    whole = _whole_json(path)
+    assert _spilled_json(path, monkeypatch) == whole
+    assert _spilled_json(path, monkeypatch, batch=300) == whole
+    whole_all = _whole_json(path, test="all")
+    assert _spilled_json(path, monkeypatch, batch=300, test="all") == whole_all
+
+
+@pytest.mark.parametrize("name", ["call_policed.pcap", "call_shaped.pcap", "call_blocked.pcap"])
+def test_sample_spilled_document_is_the_whole_one(name, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+    path = tmp_path / name
+    shutil.copy(Path(__file__).resolve().parents[1] / "captures" / name, path)
+    assert _spilled_json(path, monkeypatch, batch=500) == _whole_json(path)
+
+
+@need_corpus
+@pytest.mark.parametrize("path", external_pcaps(), ids=lambda p: p.name)
+def test_corpus_spilled_document_is_the_whole_one(path, tmp_path, monkeypatch):
+    import shutil
+    local = tmp_path / path.name
+    shutil.copy(path, local)
+    assert _spilled_json(local, monkeypatch, batch=2000) == _whole_json(local)
+
+
+def _traced(fn):
+    """(result, bytes still allocated by it, peak bytes while it ran), numpy's buffers included."""
+    import gc
+    import tracemalloc
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        out = fn()
+        gc.collect()
+        now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return out, now - before, peak - before
+
+
+def test_spilled_metrics_hold_a_few_bytes_a_flow(tmp_path, monkeypatch):
+    """Measured whole, every flow's metrics objects stay (an RTP stream's with its packets' columns):
+    hundreds of bytes a flow and more. Spilled, the list keeps None for every flow the detectors do
+    not read, and the spill an offset: what is held does not grow with the flows' packets."""
+    from bench.synth import make_mixed_capture
+    from throttledetect.classify import classify
+    from throttledetect.flows import build_flows
+    from throttledetect.metrics.flow import compute_flow_metrics
+    from throttledetect.read import read_capture
+    from throttledetect.report.spill import JsonSpill
+    path = tmp_path / "mixed.pcap"
+    make_mixed_capture(path, packets=30_000, seed=3)
+    cap = read_capture(path)
+    ft = build_flows(cap)
+    cl = classify(cap, ft)
+    nf = len(ft)
+    from throttledetect.metrics import flow
+    from throttledetect.report import spill as spill_module
+    monkeypatch.setattr(flow, "BATCH_PACKETS", 2000)
+    whole, held_whole, _ = _traced(lambda: compute_flow_metrics(cap, ft, cl))
+    monkeypatch.setattr(spill_module, "_WRITE_BUFFER", 0)     # every text written out at once
+    spill = JsonSpill()
+    spilled, held_spilled, _ = _traced(lambda: compute_flow_metrics(cap, ft, cl, spill=spill,
+                                                                    keep=np.zeros(nf, dtype=bool)))
+    assert len(spill) == nf and all(m is None for m in spilled)
+    assert held_whole > 1000 * nf
+    assert held_spilled < 64 * nf          # a None and an offset a flow, whatever its packets
+    for i in (0, nf // 2, nf - 1):
+        assert spill.value(i) == json.loads(json.dumps(whole[i].to_json()))
+    # the flows the detectors read keep their objects, the same as measured whole
+    tcp = np.flatnonzero(ft.proto == 6)
+    keep = np.zeros(nf, dtype=bool)
+    keep[tcp] = True
+    kept = compute_flow_metrics(cap, ft, cl, spill=JsonSpill(), keep=keep)
+    assert [i for i, m in enumerate(kept) if m is not None] == tcp.tolist()
+    assert all(kept[i].to_json() == whole[i].to_json() for i in tcp)
+

@@ -248,3 +248,15 @@ def test_rtp_candidates_grouped_in_bounded_pieces(tmp_path, monkeypatch):
     # and the runs sorted a chunk of candidates at a time, 180 all at once
     assert peak_pieces < 35 * len(ft.flow_of)
 
+
+def test_pcap_record_index_is_written_into_the_table():
+    """The classic-pcap reader's record index (offsets, lengths, times, link types) is the packet
+    table's own columns, not 26 more bytes a record held beside them while the file is read."""
+    from throttledetect.read.capture import _PcapArrays
+    a = _PcapArrays(1000, 48)
+    t = a.table
+    for index, column in ((a.rec_off, t.frame_off), (a.caplen, t.caplen), (a.wirelen, t.wirelen), (a.ts, t.ts_ns),
+                          (a.lt, t.linktype)):
+        assert index is column
+    g = a.grown(2000, 10)
+    assert g.rec_off is g.table.frame_off and g.ts is g.table.ts_ns and len(g.table) == 2000

@@ -434,7 +434,9 @@ def _zoom_offsets(pre: np.ndarray) -> np.ndarray:
     return np.where(sfu, off_sfu, off_p2p)
 
 
-ROW_CHUNK = 1 << 20     # rows whose RTP candidates are found at once: bounds the temporaries per row
+# rows whose RTP candidates are found (and whole flows of about as many rows whose RTP runs are
+# decided) at once: bounds the temporaries per row (about 120 MB a million rows)
+ROW_CHUNK = 1 << 18
 
 
 def _rtp_candidates(t, flow_of: np.ndarray, udp: np.ndarray, tcp: np.ndarray, lo: int, hi: int):
@@ -505,8 +507,9 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
     packets held gigabytes of per-row temporaries when they were found all at once. What a
     candidate needs later (encapsulation, offset, sequence number, SSRC, payload type: 10 bytes)
     is kept in per-row columns, not as lists of candidates with their row numbers, and the runs
-    are decided ROW_CHUNK rows' worth of whole flows at a time (issue 15: this was the
-    classifier's peak, some 40 bytes a candidate held at once beside the sort of them all).
+    are decided, and each flow's streams summed up, ROW_CHUNK rows' worth of whole flows at a
+    time (issue 15: this was the classifier's peak, some 40 bytes a candidate held at once beside
+    the sort of them all, and a pass over every stream row per flow with streams).
     """
     t = cap.packets
     n = len(t)
@@ -532,12 +535,16 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
     # Candidates of flows that are no stream go back to -1.
     # seq, SSRC and payload type in the widths they came in: the differences and keys below are
     # the same values as in int64
+    nf = len(ft)
     start = np.asarray(ft.start, dtype=np.int64)
-    nf_all = len(start) - 1
+    per_ab = np.zeros(nf, dtype=np.int64)
+    per_ba = np.zeros(nf, dtype=np.int64)
+    encap_names = {ENCAP_PLAIN: "plain", ENCAP_CHANNEL: "turn-channel", ENCAP_MSTURN: "ms-turn",
+                   ENCAP_ZOOM: "zoom", ENCAP_TCP: "tcp"}
     f0 = 0
-    while f0 < nf_all:
+    while f0 < nf:
         f1 = int(np.searchsorted(start, int(start[f0]) + ROW_CHUNK, side="right")) - 1
-        f1 = min(nf_all, max(f1, f0 + 1))
+        f1 = min(nf, max(f1, f0 + 1))
         rows = ft.order[int(start[f0]):int(start[f1])]
         rows = rows[encap_of[rows] >= 0]
         if len(rows):
@@ -545,32 +552,33 @@ def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np
             bad = rows[~good]
             encap_of[bad] = -1
             offset_of[bad] = -1
+            rows = rows[good]
+        if len(rows):
+            # the streams' rows of these flows, each flow's in row order (as all of them were
+            # taken in row order): per flow, its payload types (in the order they first came),
+            # SSRCs, main encapsulation and packets each way
+            rows = np.sort(rows)
+            fg = ft.flow_of[rows]
+            by_flow = np.argsort(fg, kind="stable")
+            rows, fg = rows[by_flow], fg[by_flow]
+            dg = ft.dir_of[rows]
+            per_ab[f0:f1] = np.bincount(fg[dg == 0] - f0, minlength=f1 - f0)
+            per_ba[f0:f1] = np.bincount(fg[dg == 1] - f0, minlength=f1 - f0)
+            pts, ss, enc = pt_of[rows], ssrc_of[rows], encap_of[rows]
+            cuts = np.flatnonzero(np.r_[True, fg[1:] != fg[:-1], True])
+            for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+                ev = flows[int(fg[a])]
+                ev.rtp_pts = Counter(pts[a:b].tolist())
+                ev.rtp_ssrcs = len(np.unique(ss[a:b]))
+                ev.rtp_encap = encap_names[int(np.bincount(enc[a:b]).argmax())]
         f0 = f1
-        pages.trim_heap()
     # candidates in no flow (none: _rtp_candidates takes flow members only) are no stream either
     outside = ft.flow_of < 0
     encap_of[outside] = -1
     offset_of[outside] = -1
     del outside
-    rows = np.flatnonzero(encap_of >= 0)          # in row order, as the candidates were
 
-    nf = len(ft)
-    fg, dg = ft.flow_of[rows], ft.dir_of[rows]
-    per_ab = np.bincount(fg[dg == 0], minlength=nf)
-    per_ba = np.bincount(fg[dg == 1], minlength=nf)
     per_rtcp = np.bincount(ft.flow_of[rtcp_rows], minlength=nf)
-    encap_names = {ENCAP_PLAIN: "plain", ENCAP_CHANNEL: "turn-channel", ENCAP_MSTURN: "ms-turn",
-                   ENCAP_ZOOM: "zoom", ENCAP_TCP: "tcp"}
-    if len(rows):
-        pts = pt_of[rows]
-        ss = ssrc_of[rows]
-        enc = encap_of[rows]
-        for f in np.unique(fg).tolist():
-            sel = fg == f
-            ev = flows[f]
-            ev.rtp_pts = Counter(pts[sel].tolist())
-            ev.rtp_ssrcs = len(np.unique(ss[sel]))
-            ev.rtp_encap = encap_names[int(np.bincount(enc[sel]).argmax())]
     for f in np.flatnonzero(per_ab + per_ba + per_rtcp).tolist():
         ev = flows[f]
         ev.rtp_packets_ab = int(per_ab[f])

@@ -395,9 +395,6 @@ def compute_flow_metrics(cap, ft, cl, *, bin_s: float = 1.0, spill=None, keep=No
                 # packets otherwise). Generation 0 holds only what this batch made.
                 gc.collect(0)
             out += part
-            del part
-            if len(batches) > 1:
-                pages.trim_heap()      # the batch's temporaries given back before the next batch
         return out
 
 

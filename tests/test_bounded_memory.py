@@ -260,3 +260,23 @@ def test_pcap_record_index_is_written_into_the_table():
         assert index is column
     g = a.grown(2000, 10)
     assert g.rec_off is g.table.frame_off and g.ts is g.table.ts_ns and len(g.table) == 2000
+
+
+def test_only_document_lets_go_of_what_only_the_classifier_reads(tmp_path):
+    """analyze (run_parts) keeps after classify() only the evidence read later: the per-row RTP
+    columns and the call flows' evidence; the names learnt from DNS and TLS and every other
+    flow's evidence go (about 1 kB a flow, most flows of a big capture are not calls)."""
+    from bench.synth import make_mixed_capture
+    from throttledetect import pipeline
+    from throttledetect.classify.labels import is_call
+    path = tmp_path / "mixed.pcap"
+    make_mixed_capture(path, packets=30_000, seed=7)
+    full, held_full, _ = _traced(lambda: pipeline.analyze_capture(str(path), workers=1))
+    lean, held_lean, _ = _traced(lambda: pipeline.analyze_capture(str(path), workers=1, only_document=True))
+    ev = lean.classification.evidence
+    calls = [is_call(lab) for lab in lean.classification.labels]
+    others = calls.count(False)
+    assert others > 500 and ev.names == [] and ev.dns_names == {}
+    assert all((e is not None) == c for e, c in zip(ev.flows, calls))
+    assert held_full - held_lean > 500 * others
+    assert json.dumps(pipeline.consume_into_part(lean)) == json.dumps(pipeline.consume_into_part(full))

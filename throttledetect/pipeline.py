@@ -31,7 +31,7 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
                     with_metrics: bool = True, with_detection: bool = True, bin_s: float = 1.0,
                     config=None, test: str = "calls", alpha: float | None = None,
                     thresholds: dict | None = None, workers: int = 1, map_flows=None,
-                    spill_metrics: bool = False) -> CaptureAnalysis:
+                    spill_metrics: bool = False, only_document: bool = False) -> CaptureAnalysis:
     """Run every stage on one capture (a path or an already read Capture).
 
     config: a detect.config.DetectConfig (default DEFAULT_CONFIG); alpha and thresholds (names of
@@ -41,12 +41,17 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     instead (detect.run.run_detectors; throttledetect.cluster sends them to a Dask cluster);
     spill_metrics: every flow's metrics go to `metrics_json` as JSON text as they are measured, and
     `metrics` keeps the objects of the flows the detectors may read only (TCP flows that may be
-    tested: their round-trip times), None for the others; for consume_into_part (issue 15)."""
+    tested: their round-trip times), None for the others; for consume_into_part (issue 15);
+    only_document: the analysis will only be made into its document part (consume_into_part):
+    what nothing after the classifier reads is let go as soon as it has classified
+    (_keep_what_is_read_after_classify)."""
     from throttledetect.read.pages import trim_heap
     cap = source if isinstance(source, Capture) else read_capture(source)
     ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=local_nets)
     trim_heap()        # each stage's freed temporaries given back before the next (read/pages.py)
     cl = classify(cap, ft)
+    if only_document:
+        _keep_what_is_read_after_classify(cl)
     trim_heap()
     result = CaptureAnalysis(cap, ft, cl, streams=Streams(cap, ft, cl))
     if with_metrics:
@@ -68,6 +73,19 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
         result.detections = run_detectors(cap, ft, cl, result.metrics, streams=result.streams, config=config,
                                           test=test, map_flows=map_flows)
     return result
+
+
+def _keep_what_is_read_after_classify(cl: Classification) -> None:
+    """The classifier's evidence beyond its per-row RTP columns (read by the metrics and streams)
+    is read after classify() only for the call flows (classify.calls.summarize_calls: the call
+    attempts of the detectors); the names learnt from DNS and TLS, and the evidence of every other
+    flow, serve the classification only: let go (about 1 kB a flow, a DNS flow's names included;
+    240 MB on 10 M packets of the bench mix, issue 15)."""
+    from throttledetect.classify.labels import is_call
+    ev = cl.evidence
+    ev.names = []
+    ev.dns_names = {}
+    ev.flows = [e if is_call(lab) else None for e, lab in zip(ev.flows, cl.labels)]
 
 
 def _metrics_read_by_detectors(ft: FlowTable, cl: Classification, test: str) -> np.ndarray:

@@ -265,7 +265,8 @@ def test_pcap_record_index_is_written_into_the_table():
 def test_only_document_lets_go_of_what_only_the_classifier_reads(tmp_path):
     """analyze (run_parts) keeps after classify() only the evidence read later: the per-row RTP
     columns and the call flows' evidence; the names learnt from DNS and TLS and every other
-    flow's evidence go (about 1 kB a flow, most flows of a big capture are not calls)."""
+    flow's evidence go (about 1 kB a flow, most flows of a big capture are not calls), and so do
+    the packet columns that no stage after the flows reads."""
     from bench.synth import make_mixed_capture
     from throttledetect import pipeline
     from throttledetect.classify.labels import is_call
@@ -279,4 +280,11 @@ def test_only_document_lets_go_of_what_only_the_classifier_reads(tmp_path):
     assert others > 500 and ev.names == [] and ev.dns_names == {}
     assert all((e is not None) == c for e, c in zip(ev.flows, calls))
     assert held_full - held_lean > 500 * others
+    # and the packets' columns no later stage reads: 11 bytes a packet, an error if read
+    pk = lean.capture.packets
+    for name in pipeline.UNREAD_AFTER_FLOWS:
+        assert isinstance(getattr(pk, name), pipeline.LetGoColumn)
+        assert len(getattr(pk, name)) == len(pk)
+    with pytest.raises(RuntimeError, match="'ttl' column was let go"):
+        pk.ttl[0]
     assert json.dumps(pipeline.consume_into_part(lean)) == json.dumps(pipeline.consume_into_part(full))

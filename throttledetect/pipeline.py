@@ -48,6 +48,8 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     from throttledetect.read.pages import trim_heap
     cap = source if isinstance(source, Capture) else read_capture(source)
     ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=local_nets)
+    if only_document:
+        _let_go_of_columns_read_by_no_later_stage(cap)
     trim_heap()        # each stage's freed temporaries given back before the next (read/pages.py)
     cl = classify(cap, ft)
     if only_document:
@@ -73,6 +75,40 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
         result.detections = run_detectors(cap, ft, cl, result.metrics, streams=result.streams, config=config,
                                           test=test, map_flows=map_flows)
     return result
+
+
+# PacketTable columns that no stage after build_flows reads in the analysis (the reader fills
+# them; flows reads l3; write.py, the testbed and the validation read some of them, never here)
+UNREAD_AFTER_FLOWS = ("iface", "linktype", "l3", "ttl", "ip_id", "tunnel")
+
+
+class LetGoColumn:
+    """In place of a column let go (_let_go_of_columns_read_by_no_later_stage): its length and
+    dtype, and an error naming it when it is read, not a wrong value."""
+
+    __slots__ = ("name", "dtype", "shape")
+
+    def __init__(self, name: str, column: np.ndarray):
+        self.name, self.dtype, self.shape = name, column.dtype, column.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, *args, **kwargs):
+        raise RuntimeError(f"the packets' {self.name!r} column was let go after the flows were built "
+                           "(pipeline.UNREAD_AFTER_FLOWS): a stage that reads it must be taken out of that list")
+
+    __getitem__ = __array__ = __iter__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _read
+
+
+def _let_go_of_columns_read_by_no_later_stage(cap: Capture) -> None:
+    """11 bytes a packet (110 MB on 10 M packets) that only the reader and build_flows read, let
+    go for the rest of an analysis that is only made into its document (issue 15)."""
+    pk = cap.packets
+    for name in UNREAD_AFTER_FLOWS:
+        column = getattr(pk, name)
+        if isinstance(column, np.ndarray):
+            setattr(pk, name, LetGoColumn(name, column))
 
 
 def _keep_what_is_read_after_classify(cl: Classification) -> None:

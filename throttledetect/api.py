@@ -148,7 +148,7 @@ def run_parts(paths: list[str], settings: dict, *, progress=None, say=None, stdi
             if progress:
                 progress.show(f"analysing {cap.path} ({len(cap.packets)} packets): flows, classification, metrics, "
                               "tests")
-            analysis = pipeline.analyze_capture(cap, **settings)
+            analysis = pipeline.analyze_capture(cap, **settings, only_document=True)
             del cap
             parts.append(pipeline.consume_into_part(analysis))
             del analysis

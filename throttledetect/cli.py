@@ -316,7 +316,11 @@ def analyze(files, output, fmt, html, db, tags, fail_on, verify, stdin_name, liv
             report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
         elif not whole:
             # the document is all that is written: each capture let go as its part is made
-            parts, loaded = run_parts(paths, dict(settings, workers=workers), progress=run.progress, say=run.say,
+            # JSON: each flow's metrics written to a temporary file as they are measured, copied into
+            # the output when it is written (report/spill.py); CSV and text read them as values
+            spill = fmt == "json" and live_run is None
+            parts, loaded = run_parts(paths, dict(settings, workers=workers, spill_metrics=spill),
+                                      progress=run.progress, say=run.say,
                                       stdin_name=stdin_name, stdin_file=stdin_file)
             report = Report(document_from_parts(parts), [], loaded.failed) if parts else None
         else:

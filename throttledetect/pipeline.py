@@ -24,26 +24,48 @@ class CaptureAnalysis:
     metrics: list | None = None          # FlowMetrics per flow
     detections: object | None = None     # detect.run.DetectionReport
     notes: list = field(default_factory=list)
+    metrics_json: object | None = None   # report.spill.JsonSpill: every flow's metrics as JSON text (spill_metrics)
 
 
 def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S, local_nets=None,
                     with_metrics: bool = True, with_detection: bool = True, bin_s: float = 1.0,
                     config=None, test: str = "calls", alpha: float | None = None,
-                    thresholds: dict | None = None, workers: int = 1, map_flows=None) -> CaptureAnalysis:
+                    thresholds: dict | None = None, workers: int = 1, map_flows=None,
+                    spill_metrics: bool = False, only_document: bool = False) -> CaptureAnalysis:
     """Run every stage on one capture (a path or an already read Capture).
 
     config: a detect.config.DetectConfig (default DEFAULT_CONFIG); alpha and thresholds (names of
     verdicts.DEFAULTS) override its decision thresholds; test: "calls" (test the call flows) or
     "all" (every flow with enough packets); workers: processes that test the flows (results are
     the same for any number, see throttledetect.parallel); map_flows: how the flows are tested
-    instead (detect.run.run_detectors; throttledetect.cluster sends them to a Dask cluster)."""
+    instead (detect.run.run_detectors; throttledetect.cluster sends them to a Dask cluster);
+    spill_metrics: every flow's metrics go to `metrics_json` as JSON text as they are measured, and
+    `metrics` keeps the objects of the flows the detectors may read only (TCP flows that may be
+    tested: their round-trip times), None for the others; for consume_into_part (issue 15);
+    only_document: the analysis will only be made into its document part (consume_into_part):
+    what nothing after the classifier reads is let go as soon as it has classified
+    (_keep_what_is_read_after_classify)."""
+    from throttledetect.read.pages import trim_heap
     cap = source if isinstance(source, Capture) else read_capture(source)
     ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=local_nets)
+    if only_document:
+        _let_go_of_columns_read_by_no_later_stage(cap)
+    trim_heap()        # each stage's freed temporaries given back before the next (read/pages.py)
     cl = classify(cap, ft)
+    if only_document:
+        _keep_what_is_read_after_classify(cl)
+    trim_heap()
     result = CaptureAnalysis(cap, ft, cl, streams=Streams(cap, ft, cl))
     if with_metrics:
         from throttledetect.metrics.flow import compute_flow_metrics
-        result.metrics = compute_flow_metrics(cap, ft, cl, bin_s=bin_s)
+        if spill_metrics:
+            from throttledetect.report.spill import JsonSpill
+            result.metrics_json = JsonSpill()
+            result.metrics = compute_flow_metrics(cap, ft, cl, bin_s=bin_s, spill=result.metrics_json,
+                                                  keep=_metrics_read_by_detectors(ft, cl, test))
+        else:
+            result.metrics = compute_flow_metrics(cap, ft, cl, bin_s=bin_s)
+        trim_heap()
     if with_detection:
         from throttledetect.detect.run import run_detectors
         config = detection_config(config, alpha, thresholds)
@@ -53,6 +75,64 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
         result.detections = run_detectors(cap, ft, cl, result.metrics, streams=result.streams, config=config,
                                           test=test, map_flows=map_flows)
     return result
+
+
+# PacketTable columns that no stage after build_flows reads in the analysis (the reader fills
+# them; flows reads l3; write.py, the testbed and the validation read some of them, never here)
+UNREAD_AFTER_FLOWS = ("iface", "linktype", "l3", "ttl", "ip_id", "tunnel")
+
+
+class LetGoColumn:
+    """In place of a column let go (_let_go_of_columns_read_by_no_later_stage): its length and
+    dtype, and an error naming it when it is read, not a wrong value."""
+
+    __slots__ = ("name", "dtype", "shape")
+
+    def __init__(self, name: str, column: np.ndarray):
+        self.name, self.dtype, self.shape = name, column.dtype, column.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, *args, **kwargs):
+        raise RuntimeError(f"the packets' {self.name!r} column was let go after the flows were built "
+                           "(pipeline.UNREAD_AFTER_FLOWS): a stage that reads it must be taken out of that list")
+
+    __getitem__ = __array__ = __iter__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _read
+
+
+def _let_go_of_columns_read_by_no_later_stage(cap: Capture) -> None:
+    """11 bytes a packet (110 MB on 10 M packets) that only the reader and build_flows read, let
+    go for the rest of an analysis that is only made into its document (issue 15)."""
+    pk = cap.packets
+    for name in UNREAD_AFTER_FLOWS:
+        column = getattr(pk, name)
+        if isinstance(column, np.ndarray):
+            setattr(pk, name, LetGoColumn(name, column))
+
+
+def _keep_what_is_read_after_classify(cl: Classification) -> None:
+    """The classifier's evidence beyond its per-row RTP columns (read by the metrics and streams)
+    is read after classify() only for the call flows (classify.calls.summarize_calls: the call
+    attempts of the detectors); the names learnt from DNS and TLS, and the evidence of every other
+    flow, serve the classification only: let go (about 1 kB a flow, a DNS flow's names included;
+    240 MB on 10 M packets of the bench mix, issue 15)."""
+    from throttledetect.classify.labels import is_call
+    ev = cl.evidence
+    ev.names = []
+    ev.dns_names = {}
+    ev.flows = [e if is_call(lab) else None for e, lab in zip(ev.flows, cl.labels)]
+
+
+def _metrics_read_by_detectors(ft: FlowTable, cl: Classification, test: str) -> np.ndarray:
+    """Flows whose FlowMetrics the detectors may read: the TCP flows that detect.run.select_flows
+    may pick (detect.shaping.detect_tcp reads their round-trip samples; no detector reads another
+    flow's metrics). With test="calls" the call flows, else every one."""
+    from throttledetect.classify.labels import is_call
+    tcp = np.asarray(ft.proto) == 6
+    if test != "calls":
+        return tcp
+    return tcp & np.fromiter((is_call(lab) for lab in cl.labels), dtype=bool, count=len(ft))
 
 
 def detection_config(config=None, alpha: float | None = None, thresholds: dict | None = None):
@@ -88,12 +168,14 @@ def consume_into_part(a: CaptureAnalysis) -> dict:
 
 def _part(a: CaptureAnalysis, include_metrics: bool, consume: bool) -> dict:
     from throttledetect.metrics.flow import gc_paused
+    from throttledetect.report.spill import SpilledJson
     entry = document.capture_entry(a.capture)      # its time range reads the packets: before they go
     ft, cl, metrics, det = a.flows, a.classification, a.metrics, a.detections
-    if not include_metrics:
+    spilled = a.metrics_json if include_metrics else None
+    if not include_metrics or spilled is not None:
         metrics = None
     if consume:
-        a.capture = a.streams = a.metrics = None
+        a.capture = a.streams = a.metrics = a.metrics_json = None
         cl.evidence = cl.flow_table = None
         empty = np.zeros(0, np.int64)
         ft.packets, ft.flow_of, ft.dir_of, ft.order = None, empty.astype(np.int32), empty.astype(np.uint8), empty
@@ -102,7 +184,9 @@ def _part(a: CaptureAnalysis, include_metrics: bool, consume: bool) -> dict:
         for i in range(len(ft)):
             e = document.flow_entry(ft, i, 0)
             e.update(protocol=cl.labels[i], confidence=round(float(cl.confidence[i]), 3), reason=cl.reasons[i])
-            if metrics is not None:
+            if spilled is not None:
+                e["metrics"] = SpilledJson(spilled, i) if consume else spilled.value(i)
+            elif metrics is not None:
                 e["metrics"] = metrics[i].to_json()
                 if consume:
                     metrics[i] = None

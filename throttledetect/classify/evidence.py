@@ -210,6 +210,7 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
 
     # the per-row masks are done with: not held through the RTP pass
     del rank, member, has_payload, cookie_at4, cookie_at6, stun_rows, classic_stun, wrapped, dns_rows, first, rows
+    pages.trim_heap()
     rtp_encap_of, rtp_offset_of = _note_rtp(cap, ft, flows, udp, tcp)
     return CaptureEvidence(flows=flows, dns_names=dns_names, rtp_encap_of=rtp_encap_of, rtp_offset_of=rtp_offset_of,
                            names=names)
@@ -433,7 +434,9 @@ def _zoom_offsets(pre: np.ndarray) -> np.ndarray:
     return np.where(sfu, off_sfu, off_p2p)
 
 
-ROW_CHUNK = 1 << 20     # rows whose RTP candidates are found at once: bounds the temporaries per row
+# rows whose RTP candidates are found (and whole flows of about as many rows whose RTP runs are
+# decided) at once: bounds the temporaries per row (about 120 MB a million rows)
+ROW_CHUNK = 1 << 18
 
 
 def _rtp_candidates(t, flow_of: np.ndarray, udp: np.ndarray, tcp: np.ndarray, lo: int, hi: int):
@@ -475,67 +478,107 @@ def _rtp_candidates(t, flow_of: np.ndarray, udp: np.ndarray, tcp: np.ndarray, lo
             fields["pt"][ok], rtcp_rows)
 
 
+def _rtp_runs(cand, ssrc, dr, fl, seq) -> np.ndarray:
+    """Per candidate (whole flows of them, in any order): whether its (flow, direction, SSRC)
+    group is an RTP stream."""
+    perm = np.lexsort((cand, ssrc, dr, fl))
+    g_fl, g_dr, g_ss, g_seq = fl[perm], dr[perm], ssrc[perm], seq[perm]
+    same = np.r_[False, (g_fl[1:] == g_fl[:-1]) & (g_dr[1:] == g_dr[:-1]) & (g_ss[1:] == g_ss[:-1])]
+    del g_fl, g_dr, g_ss
+    step = np.r_[0, (g_seq[1:] - g_seq[:-1]) % 65536]
+    advancing = same & (step >= 1) & (step <= RTP_SEQ_STEP_MAX)
+    gid = np.cumsum(~same) - 1
+    size = np.bincount(gid)
+    adv = np.bincount(gid, weights=advancing)
+    # Duplicates (step 0: a SPAN port copying each packet twice) count neither way.
+    dup = np.bincount(gid, weights=same & (step == 0))
+    # A stream: at least MIN_RTP_RUN packets, most consecutive distinct pairs advancing.
+    stream = (size - dup >= MIN_RTP_RUN) & (adv >= 0.6 * (size - 1 - dup)) & (adv >= MIN_RTP_RUN - 1)
+    good = np.zeros(len(cand), dtype=bool)
+    good[perm] = stream[gid]
+    return good
+
+
 def _note_rtp(cap: Capture, ft: FlowTable, flows: list, udp: np.ndarray, tcp: np.ndarray):
     """Vectorised RTP/RTCP recognition over every packet of every flow.
 
     Returns per packet row the encapsulation (ENCAP_*, -1 = no RTP stream) and RTP header offset.
     Candidates are found ROW_CHUNK rows at a time (_rtp_candidates): a capture of ten million
-    packets held gigabytes of per-row temporaries when they were found all at once.
+    packets held gigabytes of per-row temporaries when they were found all at once. What a
+    candidate needs later (encapsulation, offset, sequence number, SSRC, payload type: 10 bytes)
+    is kept in per-row columns, not as lists of candidates with their row numbers, and the runs
+    are decided, and each flow's streams summed up, ROW_CHUNK rows' worth of whole flows at a
+    time (issue 15: this was the classifier's peak, some 40 bytes a candidate held at once beside
+    the sort of them all, and a pass over every stream row per flow with streams).
     """
     t = cap.packets
     n = len(t)
-    parts = [_rtp_candidates(t, ft.flow_of, udp, tcp, lo, min(n, lo + ROW_CHUNK)) for lo in range(0, n, ROW_CHUNK)]
-    if not parts:
-        parts = [_rtp_candidates(t, ft.flow_of, udp, tcp, 0, 0)]
-    cand, c_encap, c_offset, c_seq, c_ssrc, pt, rtcp_rows = (np.concatenate(p) for p in zip(*parts))
-    del parts
+    encap_of = np.full(n, -1, dtype=np.int8)      # the candidates', then the streams' only
+    offset_of = np.full(n, -1, dtype=np.int16)
+    seq_of = np.zeros(n, dtype=np.uint16)
+    ssrc_of = np.zeros(n, dtype=np.uint32)
+    pt_of = np.zeros(n, dtype=np.uint8)
+    rtcp_parts = []
+    for lo in range(0, n, ROW_CHUNK):
+        cand, c_encap, c_offset, c_seq, c_ssrc, c_pt, rtcp = _rtp_candidates(t, ft.flow_of, udp, tcp, lo,
+                                                                           min(n, lo + ROW_CHUNK))
+        encap_of[cand], offset_of[cand], seq_of[cand], ssrc_of[cand], pt_of[cand] = c_encap, c_offset, c_seq, \
+            c_ssrc, c_pt
+        rtcp_parts.append(rtcp)
+        del cand, c_encap, c_offset, c_seq, c_ssrc, c_pt, rtcp
+    rtcp_rows = np.concatenate(rtcp_parts) if rtcp_parts else np.zeros(0, dtype=np.int64)
+    del rtcp_parts
+
+    # Group by (flow, direction, SSRC) in time order: a real stream advances its sequence number.
+    # A group never spans two flows, so whole flows are decided at a time (in ft.order, rows
+    # grouped by flow), about ROW_CHUNK rows of them: the same decisions, bounded temporaries.
+    # Candidates of flows that are no stream go back to -1.
     # seq, SSRC and payload type in the widths they came in: the differences and keys below are
     # the same values as in int64
-    seq = c_seq.astype(np.int32)
-    ssrc = c_ssrc
-    fl = ft.flow_of[cand]
-    dr = ft.dir_of[cand]
-
-    good = np.zeros(len(cand), dtype=bool)
-    if len(cand):
-        # Group by (flow, direction, SSRC) in time order: a real stream advances its sequence number.
-        perm = np.lexsort((cand, ssrc, dr, fl))
-        g_fl, g_dr, g_ss, g_seq = fl[perm], dr[perm], ssrc[perm], seq[perm]
-        same = np.r_[False, (g_fl[1:] == g_fl[:-1]) & (g_dr[1:] == g_dr[:-1]) & (g_ss[1:] == g_ss[:-1])]
-        del g_fl, g_dr, g_ss
-        step = np.r_[0, (g_seq[1:] - g_seq[:-1]) % 65536]
-        advancing = same & (step >= 1) & (step <= RTP_SEQ_STEP_MAX)
-        gid = np.cumsum(~same) - 1
-        size = np.bincount(gid)
-        adv = np.bincount(gid, weights=advancing)
-        # Duplicates (step 0: a SPAN port copying each packet twice) count neither way.
-        dup = np.bincount(gid, weights=same & (step == 0))
-        # A stream: at least MIN_RTP_RUN packets, most consecutive distinct pairs advancing.
-        stream = (size - dup >= MIN_RTP_RUN) & (adv >= 0.6 * (size - 1 - dup)) & (adv >= MIN_RTP_RUN - 1)
-        good[perm] = stream[gid]
-    encap_of = np.full(n, -1, dtype=np.int8)
-    offset_of = np.full(n, -1, dtype=np.int16)
-    rows = cand[good]
-    encap_of[rows] = c_encap[good]
-    offset_of[rows] = c_offset[good]
-
     nf = len(ft)
-    fg, dg = ft.flow_of[rows], ft.dir_of[rows]
-    per_ab = np.bincount(fg[dg == 0], minlength=nf)
-    per_ba = np.bincount(fg[dg == 1], minlength=nf)
-    per_rtcp = np.bincount(ft.flow_of[rtcp_rows], minlength=nf)
+    start = np.asarray(ft.start, dtype=np.int64)
+    per_ab = np.zeros(nf, dtype=np.int64)
+    per_ba = np.zeros(nf, dtype=np.int64)
     encap_names = {ENCAP_PLAIN: "plain", ENCAP_CHANNEL: "turn-channel", ENCAP_MSTURN: "ms-turn",
                    ENCAP_ZOOM: "zoom", ENCAP_TCP: "tcp"}
-    if len(rows):
-        pts = pt[good]
-        ss = ssrc[good]
-        enc = c_encap[good]
-        for f in np.unique(fg).tolist():
-            sel = fg == f
-            ev = flows[f]
-            ev.rtp_pts = Counter(pts[sel].tolist())
-            ev.rtp_ssrcs = len(np.unique(ss[sel]))
-            ev.rtp_encap = encap_names[int(np.bincount(enc[sel]).argmax())]
+    f0 = 0
+    while f0 < nf:
+        f1 = int(np.searchsorted(start, int(start[f0]) + ROW_CHUNK, side="right")) - 1
+        f1 = min(nf, max(f1, f0 + 1))
+        rows = ft.order[int(start[f0]):int(start[f1])]
+        rows = rows[encap_of[rows] >= 0]
+        if len(rows):
+            good = _rtp_runs(rows, ssrc_of[rows], ft.dir_of[rows], ft.flow_of[rows], seq_of[rows].astype(np.int32))
+            bad = rows[~good]
+            encap_of[bad] = -1
+            offset_of[bad] = -1
+            rows = rows[good]
+        if len(rows):
+            # the streams' rows of these flows, each flow's in row order (as all of them were
+            # taken in row order): per flow, its payload types (in the order they first came),
+            # SSRCs, main encapsulation and packets each way
+            rows = np.sort(rows)
+            fg = ft.flow_of[rows]
+            by_flow = np.argsort(fg, kind="stable")
+            rows, fg = rows[by_flow], fg[by_flow]
+            dg = ft.dir_of[rows]
+            per_ab[f0:f1] = np.bincount(fg[dg == 0] - f0, minlength=f1 - f0)
+            per_ba[f0:f1] = np.bincount(fg[dg == 1] - f0, minlength=f1 - f0)
+            pts, ss, enc = pt_of[rows], ssrc_of[rows], encap_of[rows]
+            cuts = np.flatnonzero(np.r_[True, fg[1:] != fg[:-1], True])
+            for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+                ev = flows[int(fg[a])]
+                ev.rtp_pts = Counter(pts[a:b].tolist())
+                ev.rtp_ssrcs = len(np.unique(ss[a:b]))
+                ev.rtp_encap = encap_names[int(np.bincount(enc[a:b]).argmax())]
+        f0 = f1
+    # candidates in no flow (none: _rtp_candidates takes flow members only) are no stream either
+    outside = ft.flow_of < 0
+    encap_of[outside] = -1
+    offset_of[outside] = -1
+    del outside
+
+    per_rtcp = np.bincount(ft.flow_of[rtcp_rows], minlength=nf)
     for f in np.flatnonzero(per_ab + per_ba + per_rtcp).tolist():
         ev = flows[f]
         ev.rtp_packets_ab = int(per_ab[f])

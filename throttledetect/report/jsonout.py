@@ -34,13 +34,28 @@ def dumps_pieces(doc: dict, key: str, items, *, keys=None):
     for item in items:
         text = item if isinstance(item, str) else _flat_item(item)
         if text is None:
-            text = json.dumps(item, indent=2).replace("\n", "\n    ")
+            text = _item_text(item)
         batch.append(("[\n    " if first else ",\n    ") + text)
         first = False
         if len(batch) >= 4096:
             yield "".join(batch)
             batch = []
     yield "".join(batch) + ("[]" if first else "\n  ]") + tail
+
+
+_SPILLED_HOLE = "\x00spilled\x00"
+
+
+def _item_text(item) -> str:
+    """json.dumps(item, indent=2) as an element of the list; a flow's metrics kept on disk
+    (report.spill.SpilledJson) are copied in as the text they were spilled as."""
+    import json
+    from throttledetect.report.spill import SpilledJson
+    spilled = item.get("metrics") if type(item) is dict else None
+    if type(spilled) is not SpilledJson:
+        return json.dumps(item, indent=2).replace("\n", "\n    ")
+    text = json.dumps(dict(item, metrics=_SPILLED_HOLE), indent=2).replace("\n", "\n    ")
+    return text.replace(json.dumps(_SPILLED_HOLE), spilled.text(), 1)
 
 
 def _flat_item(item: dict) -> str | None:

@@ -145,13 +145,26 @@ def test_synthetic_mix_spilled_document_is_the_whole_one(tmp_path, monkeypatch):
     assert _spilled_json(path, monkeypatch, batch=300, test="all") == whole_all
 
 
-@pytest.mark.parametrize("name", ["call_policed.pcap", "call_shaped.pcap", "call_blocked.pcap"])
+@pytest.mark.parametrize("name", ["call_policed.pcap", "call_shaped.pcap", "call_blocked.pcap", "call_clean.pcap"])
 def test_sample_spilled_document_is_the_whole_one(name, tmp_path, monkeypatch):
     import shutil
     from pathlib import Path
     path = tmp_path / name
     shutil.copy(Path(__file__).resolve().parents[1] / "captures" / name, path)
     assert _spilled_json(path, monkeypatch, batch=500) == _whole_json(path)
+
+
+def test_uplink_reports_read_in_a_spilled_analysis(tmp_path, monkeypatch):
+    """The far end's receiver reports (plain RTCP) are read by the detectors after the columns no
+    later stage reads are let go: the document is the whole analysis's, uplink test included."""
+    from tests.detect.calls import AUDIO, make_call
+    path = tmp_path / "uplink.pcap"
+    make_call(path, **dict(AUDIO, uplink_loss=(20.0, 0.0, 0.15)))
+    spilled = _spilled_json(path, monkeypatch, batch=500)
+    assert spilled == _whole_json(path)
+    doc = json.loads(spilled)
+    assert any(d.get("test") == "uplink" and d["decision"] == "detected"
+               for f in doc["flows"] for d in f["detections"])
 
 
 @need_corpus

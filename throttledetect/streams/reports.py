@@ -19,15 +19,18 @@ import numpy as np
 MAX_INTERVAL_PACKETS = 1 << 15   # a larger jump between two blocks is a restart (or a looped trace's seam), not an interval
 
 
-def rtcp_report_blocks(cap, rows: np.ndarray) -> dict:
+def rtcp_report_blocks(cap, rows: np.ndarray, *, positions: bool = True) -> dict:
     """Report blocks (RFC 3550 6.4.1) of plain RTCP SR/RR in the given UDP rows, as arrays:
-    row, at (absolute position of the block's fraction-lost byte), ssrc, fraction, cumulative,
-    highest (extended highest sequence number received), udp_rel, v4. Compound packets walked,
-    RFC 5761 demultiplexing by packet type 200-201. Encrypted SRTCP report blocks read as junk
-    SSRCs: callers keep the blocks whose SSRC is a stream they know."""
+    row, ssrc, fraction, cumulative, highest (extended highest sequence number received), and
+    with ``positions`` where a rewrite finds them: at (absolute position of the block's
+    fraction-lost byte), udp_rel, v4 (the analysis reads none of these, and lets the columns they
+    come from go: pipeline.UNREAD_AFTER_FLOWS). Compound packets walked, RFC 5761 demultiplexing
+    by packet type 200-201. Encrypted SRTCP report blocks read as junk SSRCs: callers keep the
+    blocks whose SSRC is a stream they know."""
     from throttledetect.wire.rtp import parse_rtcp
     t = cap.packets
-    out = {k: [] for k in ("row", "at", "ssrc", "fraction", "cumulative", "highest", "udp_rel", "v4")}
+    keys = ("row", "ssrc", "fraction", "cumulative", "highest") + (("at", "udp_rel", "v4") if positions else ())
+    out = {k: [] for k in keys}
     rows = np.asarray(rows, dtype=np.int64)
     # a cheap prefilter on the first payload bytes (version 2, SR/RR type) keeps the parse to RTCP
     pre = t.prefix[rows]
@@ -42,13 +45,14 @@ def rtcp_report_blocks(cap, rows: np.ndarray) -> dict:
             first = 8 + (20 if p.packet_type == 200 else 0)   # header + SSRC (+ sender info)
             for k, b in enumerate(p.reports):
                 out["row"].append(r)
-                out["at"].append(int(t.payload_off[r]) + pos + first + 24 * k + 4)
                 out["ssrc"].append(b.ssrc)
                 out["fraction"].append(b.fraction_lost)
                 out["cumulative"].append(b.cumulative_lost)
                 out["highest"].append(b.highest_seq)
-                out["udp_rel"].append(int(t.l4_off[r]) - int(t.frame_off[r]))
-                out["v4"].append(bool(t.l3[r] == 4))
+                if positions:
+                    out["at"].append(int(t.payload_off[r]) + pos + first + 24 * k + 4)
+                    out["udp_rel"].append(int(t.l4_off[r]) - int(t.frame_off[r]))
+                    out["v4"].append(bool(t.l3[r] == 4))
             pos += p.length
     return {k: np.asarray(v, dtype=np.int64 if k != "v4" else bool) for k, v in out.items()}
 
@@ -80,7 +84,7 @@ def uplink_reports(cap, rows: np.ndarray, t: np.ndarray, ssrcs) -> UplinkReports
     rows = np.asarray(rows, dtype=np.int64)
     if not len(rows) or not len(ssrcs):
         return None
-    b = rtcp_report_blocks(cap, rows)
+    b = rtcp_report_blocks(cap, rows, positions=False)
     keep = np.isin(b["ssrc"], np.asarray(list(ssrcs), dtype=np.int64))
     if np.count_nonzero(keep) < 2:
         return None

@@ -70,6 +70,24 @@ def control_loss(ctx: DetectContext, i: int, t0: float, t1: float):
     return merge_loss(parts), used
 
 
+def loss_step(units, lost, t, min_size: int, persistence: float, rng) -> dict | None:
+    """The best single rise of the loss probability over bins (units expected, lost per bin, the
+    bins' times t): count_change_point's split and p-value, the loss before and after it, and
+    whether it persists (the last third of the bins after it keep ``persistence`` of the step: a
+    burst of congestion that ends is not a throttle switched on). None without a split."""
+    cp = count_change_point(units, lost, t, min_size=min_size, alternative="increase", rng=rng)
+    if cp is None:
+        return None
+    u, lo = np.asarray(units, dtype=np.float64), np.asarray(lost, dtype=np.float64)
+    k = cp.index
+    before, after = lo[:k].sum() / u[:k].sum(), lo[k:].sum() / u[k:].sum()
+    third = max(1, (len(u) - k) // 3)
+    step = after - before
+    persists = step > 0 and (lo[-third:].sum() / u[-third:].sum() - before) >= persistence * step
+    return {"index": k, "pvalue": cp.pvalue, "before": float(before), "after": float(after), "effect": float(step),
+            "persists": bool(persists)}
+
+
 def _onset(ctx: DetectContext, i: int, loss, controls) -> dict | None:
     P = ctx.config.dropping
     t0, t1 = float(loss.t[0]), float(loss.t[-1])
@@ -80,29 +98,20 @@ def _onset(ctx: DetectContext, i: int, loss, controls) -> dict | None:
     ok = units >= MIN_BIN_UNITS
     if np.count_nonzero(ok) < 2 * int(P.onset_min_s / P.onset_bin_s):
         return None
-    frac = lost[ok] / units[ok]
     tb = edges[:-1][ok]
     min_bins = max(2, int(P.onset_min_s / P.onset_bin_s))
-    cp = count_change_point(units[ok], lost[ok], tb, min_size=min_bins, alternative="increase",
-                            rng=ctx.rng("drop-onset", i))
-    if cp is None:
+    st = loss_step(units[ok], lost[ok], tb, min_bins, P.onset_persistence, ctx.rng("drop-onset", i))
+    if st is None:
         return None
-    k = cp.index
-    u_b, l_b = units[ok][:k].sum(), lost[ok][:k].sum()
-    u_a, l_a = units[ok][k:].sum(), lost[ok][k:].sum()
-    before, after = l_b / u_b, l_a / u_a
-    third = max(1, (len(frac) - k) // 3)
-    u_t, l_t = units[ok][-third:].sum(), lost[ok][-third:].sum()
-    step = after - before
-    persists = step > 0 and (l_t / u_t - before) >= P.onset_persistence * step
+    k, step = st["index"], st["effect"]
     ctrl_rose = False
     if controls is not None and controls.n:
         onset_t = float(tb[k])
         cb, ca = controls.window(t0, onset_t), controls.window(onset_t, t1 + 1)
         if cb.n >= 50 and ca.n >= 50:
             ctrl_rose = ca.fraction - cb.fraction >= 0.5 * step
-    return {"pvalue": cp.pvalue, "onset_s": float(tb[k]), "before": float(before), "after": float(after),
-            "effect": float(step), "checks": {"persists": bool(persists), "controls_did_not_step": not ctrl_rose,
+    return {"pvalue": st["pvalue"], "onset_s": float(tb[k]), "before": st["before"], "after": st["after"],
+            "effect": step, "checks": {"persists": st["persists"], "controls_did_not_step": not ctrl_rose,
                                               "long_enough": (t1 - tb[k]) >= P.onset_min_s}}
 
 
@@ -209,28 +218,22 @@ def uplink(ctx: DetectContext, i: int) -> Detection | None:
                                       f"({total})", toward=TOWARD_REMOTE, test="uplink", **est)
     span = float(np.median(rep.t1 - rep.t0))
     min_size = max(2, int(np.ceil(P.onset_min_s / max(span, 1e-3))))
-    cp = None
+    st = None
     if n_lost and rep.n >= 2 * min_size:
-        cp = count_change_point(rep.expected, rep.lost, rep.t1, min_size=min_size, alternative="increase",
-                                rng=ctx.rng("uplink-onset", i))
+        st = loss_step(rep.expected, rep.lost, rep.t1, min_size, P.onset_persistence, ctx.rng("uplink-onset", i))
     lossy = (f"lossy uplink: the far end reports {frac:.1%} of this host's packets lost ({what}); nothing shows it "
              "is selective (the reports do not say which packets, so no bucket can be fitted; no step in time)")
-    if cp is not None:
-        k = cp.index
-        e, lo = rep.expected.astype(np.float64), rep.lost.astype(np.float64)
-        before, after = lo[:k].sum() / e[:k].sum(), lo[k:].sum() / e[k:].sum()
-        third = max(1, (rep.n - k) // 3)
-        step = after - before
-        persists = step > 0 and (lo[-third:].sum() / e[-third:].sum() - before) >= P.onset_persistence * step
+    if st is not None:
+        k, before, after = st["index"], st["before"], st["after"]
         onset = float(rep.t0[k])
         est.update(onset_s=onset, loss_before=float(before), loss_after=float(after))
         det = Detection(kind=KIND, direction=direction, decision="not_detected", toward=TOWARD_REMOTE, test="uplink",
-                        statistic=cp.pvalue, pvalue=cp.pvalue, effect=float(step), effect_unit="excess loss",
-                        checks={"persists": bool(persists), "long_enough": float(rep.t1[-1]) - onset >= P.onset_min_s},
+                        statistic=st["pvalue"], pvalue=st["pvalue"], effect=st["effect"], effect_unit="excess loss",
+                        checks={"persists": st["persists"], "long_enough": float(rep.t1[-1]) - onset >= P.onset_min_s},
                         estimates=est, null="the uplink's loss probability does not change over the report intervals",
                         evidence=f"the far end reports this host's packets lost at {before:.1%}, then {after:.1%} from "
                                  f"{onset:.1f} s ({what}), and it stays (permutation test of the best split, "
-                                 f"p={cp.pvalue:.2g})")
+                                 f"p={st['pvalue']:.2g})")
         if frac > P.lossy_path:
             det.otherwise = "inconclusive"
             det.reason = lossy

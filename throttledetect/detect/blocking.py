@@ -182,19 +182,19 @@ def detect(ctx: DetectContext, i: int) -> list:
     # spurt's end, an encoder restart) does not hide that it went on, and a keepalive or two (a
     # hang-up's trickle) does not pass for media.
     w0 = last_in + HANGUP_TAIL_S
+    # packets this host sent in each whole second of the silence after the first
+    n_sec = int(max(silence - HANGUP_TAIL_S, 0.0))
+    per_sec = np.bincount(np.floor(t_out[(t_out > w0) & (t_out < w0 + n_sec)] - w0).astype(np.int64),
+                          minlength=n_sec)[:n_sec]
     early = min(max(silence - HANGUP_TAIL_S, 0.0), P.keeps_sending_window_s)
     whole = int(early)
     if whole >= 1:
-        sec = np.floor(t_out[(t_out > w0) & (t_out < w0 + whole)] - w0).astype(np.int64)
-        early_rate = float(np.median(np.bincount(sec, minlength=whole)[:whole]))
+        early_rate = float(np.median(per_sec[:whole]))
     else:
         early_rate = np.count_nonzero((t_out > w0) & (t_out <= w0 + early)) / early if early > 0 else 0.0
     media_rate = max(P.keeps_sending_share * before_rate, P.min_media_pps)
     # ... or does it send its media later in the silence, for several whole seconds? (it was
     # listening when the block began, and talks again; a hang-up's keepalives never reach this)
-    n_sec = int(max(silence - HANGUP_TAIL_S, 0.0))
-    per_sec = np.bincount(np.floor(t_out[(t_out > w0) & (t_out < w0 + n_sec)] - w0).astype(np.int64),
-                          minlength=n_sec)[:n_sec]
     media_seconds = int(np.count_nonzero(per_sec >= media_rate))
     resumed = media_seconds >= RESUMED_SECONDS
     kept = (early_rate >= media_rate or resumed) and after_rate > 0

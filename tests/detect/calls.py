@@ -121,7 +121,7 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
               encrypted=False, jitter_ms=1.0, rate_pps=50, hangup_at=None, after_hangup_every_s=None,
               icmp_at=None, controls=True, tcp_control=True, stun_every_s=None, skew=0.0,
               inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None, sizes=None,
-              uplink_loss=None) -> dict:
+              uplink_loss=None, remote_refuses_port=None) -> dict:
     """Write the synthetic capture to `path` (see the module docstring); return what it holds.
 
     media=False: only STUN (a call that rang out or was rejected). inbound=False: nothing of the
@@ -146,8 +146,13 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
     uplink lost past the capture point: every packet is still in the capture).
     sizes: the voice payloads' sizes are drawn from these (a codec with a few frame sizes), not
     from 80-160 bytes.
+    dtx: talk spurts of 100-300 packets and pauses (nothing sent) of 50-150 packets, or of a
+    (low, high) range of packets given instead of True.
     local_quiet=(t0, t1): the local side sends no media then, only an RTCP packet every 0.5 s
-    (a listener in a one-way phase of the call: the far end talks or shares its screen)."""
+    (a listener in a one-way phase of the call: the far end talks or shares its screen).
+    remote_refuses_port: the local side also sends a STUN request from the call's socket to this
+    port of the far end every second, and the far end's own kernel answers each with an ICMP port
+    unreachable (a candidate on a closed port, as Signal's UDP 443 beside its TURN port)."""
     rng = np.random.default_rng(seed)
     P = _Packets()
     end = seconds if hangup_at is None else hangup_at
@@ -193,7 +198,7 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
             k = 0
             while k < n:
                 k += int(rng.integers(100, 300))
-                pause = int(rng.integers(50, 150))
+                pause = int(rng.integers(*((50, 150) if dtx is True else dtx)))
                 active[k:k + pause] = False
                 k += pause
         jit = rng.exponential(jitter_ms / 1e3, n) if jitter_ms > 0 else np.zeros(n)
@@ -225,6 +230,11 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
                 P.add(arrive[k] + 0.01, icmp_port_unreachable(ROUTER, frame, P.ident()))
                 last_icmp = arrive[k]
             seq += 1
+    if remote_refuses_port:
+        for t in np.arange(0.8, seconds - 0.2, 1.0):
+            frame = udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, remote_refuses_port, stun_request(rng.bytes(12)), P.ident())
+            P.add(t, frame)
+            P.add(t + 0.02, icmp_port_unreachable(REMOTE_CALL, frame, P.ident()))
     if migrate_at is not None:
         for t in np.arange(migrate_at + 0.025, seconds, 0.05):
             P.add(t, udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, 50000, rng.bytes(60), P.ident()))

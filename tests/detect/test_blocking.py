@@ -230,3 +230,39 @@ def test_five_unanswered_stun_transactions_and_nothing_else_is_setup_blocking(sy
     i = flow_of(ft, CALL_PORT)
     assert rep.verdict(i) == "blocking", why(rep, i)
     assert of_kind(rep, i, "blocking", test="setup")["decision"] == "detected"
+
+
+def test_a_port_the_far_end_refuses_does_not_hide_a_block_of_the_others(synthetic_call):
+    """Nothing of the call arrives; beside its unanswered STUN the host tries a port the far end
+    itself refuses (ICMP port unreachable from the far end's own address, once a second). The
+    refusals say the host is reachable and that port closed; they are no answer of the service,
+    so the unanswered requests alone are judged: call-setup blocking, the refusals reported."""
+    cap, ft, cl = analyze(synthetic_call(seed=43, seconds=30.0, stun_answered=False, inbound=False,
+                                         stun_every_s=1.0, remote_refuses_port=443))
+    i = flow_of(ft, CALL_PORT)
+    (j,) = [j for j in range(len(ft)) if j != i and ft.endpoint(j, "b") == "203.0.113.50:443"]
+    # one call, as the classifier makes it where the app is named on both flows (Signal's STUN
+    # realm names its TURN host's flows; the synthetic flow on 443 carries no name of its own)
+    cl.labels[j] = cl.labels[i]
+    cl.call_of[j] = cl.call_of[i]
+    rep = detect(cap, ft, cl)
+    assert rep.verdict(i) == "blocking", why(rep, i)
+    d = of_kind(rep, i, "blocking", test="setup")
+    est = d["estimates"]
+    assert d["decision"] == "detected"
+    assert est["answered"] == 0 and est["refused_by_remote"] >= 25
+    assert "refused" in d["evidence"]
+
+
+def test_a_rejected_call_that_also_tried_a_refused_port_is_not_blocking(synthetic_call):
+    """The far end answers the STUN checks, refuses the other port, and no media follows (the
+    call was declined): the refusals are left out and what was judged was answered."""
+    cap, ft, cl = analyze(synthetic_call(seed=44, seconds=30.0, media=False, stun_every_s=1.0,
+                                         remote_refuses_port=443))
+    rep = detect(cap, ft, cl)
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) not in THROTTLING, why(rep, i)
+    d = of_kind(rep, i, "blocking", test="setup")
+    assert d["decision"] == "not_detected"
+    assert d["estimates"]["answered"] == d["estimates"]["requests"] > 0
+    assert d["estimates"]["refused_by_remote"] >= 25

@@ -13,8 +13,12 @@ pairs that fail by design while another pair carries the call.
 - Otherwise its requests are counted: STUN transactions sent by this host (a request and its
   retransmissions are one transaction; answered = a success or error response with its ID), and
   for flows without STUN, the half-second bins in which this host sent something (answered =
-  anything arriving on that flow within ANSWER_WINDOW_S). A flow whose remote host itself sent
-  ICMP port unreachable was answered (by a refusal: the host is reachable, nothing blocked it). Requests in the capture's last
+  anything arriving on that flow within ANSWER_WINDOW_S). Requests to a port the remote host itself
+  refused (ICMP port unreachable from that host: reachable, the port closed, a candidate that fails
+  by design, as Signal's UDP 443 beside its TURN port) are left out, neither answered nor
+  unanswered: counting them as answers hid a block of the ports that serve the call behind the
+  kernel's refusals of the ports that never did; they are reported (``refused_by_remote``), and an
+  attempt whose only requests were refused is not blocked. Requests in the capture's last
   ``request_grace_s`` are not judged (their answer may come after the capture ended).
   H0: the far end is reachable and answers each request with probability at least
   ``answer_rate_h0`` (0.8: a STUN transaction retransmits up to 7 times, RFC 8489 6.2.1, so even
@@ -54,6 +58,7 @@ def attempt_requests(ctx: DetectContext, call: CallAttempt) -> dict:
     n = k = 0
     first = None
     stun_n = stun_k = 0
+    refused = 0
     icmp = ctx.icmp_unreachable()
     for i in call.flows:                          # the attempt's flows (a handful)
         if ctx.streams.one_way_unknown(i):
@@ -61,12 +66,11 @@ def attempt_requests(ctx: DetectContext, call: CallAttempt) -> dict:
         d_in = ctx.toward_local(i)
         st = ctx.stun(i)
         sent = st.requests_from(1 - d_in)
-        refused = [x[0] for x in icmp.get(i, []) if x[3]]
-        if refused:
-            # the remote host itself said "port unreachable": it is reachable, and it answered
-            judged = [t for t in (sent.values() if sent else ctx.packets(i, 1 - d_in).t) if t <= cutoff]
-            n += len(judged)
-            k += len(judged)
+        if any(x[3] for x in icmp.get(i, [])):
+            # the remote host's own kernel said "port unreachable": the host is reachable and this
+            # port closed (a candidate that fails by design). Neither an answer of the service nor
+            # a sign of a block: left out of the count, reported as what shows the path works.
+            refused += len([t for t in (sent.values() if sent else ctx.packets(i, 1 - d_in).t) if t <= cutoff])
             continue
         if sent:
             answered = st.answered_in(d_in)
@@ -95,7 +99,7 @@ def attempt_requests(ctx: DetectContext, call: CallAttempt) -> dict:
         k += int(np.count_nonzero(ans))
         first = min(first if first is not None else np.inf, float(t_req[0]))
     return {"requests": n + stun_n, "answered": k + stun_k, "stun_transactions": stun_n, "stun_answered": stun_k,
-            "first_request_s": first}
+            "first_request_s": first, "refused_by_remote": refused}
 
 
 def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
@@ -132,9 +136,16 @@ def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
                          evidence=f"the {call.label} call attempt got no answer and {len(icmp)} ICMP unreachable "
                                   "from a router on the path; no media ever flowed")
     n, k = req["requests"], req["answered"]
+    refusals = (f"; {req['refused_by_remote']} more went to ports the remote host refused (ICMP port "
+                f"unreachable from it: reachable, those ports closed), not counted") if req["refused_by_remote"] else ""
+    if n == 0 and req["refused_by_remote"]:
+        return Detection.nothing_to_find(
+            KIND, direction, f"the remote host refused every request ({req['refused_by_remote']}, ICMP port unreachable "
+            "from the host itself): it is reachable, the ports were closed, nothing on the path blocked them",
+            test=NAME, **est)
     if n < P.min_requests or call.end - call.start < P.request_grace_s:
         return Detection.inconclusive(
-            KIND, direction, f"no two-way media, but only {n} request{'s' * (n != 1)} to judge the setup by",
+            KIND, direction, f"no two-way media, but only {n} request{'s' * (n != 1)} to judge the setup by{refusals}",
             test=NAME, **est)
     p = float(stats.binom.cdf(k, n, P.answer_rate_h0))
     effect = 1.0 - k / n
@@ -151,7 +162,7 @@ def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
         evidence=f"{n - k} of {n} {what} this host sent in the {call.label} call attempt "
                  f"({call.end - call.start:.0f} s, {len(call.flows)} flow{'s' * (len(call.flows) > 1)}) went "
                  f"unanswered and no two-way media ever flowed (binomial vs {P.answer_rate_h0:.0%} answered, "
-                 f"p={p:.2g})")
+                 f"p={p:.2g}){refusals}")
 
 
 def detect(ctx: DetectContext, i: int) -> list:

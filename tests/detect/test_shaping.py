@@ -31,6 +31,29 @@ def test_a_shaper_with_a_deep_queue_from_the_start(synthetic_call, scenario, cal
     assert not detected(rep, i, "policing")
 
 
+@pytest.mark.parametrize("factor", [0.7, 0.85])
+def test_a_shaper_on_a_talker_with_silences(synthetic_call, scenario, factor):
+    """A talker with pauses of 3-8 s and no comfort noise (over half the time silent), shaped at
+    a factor of its mean rate with a 500 ms queue: the queue stands whenever it talks, never in
+    its silences, and the cap is faster than the mean over talk and silence. Shaping all the same
+    (its rate and the share of time a queue stood are read over the time the sender sends)."""
+    call = dict(AUDIO, dtx=(150, 400))
+    rate = factor * rate_of(synthetic_call, call, CALL_PORT)
+    cap, ft, cl, rep = scenario(call, shaper(rate, 0.5), port=CALL_PORT, seed=23)
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "shaping", why(rep, i)
+    assert detected(rep, i, "shaping")[0]["rate_bps"] == pytest.approx(rate, rel=0.05)
+
+
+@pytest.mark.parametrize("impairment", [None, Jitter(20.0), Jitter(8.0, shape=2.0)], ids=["clean", "jitter", "wifi-like"])
+def test_a_talker_with_silences_is_not_shaped_by_its_pauses(scenario, impairment):
+    """The same talker unshaped, clean or jittered: its pauses are no queue and its spurts no cap."""
+    cap, ft, cl, rep = scenario(dict(AUDIO, dtx=(150, 400)), impairment, seed=24)
+    i = flow_of(ft, CALL_PORT)
+    assert not detected(rep, i, "shaping"), why(rep, i)
+    assert rep.verdict(i) == "none", why(rep, i)
+
+
 @pytest.mark.parametrize("call,port", [
     (AUDIO, CALL_PORT),
     (VIDEO, VIDEO_PORT)], ids=["voice", "video"])

@@ -64,6 +64,7 @@ KIND = "shaping"
 MIN_PACKETS = 50
 BINDING_CAP = 1.5           # a cap faster than this times the flow's own rate is not what holds it back
 MAX_LEADING = 50
+PAUSE_S = 1.0               # a gap this long is the sender's pause (no voice cadence is slower), not a queue's
 BACK_TO_BACK = 0.1          # a gap under this share of a packet's time at the flow's mean rate: sent in one burst
 
 
@@ -198,12 +199,18 @@ def spacing_test(pk, P) -> dict | None:
       next against the burst's bytes (an htb class, or any token bucket dequeuing several packets
       per tick, sends a burst and then waits until the tokens it spent are earned back).
     The p-value (Spearman, gap against size) is always the packets' reading: the bursts only
-    locate the cap and the time it held (``cap``, ``share``, ``busy``, ``backlog_s``)."""
+    locate the cap and the time it held (``cap``, ``share``, ``busy``, ``backlog_s``). The
+    flow's rate and the share of time a queue stood (``busy``) are over the time the sender
+    sends: gaps over PAUSE_S (a talker's silence without comfort noise, a hold, the setup before
+    media) are left out, since no queue stands in them, else a shaper that binds whenever the
+    sender talks looked like a cap faster than the flow and a queue that seldom stood."""
     if pk.n < MIN_PACKETS:
         return None
-    span = float(pk.t[-1] - pk.t[0])
-    rate = float(pk.size.sum() * 8.0 / span) if span > 0 else 0.0
     g = np.diff(pk.t)
+    # the time the sender sends: its pauses (silence without comfort noise, hold, the setup
+    # before media) hold no queue, and the flow's own rate is its rate while it sends
+    span = float(g[g <= PAUSE_S].sum())
+    rate = float(pk.size.sum() * 8.0 / span) if span > 0 else 0.0
     best = _spacing_reading(g, pk.size[1:], pk.t[1:], span, rate, P, "packets")
     if rate > 0:
         b2b = g < BACK_TO_BACK * 8.0 * pk.size[1:] / rate

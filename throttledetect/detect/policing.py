@@ -283,6 +283,8 @@ def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> TestResult:
     """J of the bucket on the held-out half (statistic), its permutation p-value, and z against
     the permutations (estimates["z"]).
 
+    The lost units' times and sizes are first placed as the null places them (_reinterpolate),
+    whatever placement the caller's loss signal used, so the test compares like with like.
     Cross-fitting: the bucket is fitted on alternate blocks of HALF_BLOCK_S and judged on the
     others (then the halves swap; the smaller p-value doubled), so the search over rates and
     depths is not tested on the data that chose it. Null: within each PERM_BLOCK_S of the judged
@@ -293,6 +295,16 @@ def alignment_test(t, size, lost, stream, recv_bps, P, seed: int) -> TestResult:
     normal), so that strong evidence is not floored at 1 / n."""
     from dataclasses import replace
     Pc = replace(P, rate_steps=max(8, P.rate_steps // 2), burst_steps=max(4, P.burst_steps // 2))
+    # The observed lost units are placed again the way the null places its permuted ones (between
+    # received neighbours of their stream, by unit count), so that observed and permuted data
+    # differ only in which units are lost. The streams' own placement (on the sender's clock, with
+    # the video frame) is better for fitting, but a null placing its units differently lets the
+    # placement itself line up with a bucket: random path loss on a looped Zoom video scored
+    # p = 1e-21 that way (J 0.64 held out), 0.6 placed alike.
+    t_re, s_re = np.empty(len(t)), np.empty(len(t))
+    _reinterpolate(t, size, lost, stream, int(stream.max()) + 1 if len(stream) else 1, t_re, s_re)
+    o = np.argsort(t_re, kind="stable")
+    t, size, lost, stream = t_re[o], s_re[o], lost[o], stream[o]
     # blocks that hold a few units each, however slow the flow (a voice stream at 3 packets/s)
     per_s = len(t) / max(float(t[-1] - t[0]), 1e-9)
     perm_block = max(PERM_BLOCK_S, PERM_BLOCK_UNITS / per_s)

@@ -255,3 +255,19 @@ def test_random_path_loss_on_a_looped_real_video_call_does_not_line_up_with_a_bu
              for d in f["detections"] if d["kind"] == "policing" and d.get("pvalue") is not None]
     assert len(tests) >= 3
     assert all(p > 0.01 for _, _, p in tests), tests
+
+
+@need_corpus
+def test_a_congested_link_on_a_real_teams_call_is_not_policing():
+    """The validation's congested shared link (one FIFO, others' traffic on and off) on the
+    corpus's Teams call, eight seeds: the call's own video bursts meet the full buffer, so its
+    losses line up with its load as a policer's would (alignment p down to 1e-52 on seeds 4 and 7,
+    called policing before), but they come when the queue is full: not policing."""
+    result = runner.run(CORPUS, [S.BY_NAME["congested shared link"]], seeds=8, jobs=1,
+                        base_filter="MicrosoftTeam_05152024", vca=False, nice=0)
+    assert len(result["trials"]) == 8
+    called = [(t["seed_index"], f["id"]) for t in result["trials"] for f in t["flows"] if f.get("verdict") == "policing"]
+    assert not called
+    full = [d["checks"].get("losses_without_a_full_queue") for t in result["trials"] for f in t["flows"]
+            for d in f["detections"] if d["kind"] == "policing" and (d.get("pvalue") or 1.0) < 1e-3]
+    assert full and not any(full)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tests.detect.calls import AUDIO, CALL_PORT, VIDEO, VIDEO_PORT, detected, flow_of, of_kind, rate_of, why
-from throttledetect.simulate import MTU_BYTES, Drop, Police, Shape
+from throttledetect.simulate import MTU_BYTES, Congest, Drop, Police, Shape
 
 SMALL, LARGE = 0.020, 0.250           # bucket depth: seconds at the rate
 
@@ -43,6 +43,7 @@ def test_policer_on_voice(synthetic_call, scenario, factor, burst_s):
     (d,) = detected(rep, i, "policing")
     assert d["qvalue"] < 1e-3 and d["effect"] >= 0.5
     assert d["checks"].get("no_standing_queue", True)
+    assert d["checks"].get("losses_without_a_full_queue", True)
     check_rate(d, rate, 0.05)
     assert d["burst_bytes"] > 0
 
@@ -98,6 +99,21 @@ def test_a_shaper_with_a_deep_queue_is_not_policing(synthetic_call, scenario, ca
     assert d["decision"] != "detected", why(rep, i)
     assert d["checks"]["no_standing_queue"] is False
     assert rep.verdict(i) != "policing", why(rep, i)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_losses_of_a_congested_link_come_at_a_full_queue(scenario, seed):
+    """A shared link's bad periods: the queueing delay climbs to 150 ms and only then does it drop
+    (simulate.Congest). The frames just before the losses waited longest, which no policer's
+    losses do: the policing test, whatever its p-value, fails that check, and the flows are not
+    policing."""
+    cap, ft, cl, rep = scenario(VIDEO, Congest(p_gb=0.02, p_bg=0.05, loss_bad=0.6, delay_ms=150), seed=seed)
+    for port in (VIDEO_PORT, CALL_PORT):
+        i = flow_of(ft, port)
+        d = of_kind(rep, i, "policing")
+        assert d["checks"]["losses_without_a_full_queue"] is False, why(rep, i)
+        assert d["estimates"]["delay_rise_at_losses_ms"] > 30.0
+        assert rep.verdict(i) != "policing", why(rep, i)
 
 
 @pytest.mark.parametrize("p", [0.03, 0.1])

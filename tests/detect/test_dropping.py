@@ -8,7 +8,7 @@ import pytest
 
 from tests.detect.calls import (AUDIO, CALL_PORT, ENCRYPTED, SOLO, TCP_CTRL_PORT, THROTTLING, UDP_CTRL_PORT,
                                 UDP_ONLY, analyze, detect, flow_of, of_kind, why)
-from throttledetect.simulate import Drop, Jitter, simulate
+from throttledetect.simulate import Congest, Drop, Jitter, simulate
 
 
 def _measured_drop(src, p, seed, onset_s=None):
@@ -69,6 +69,21 @@ def test_drop_from_the_middle_is_dropping_with_its_onset(scenario, onset):
     assert d["onset_s"] == pytest.approx(onset, abs=4.0)
     assert d["estimates"]["loss_before"] < 0.01 and d["estimates"]["loss_after"] == pytest.approx(0.05, abs=0.02)
     assert all(d["checks"].values())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_congestion_from_the_middle_is_not_dropping(scenario, seed):
+    """The call alone; a shared link congests from 20 s on (simulate.Congest: the queueing delay
+    climbs to 150 ms in bad periods and only then does it drop): the loss steps up and stays, as
+    a dropper's would (onset p down to 1e-5), but each loss comes when the queue is full: not
+    dropping."""
+    cap, ft, cl, rep = scenario(SOLO, Congest(p_gb=0.02, p_bg=0.05, loss_bad=0.6, delay_ms=150), onset_s=20.0,
+                                seed=seed)
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) not in THROTTLING, why(rep, i)
+    d = of_kind(rep, i, "dropping")
+    assert d["test"] == "onset" and d["checks"]["losses_without_a_full_queue"] is False
+    assert d["estimates"]["delay_rise_at_losses_ms"] > 30.0
 
 
 def test_drop_from_the_middle_with_controls_reports_the_onset(scenario):

@@ -15,7 +15,10 @@ every flow. A drop is *selective* when something shows that the loss is the call
    comes from permuting the bins (maximum statistic, onset.count_change_point), so the search is
    paid for and losses bunched within a bin (bursty loss) stay bunched under the null. Checks: at least ``onset_min_s`` before and after; the step persists (the
    last third after the split keeps ``onset_persistence`` of it: a burst of congestion that ends
-   is not a throttle switched on); controls with a loss signal did not step up with it.
+   is not a throttle switched on); controls with a loss signal did not step up with it; the losses do
+   not come when a queue is full (policing.queue_at_losses: the frames just before them waited no
+   longer than the others by two packets at the flow's rate; a congested link's episodes and a
+   shaper's tail drops step and stay too, but they drop only from a full buffer).
 The two looks share alpha (Bonferroni: the smaller p-value doubled).
 Effect: the loss in excess of the reference (the controls', or the flow's own before the onset).
 
@@ -110,9 +113,20 @@ def _onset(ctx: DetectContext, i: int, loss, controls) -> dict | None:
         cb, ca = controls.window(t0, onset_t), controls.window(onset_t, t1 + 1)
         if cb.n >= 50 and ca.n >= 50:
             ctrl_rose = ca.fraction - cb.fraction >= 0.5 * step
+    checks = {"persists": st["persists"], "controls_did_not_step": not ctrl_rose,
+              "long_enough": (t1 - tb[k]) >= P.onset_min_s}
+    # a dropper keeps no queue: losses that come when one is full are a queue's (a congested link's
+    # overflow, a shaper's tail drops), however they step
+    from throttledetect.detect.policing import queue_at_losses
+    d = ctx.toward_local(i)
+    pk = ctx.packets(i, d)
+    span = float(pk.t[-1] - pk.t[0]) if pk.n > 1 else 0.0
+    full = queue_at_losses(ctx, i, d, loss, float(pk.size.sum()) / span, float(pk.size.mean())) if span > 0 else None
+    if full is not None:
+        checks["losses_without_a_full_queue"] = not (full["p"] < ctx.alpha and
+                                                     full["packets"] >= ctx.config.policing.min_queue_packets)
     return {"pvalue": st["pvalue"], "onset_s": float(tb[k]), "before": st["before"], "after": st["after"],
-            "effect": step, "checks": {"persists": st["persists"], "controls_did_not_step": not ctrl_rose,
-                                              "long_enough": (t1 - tb[k]) >= P.onset_min_s}}
+            "effect": step, "checks": checks, "full_queue": full}
 
 
 def detect(ctx: DetectContext, i: int) -> list:
@@ -161,7 +175,9 @@ def _downlink(ctx: DetectContext, i: int) -> list:
         looks.append({"test": "onset", "pvalue": on["pvalue"], "effect": on["effect"], "checks": on["checks"],
                       "evidence": f"loss steps from {on['before']:.1%} to {on['after']:.1%} at {on['onset_s']:.1f} s "
                                   f"({what}) and stays (permutation test of the best split, p={on['pvalue']:.2g})",
-                      "est": {"onset_s": on["onset_s"], "loss_before": on["before"], "loss_after": on["after"]}})
+                      "est": {"onset_s": on["onset_s"], "loss_before": on["before"], "loss_after": on["after"],
+                              **({"delay_rise_at_losses_ms": on["full_queue"]["rise_ms"],
+                                  "p_delay_at_losses": on["full_queue"]["p"]} if on["full_queue"] else {})}})
     if not looks or loss.n_lost == 0:
         if excess <= P.lossy_path:
             return [Detection.nothing_to_find(KIND, direction, f"{loss.fraction:.1%} loss ({what})", test="loss",

@@ -124,7 +124,8 @@ def detect_attempt(ctx: DetectContext, call: CallAttempt) -> Detection:
     if all(ctx.streams.one_way_unknown(j) for j in call.flows):
         return Detection.inconclusive(
             KIND, direction, "every flow of the attempt goes one way and which end is this host cannot be told "
-            "(both addresses private, no other flow names it): sent unanswered or received, alike", test=NAME,
+            "(both addresses private, no other flow names it): sent unanswered or received, alike; "
+            "--local ADDR/32 names this host", test=NAME,
             call=call.id)
     icmp = [x for j in call.flows for x in ctx.icmp_unreachable().get(j, []) if not x[3]]
     req = attempt_requests(ctx, call)

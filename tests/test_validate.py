@@ -271,3 +271,23 @@ def test_a_congested_link_on_a_real_teams_call_is_not_policing():
     full = [d["checks"].get("losses_without_a_full_queue") for t in result["trials"] for f in t["flows"]
             for d in f["detections"] if d["kind"] == "policing" and (d.get("pvalue") or 1.0) < 1e-3]
     assert full and not any(full)
+
+
+@need_corpus
+def test_congestion_on_a_sparse_real_voice_call_is_not_dropping():
+    """The validation's congested shared link on the WhatsApp call of whatsapp_login_call (22
+    kbit/s of voice), the seed whose episodes stepped the loss from 0.9 % to 8 % and stayed:
+    dropping before (onset p 2e-4). Each loss came 66 ms into a full buffer, under two of this
+    sparse flow's own packets but far more of the link's: a dropper keeps no queue at all."""
+    import dataclasses
+    specs, _ = B.discover(CORPUS)
+    runner._init_worker([dataclasses.asdict(s) for s in specs], 60.0, 0)
+    (bid,) = [s.id for s in specs if s.id.endswith("whatsapp_login_call.pcap")]
+    rec = runner.run_trial(bid, "congested shared link", 8)
+    assert not rec.get("error"), rec.get("error")
+    called = [(f["id"], f["verdict"]) for f in rec["flows"] if f["verdict"] in ("dropping", "policing", "shaping",
+                                                                                  "blocking")]
+    assert not called
+    steps = [d for f in rec["flows"] for d in f["detections"] if d["kind"] == "dropping" and d.get("test") == "onset"
+             and (d.get("pvalue") or 1.0) < 0.01]
+    assert steps and all(d["checks"]["losses_without_a_full_queue"] is False for d in steps)

@@ -84,6 +84,7 @@ def test_congestion_from_the_middle_is_not_dropping(scenario, seed):
     d = of_kind(rep, i, "dropping")
     assert d["test"] == "onset" and d["checks"]["losses_without_a_full_queue"] is False
     assert d["estimates"]["delay_rise_at_losses_ms"] > 30.0
+    assert rep.verdict(i) == "inconclusive" and "a queue was full" in d["reason"], why(rep, i)
 
 
 def test_drop_from_the_middle_with_controls_reports_the_onset(scenario):

@@ -17,8 +17,9 @@ every flow. A drop is *selective* when something shows that the loss is the call
    last third after the split keeps ``onset_persistence`` of it: a burst of congestion that ends
    is not a throttle switched on); controls with a loss signal did not step up with it; the losses do
    not come when a queue is full (policing.queue_at_losses: the frames just before them waited no
-   longer than the others by two packets at the flow's rate; a congested link's episodes and a
-   shaper's tail drops step and stay too, but they drop only from a full buffer).
+   longer than the others, significantly and by a packet's time at the flow's rate or more; a
+   congested link's episodes and a shaper's tail drops step and stay too, but they drop only from
+   a full buffer).
 The two looks share alpha (Bonferroni: the smaller p-value doubled).
 Effect: the loss in excess of the reference (the controls', or the flow's own before the onset).
 
@@ -123,8 +124,9 @@ def _onset(ctx: DetectContext, i: int, loss, controls) -> dict | None:
     span = float(pk.t[-1] - pk.t[0]) if pk.n > 1 else 0.0
     full = queue_at_losses(ctx, i, d, loss, float(pk.size.sum()) / span, float(pk.size.mean())) if span > 0 else None
     if full is not None:
-        checks["losses_without_a_full_queue"] = not (full["p"] < ctx.alpha and
-                                                     full["packets"] >= ctx.config.policing.min_queue_packets)
+        # a dropper keeps no queue at all: one packet's time at the flow's rate is a queue (a shared
+        # buffer holds others' packets too, so a sparse voice flow's own count understates it)
+        checks["losses_without_a_full_queue"] = not (full["p"] < ctx.alpha and full["packets"] >= 1.0)
     return {"pvalue": st["pvalue"], "onset_s": float(tb[k]), "before": st["before"], "after": st["after"],
             "effect": step, "checks": checks, "full_queue": full}
 
@@ -206,8 +208,13 @@ def _downlink(ctx: DetectContext, i: int) -> list:
     if excess > P.lossy_path and not any(x["test"] == "controls" for x in looks):
         # only the onset could show selectivity: if it does not, the loss is unexplained, not "none"
         det.otherwise = "inconclusive"
+        why = "no onset"
+        if best["test"] == "onset" and best["checks"].get("losses_without_a_full_queue") is False:
+            why = (f"the loss steps up at {best['est']['onset_s']:.1f} s, but each loss came when a queue was full: "
+                   f"the frames just before them waited {best['est']['delay_rise_at_losses_ms']:.0f} ms longer, "
+                   "as a congested link's or a shaper's tail drops do")
         det.reason = (f"lossy path: {loss.fraction:.1%} loss ({what}), nothing shows it is selective "
-                      "(no other flow with a loss signal to compare, no onset)")
+                      f"(no other flow with a loss signal to compare, {why})")
     return [det]
 
 

@@ -494,9 +494,10 @@ def queue_at_losses(ctx: DetectContext, i: int, d: int, loss, rate_Bps: float, m
     of any other moment. The delay is each frame's least (shaping's delay series: the sender's
     clock, pacing and skew removed), so a paced frame's own spread does not count. H0: the
     delays of the frames just before losses (each frame once) are no higher than the others'
-    (Mann-Whitney, one-sided). Effect: their median over all frames', in ms and in packets at the
-    fitted rate (a queue of ``min_queue_packets`` or more is a queue's, as for the standing queue).
-    None without a sender clock or with fewer than MIN_LOSS_FRAMES such frames."""
+    (Mann-Whitney, one-sided). Effect: their median over all frames', in ms and in packets at
+    ``rate_Bps`` (the fitted rate for policing, whose check asks ``min_queue_packets`` as for the
+    standing queue; the flow's own rate for dropping, whose check asks one). None without a sender
+    clock or with fewer than MIN_LOSS_FRAMES such frames."""
     from throttledetect.detect.shaping import _delay_series
     best = _delay_series(ctx, i, d)
     if best is None or best[0].n < 20:

@@ -26,25 +26,28 @@ def det(kind="dropping", p=None, decision="not_detected", **kw):
 
 def test_decide_needs_significance_every_check_and_the_floor():
     vals = V.config_values()
-    ok = det("dropping", 1e-6, effect=0.05, checks={"twice_the_controls": True})
+    a, floor = vals["alpha"], vals["floor.dropping"]
+    ok = det("dropping", 1e-6, effect=5 * floor, checks={"twice_the_controls": True})
     assert V.decide(ok, vals) == "detected"
-    assert V.decide({**ok, "pvalue": 0.02}, vals) == "not_detected"                   # not significant
+    assert V.decide({**ok, "pvalue": 2 * a}, vals) == "not_detected"                  # not significant
     assert V.decide({**ok, "checks": {"twice_the_controls": False}}, vals) == "not_detected"
-    assert V.decide({**ok, "effect": 0.009}, vals) == "not_detected"                  # under floor.dropping
+    assert V.decide({**ok, "effect": 0.9 * floor}, vals) == "not_detected"           # under floor.dropping
     assert V.decide({**ok, "effect": None}, vals) == "detected"                       # no effect: no floor
     # the q-value decides once the family filled it
-    assert V.decide({**ok, "qvalue": 0.05}, vals) == "not_detected"
-    assert V.decide({**ok, "pvalue": 0.05, "qvalue": 0.005}, vals) == "detected"
+    assert V.decide({**ok, "qvalue": 5 * a}, vals) == "not_detected"
+    assert V.decide({**ok, "pvalue": 5 * a, "qvalue": a / 2}, vals) == "detected"
 
 
 def test_decide_uses_the_kinds_floor_or_the_named_one():
     vals = V.config_values()
-    shaping = det("shaping", 1e-9, effect=25.0)                                       # ms, floor 20
+    f = vals["floor.shaping"]
+    shaping = det("shaping", 1e-9, effect=1.25 * f)                                   # ms
     assert V.decide(shaping, vals) == "detected"
-    assert V.decide({**shaping, "effect": 15.0}, vals) == "not_detected"
-    spacing = det("shaping", 1e-9, effect=0.6, floor_key="floor.shaping_spacing")     # share, floor 0.5
+    assert V.decide({**shaping, "effect": 0.75 * f}, vals) == "not_detected"
+    f = vals["floor.shaping_spacing"]                                                 # a share
+    spacing = det("shaping", 1e-9, effect=1.2 * f, floor_key="floor.shaping_spacing")
     assert V.decide(spacing, vals) == "detected"
-    assert V.decide({**spacing, "effect": 0.4}, vals) == "not_detected"
+    assert V.decide({**spacing, "effect": 0.8 * f}, vals) == "not_detected"
 
 
 def test_decide_leaves_tests_that_could_not_run_and_honours_otherwise():
@@ -80,12 +83,12 @@ def test_fdr_turns_a_lone_weak_p_value_down():
 
 def test_a_p_value_shared_by_a_family_counts_once():
     """Three flows of one call attempt carry one setup test (family_key): one entry in the family.
-    Counted once (m=2): q = 0.006 * 2 / 1 = 0.012 > alpha. Counted three times (m=4, ranks 1-3):
+    Counted once (m=2): q = 0.006 * 2 / 1 = 0.012 > alpha 0.01. Counted three times (m=4, ranks 1-3):
     q = 0.006 * 4 / 3 = 0.008, which would pass: sharing must not buy significance."""
     shared = [det("blocking", 0.006, effect=1.0, family_key="call-setup:0") for _ in range(3)]
     other = det("dropping", 0.9, effect=0.0)
     dets = shared + [other]
-    V.redecide(dets, V.config_values())
+    V.redecide(dets, V.config_values({"alpha": 0.01}))
     assert [d["qvalue"] for d in shared] == pytest.approx([0.012] * 3)
     assert all(d["decision"] == "not_detected" for d in shared)
     assert other["qvalue"] == pytest.approx(0.9)

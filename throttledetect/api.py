@@ -93,13 +93,14 @@ class Report:
             return store.record(self, tags or {}, settings or {})
 
 
-def analyze(*paths, idle_timeout: float = 60.0, local=None, bin_s: float = 1.0, alpha: float = 0.01,
+def analyze(*paths, idle_timeout: float = 60.0, local=None, bin_s: float = 1.0, alpha: float | None = None,
             progress=None, say=None, **settings) -> Report:
     """Analyse capture files (paths, folders of captures, or "-" for standard input).
 
     Inputs that cannot be read are listed in `Report.unreadable`; when none can be read, the first
     one's CaptureError is raised. `local` is a list of address ranges ("10.0.0.0/8") of the
-    capturing host's side; other keywords go to pipeline.analyze_capture.
+    capturing host's side; alpha None is the shipped FDR level (verdicts.DEFAULTS); other
+    keywords go to pipeline.analyze_capture.
     """
     from throttledetect.inputs import expand
     from throttledetect.read import CaptureError

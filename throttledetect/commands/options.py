@@ -153,8 +153,9 @@ OUTPUT = click.option("-o", "--output", type=OutputFile(), metavar="FILE",
 ANALYSIS_OPTIONS = [
     click.option("--bin", "bin_s", type=Number(0.01, 3600), default=1.0, show_default=True, metavar="SECONDS",
                  help="Rate-series bin width, seconds (0.01-3600)."),
-    click.option("--alpha", type=Number(0, 1, min_open=True, max_open=True), default=0.01, show_default=True,
-                 help="False-discovery rate over every test of a capture (Benjamini-Hochberg), 0 < alpha < 1."),
+    click.option("--alpha", type=Number(0, 1, min_open=True, max_open=True), default=None,
+                 help="False-discovery rate over every test of a capture (Benjamini-Hochberg), 0 < alpha < 1 "
+                      "[default: 0.02, the validation's calibration point]."),
     click.option("--test", "test_scope", type=click.Choice(["calls", "all"]), default="calls", show_default=True,
                  help="Which flows to test: the call flows, or every flow with enough packets (TCP downloads, "
                       "calls that fell back to TCP, captures taken at a server)."),
@@ -190,7 +191,7 @@ def parse_thresholds(values) -> dict:
 def analysis_settings(params: dict) -> dict:
     """The keyword arguments of pipeline.analyze_capture from a command's parameters."""
     return {"idle_timeout": params["idle_timeout"], "local_nets": flatten_networks(params.get("local")),
-            "bin_s": params.get("bin_s", 1.0), "alpha": params.get("alpha", 0.01),
+            "bin_s": params.get("bin_s", 1.0), "alpha": params.get("alpha"),
             "test": params.get("test_scope", "calls"), "thresholds": params.get("thresholds") or {}}
 
 

@@ -114,6 +114,30 @@ def test_leave_one_app_out_chooses_without_the_app(monkeypatch):
     assert all(o["found"] for o in y if o["throttling"]) and all(o["fp"] for o in y if not o["throttling"])
 
 
+def test_shipped_rows_are_decided_at_todays_defaults_not_read_from_the_stored_verdicts(monkeypatch):
+    """A stored run rescored after the shipped thresholds changed: its shipped rows must be the
+    trials decided at verdicts.DEFAULTS, as `analyze` decides today, not the verdicts stored."""
+    from throttledetect import verdicts
+    recs = [_rec("drop 5% from ~30 s", [_flow("target", "inconclusive")], base=f"b{i}") for i in range(4)]
+    recs += [_rec("hold", [_flow("target", "none")], base=f"b{i}") for i in range(4)]
+    seen = []
+
+    def rescore(entries, overrides):
+        seen.append(dict(overrides))
+        if overrides.get("floor.policing") != -1.0:
+            return entries
+        return {"flows": [dict(f, verdict="dropping" if f["verdict"] == "inconclusive" else f["verdict"])
+                          for f in entries["flows"]], "protocols": entries["protocols"]}
+
+    monkeypatch.setattr(calibration, "rescore", rescore)
+    monkeypatch.setattr(calibration, "grid", lambda: [{}])
+    monkeypatch.setattr(verdicts, "DEFAULTS", {**verdicts.DEFAULTS, "floor.policing": -1.0})
+    s = score.score({"trials": recs})
+    assert s["shipped"]["pooled"]["found"]["k"] == 4            # decided at the (patched) defaults
+    assert s["pooled"]["found"]["k"] == 0                       # the grid's only point: as stored
+    assert seen[-1]["floor.policing"] == -1.0
+
+
 def test_identity_calibration_without_the_detectors_grid():
     if calibration.available():
         pytest.skip("throttledetect.verdicts exposes a calibration grid")

@@ -251,8 +251,10 @@ def score(result: dict) -> dict:
     per_group = {(a, g): summarise([o for o in outs if o["app"] == a and o["group"] == g])
                  for a in apps for g in groups if any(o["app"] == a and o["group"] == g for o in outs)}
     pooled = summarise(outs, pooled=True)
-    # what `analyze` does out of the box: every trial decided at the shipped defaults
-    shipped_outs = outcomes_at(records, {})
+    # what `analyze` does out of the box: every trial decided at the shipped defaults (named, not
+    # the stored verdicts: a stored run rescored after the defaults changed is decided at today's)
+    from throttledetect import verdicts
+    shipped_outs = outcomes_at(records, dict(verdicts.DEFAULTS))
     shipped = {a: summarise([o for o in shipped_outs if o["app"] == a]) for a in apps}
     shipped_pooled = summarise(shipped_outs, pooled=True)
     pooled_group = {g: summarise([o for o in outs if o["group"] == g], pooled=True) for g in groups}

@@ -266,6 +266,29 @@ def test_a_relay_to_peer_move_of_a_real_telegram_call_is_never_blocking():
     assert not blocked
 
 
+def test_a_policer_per_flow_on_a_two_flow_call_is_each_flows_own(tmp_path):
+    """The validation's policer per flow (each at 0.5-0.65x its flow's rate, small bucket) on the
+    testbed call (audio 70 kbit/s, video 540 kbit/s; captures/, no corpus needed), two seeds. The
+    audio flow was fitted over both flows as one bucket (scope host, the smaller p-value) and
+    reported at about the video's rate: 290 kbit/s for a 40 kbit/s policer. Each flow's policer is
+    its own, and the audio's at its own rate. (The video's is read about 19 % low: a bucket of one
+    packet meeting each frame's burst passes less than its rate, and the fit follows what passed.)"""
+    result = runner.run(tmp_path / "no-corpus", [S.BY_NAME["police 0.5-0.65x burst small"]], seeds=2, jobs=1,
+                        base_filter="captures/call_clean", vca=False, nice=0)
+    assert len(result["trials"]) == 2
+    for t in result["trials"]:
+        want = {x["flow"]: x["rate_bps"] for x in t["truth"]["targets"]}
+        assert len(want) == 2
+        for f in t["flows"]:
+            if f["trial_role"] != "target":
+                continue
+            det = [d for d in f["detections"] if d["kind"] == "policing" and d.get("pvalue") is not None]
+            assert det and det[0]["estimates"]["scope"] == "flow", (t["seed_index"], det)
+            assert f["verdict"] == "policing", (t["seed_index"], f["verdict"])
+            if want[f["base_flow"]] < 100_000:          # the audio flow
+                assert det[0]["rate_bps"] == pytest.approx(want[f["base_flow"]], rel=0.10), (t["seed_index"], det)
+
+
 @need_corpus
 def test_random_path_loss_on_a_looped_real_video_call_does_not_line_up_with_a_bucket():
     """The validation's random path loss on the corpus's Zoom call (1.6 s of video looped 37 times),

@@ -139,9 +139,9 @@ def test_looped_testbed_call_clean_and_blocked():
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "detect.policing host-group fit: one simulated token bucket (simulate.Police shared=True, 425 kbit/s, "
-    "250 ms) over the looped testbed call's audio and video: the video flow is called policing at 320.6 kbit/s "
-    "(-25 %, fitted over both flows, 'scope host'); the audio flow lost 1 packet and is 'none'"))
+    "detect.policing: one simulated token bucket (simulate.Police shared=True, 425 kbit/s, "
+    "250 ms) over the looped testbed call's audio and video: the video flow is called policing at 358.7 kbit/s "
+    "(-16 %, its own packets' fit: the audio, 1 packet lost, gives no shared signal) and the audio flow is 'none'"))
 def test_looped_testbed_call_behind_one_shared_policer():
     from throttledetect.simulate import Police
     b = trace_base("testbed")

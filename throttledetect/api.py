@@ -14,7 +14,6 @@ of each capture (packets, flows, classification) are in `report.analyses` for de
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -60,7 +59,8 @@ class Report:
         return [f for f in self.flows if is_call(f["protocol"])]
 
     def to_json(self) -> str:
-        return json.dumps(self.document, indent=2) + "\n"
+        from throttledetect.report.jsonout import indented
+        return indented(self.document) + "\n"
 
     def json_pieces(self):
         """to_json() as text pieces, flow by flow: a document of many flows is never one string."""

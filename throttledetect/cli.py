@@ -7,7 +7,6 @@ inside the commands that need them, so `--help` and option errors are instant.
 """
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -209,7 +208,8 @@ def classify_cmd(files, idle_timeout, local, output, fmt, show_all):
     doc = {"schema": document.SCHEMA, "captures": [document.capture_entry(c) for c, _, _ in triples],
            "flows": entries, "protocols": document.protocol_summary(entries)}
     if fmt == "json":
-        _emit(json.dumps(doc, indent=2) + "\n", output)
+        from throttledetect.report.jsonout import indented
+        _emit(indented(doc) + "\n", output)
     elif fmt == "csv":
         from throttledetect.report.csvout import classify_csv
         _emit(classify_csv(doc), output)

@@ -64,12 +64,28 @@ class Decision:
 
 
 def _suffix_app(name: str, domains: dict) -> str | None:
+    """The first app of `domains` (in its order) one of whose suffixes is `name` or a parent of it.
+    A capture's DNS answers are tens of thousands of names: each looks up its own parents in an
+    index rather than testing every app's every suffix."""
+    index = _SUFFIX_INDEX.get(id(domains))
+    if index is None or index[0] is not domains:
+        order = {}
+        for rank, (app, entry) in enumerate(domains.items()):
+            for suffix in entry["suffixes"]:
+                order.setdefault(suffix.lower().rstrip("."), (rank, app))
+        index = _SUFFIX_INDEX[id(domains)] = (domains, order)
+    order = index[1]
     name = name.lower().rstrip(".")
-    for app, entry in domains.items():
-        for suffix in entry["suffixes"]:
-            if name == suffix or name.endswith("." + suffix):
-                return app
-    return None
+    best = None
+    while name:
+        hit = order.get(name)
+        if hit is not None and (best is None or hit[0] < best[0]):
+            best = hit
+        _, _, name = name.partition(".")
+    return best[1] if best else None
+
+
+_SUFFIX_INDEX: dict = {}
 
 
 class Rules:

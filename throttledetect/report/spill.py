@@ -6,7 +6,7 @@ dicts beside them: about 1 GB of a 10 M-packet capture's 3 GB. Now each flow's m
 turned into their JSON text as they are measured, a batch of flows at a time, and that text goes
 to an unlinked temporary file (the page cache holds it, not the process); the document carries a
 SpilledJson in their place and report.jsonout.dumps_pieces copies the text back in when it
-writes the flow. The text is json.dumps's own, so the output is the same byte for byte.
+writes the flow. The text is report.jsonout.indented's, so the output is the same byte for byte.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 import tempfile
 from array import array
 
-# json.dumps(metrics, indent=2) as the value of a flow's "metrics" key, in the document's
+# jsonout.indented(metrics) as the value of a flow's "metrics" key, in the document's
 # "flows" list (dumps_pieces indents a flow by four spaces, its keys by two more)
 METRICS_INDENT = "\n" + " " * 6
 _WRITE_BUFFER = 1 << 22
@@ -35,8 +35,8 @@ class JsonSpill:
         return len(self._ends)
 
     def add(self, text: str) -> int:
-        """Keep `text` (ASCII, as json.dumps writes it); returns its number."""
-        data = text.encode("ascii")
+        """Keep `text`; returns its number."""
+        data = text.encode("utf-8")
         self._pending.append(data)
         self._pending_bytes += len(data)
         self._size += len(data)
@@ -48,13 +48,14 @@ class JsonSpill:
     def add_metrics(self, value) -> int:
         """Keep the JSON of a flow's metrics (a FlowMetrics.to_json() dict), as it stands in a flow
         of the document that dumps_pieces writes."""
-        return self.add(json.dumps(value, indent=2).replace("\n", METRICS_INDENT))
+        from throttledetect.report.jsonout import indented
+        return self.add(indented(value).replace("\n", METRICS_INDENT))
 
     def text(self, i: int) -> str:
         if self._pending:
             self._flush()
         start = self._ends[i - 1] if i else 0
-        return os.pread(self._file.fileno(), self._ends[i] - start, start).decode("ascii")
+        return os.pread(self._file.fileno(), self._ends[i] - start, start).decode("utf-8")
 
     def value(self, i: int):
         """Text i parsed again (a reader of the document that wants the values, not the text)."""

@@ -192,6 +192,7 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
     roles: list = [None] * n
     dets: list = [[] for _ in range(n)]
     todo = np.flatnonzero(tested).tolist()
+    ctx.streams.read_rtp_headers(todo)          # before the pool forks: its workers inherit them
     for i, (role, found) in zip(todo, (map_flows or _in_turn)(ctx, todo, detect_flow)):
         roles[i], dets[i] = role, found
     values = dict(config.thresholds)

@@ -63,6 +63,21 @@ def test_policer_on_video(synthetic_call, scenario, factor, burst_s):
     assert rep.verdict(a) == "none", why(rep, a)              # the audio flow was not touched
 
 
+@pytest.mark.parametrize("factor", [0.5, 0.7])
+def test_a_policer_on_a_talker_with_silences_at_its_rate(synthetic_call, scenario, factor):
+    """A talker with pauses of 3-8 s (over half the time silent) policed at a factor of its mean
+    rate, a one-packet bucket. The most that passed in any 5 s window spans a pause (talk spurts
+    last 2-6 s) and read the rate low (0.29 of it on the validation's looped LINE call); what
+    passed between the losses of each spurt is the rate."""
+    call = dict(AUDIO, dtx=(150, 400))
+    rate = factor * rate_of(synthetic_call, call, CALL_PORT)
+    cap, ft, cl, rep = scenario(call, police(rate, SMALL), port=CALL_PORT, seed=25)
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "policing", why(rep, i)
+    d = detected(rep, i, "policing")[0]
+    assert d["rate_bps"] == pytest.approx(rate, rel=0.05), (d["rate_bps"], rate, d["estimates"].get("rate_read"))
+
+
 def test_policer_from_the_middle_reports_its_onset(synthetic_call, scenario):
     """A policer switched on at 20 s: the bucket fit starts empty at the first loss."""
     rate = 0.7 * rate_of(synthetic_call, AUDIO, CALL_PORT)

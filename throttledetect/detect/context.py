@@ -30,6 +30,7 @@ TCP, UDP = 6, 17
 STUN_COOKIE = np.array([0x21, 0x12, 0xA4, 0x42], dtype=np.uint8)
 CALL_GAP_S = 30.0           # flows of one app and host further apart than this are separate attempts
 MIN_CONTROL_PACKETS = 50
+PAUSE_S = 1.0               # a gap this long in a sender's packets is its pause (no voice cadence is slower), not a queue's
 
 
 def dir_name(d: int) -> str:

@@ -57,7 +57,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from throttledetect.detect.context import DetectContext, dir_name
+from throttledetect.detect.context import PAUSE_S, DetectContext, dir_name
 from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection, TestResult
 from throttledetect.jit import njit
@@ -68,7 +68,6 @@ KIND = "policing"
 J_TOLERANCE = 0.02          # rates whose J is within this of the best fit as well
 GROUP_MIN_LOSS = 0.005      # a host's flow joins the shared-bucket fit when it lost at least this share
 RATE_WINDOW_S = 5.0         # the window over which the passed rate is read (passed_rate_bps)
-PAUSE_S = 1.0               # a gap this long in the offered packets is the sender's pause (detect.shaping's)
 HALF_BLOCK_S = 2.0          # cross-fitting: alternate blocks of this length fit and judge
 PERM_BLOCK_S = 0.2          # the null shuffles loss labels within blocks this short ...
 PERM_BLOCK_UNITS = 8        # ... or long enough to hold this many units on average
@@ -521,7 +520,7 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
         # validation's policers (3 seeds of each) the median error is 2.6 % against 11 %.
         readings = {k: v for k, v in (("between losses", between), ("best window", passed)) if v is not None and v > 0}
         source = next(iter(readings), "fit")
-        out = {"rate_source": source, "test": name, "p": min(1.0, pmin * len(looks)), "j_obs": j_obs, "j_best": j_best,
+        out = {"rate_read": source, "test": name, "p": min(1.0, pmin * len(looks)), "j_obs": j_obs, "j_best": j_best,
                "p_align": p_align, "z_align": z_align, "reg": reg, "clock": basis,
                "rate": readings.get(source, float(rates[a] * 8)),
                "rate_fit": float(rates[a] * 8),
@@ -617,7 +616,7 @@ def detect(ctx: DetectContext, i: int) -> list:
            "rate_identifiable": bool(f["identifiable"]), "loss": loss.fraction, "lost": nl, "expected": loss.n,
            "loss_source": loss.source, "j_held_out": f["j_obs"], "z_alignment": f["z_align"],
            "p_alignment": f["p_align"], "bucket_start": "full" if f["mode"] == 0 else "empty at the first loss",
-           "received_bps": f["recv_bps"], "scope": scope, "bucket_clock": f["clock"], "rate_read": f["rate_source"]}
+           "received_bps": f["recv_bps"], "scope": scope, "bucket_clock": f["clock"], "rate_read": f["rate_read"]}
     if scope == "host":
         est["flows"] = flows
     if f["reg"] is not None:
@@ -631,9 +630,10 @@ def detect(ctx: DetectContext, i: int) -> list:
                    queue_packets_at_losses=full["packets"])
     why = ("losses line up with the packets' own load (cross-fitted permutation test)" if f["test"] == "alignment"
            else "losses spread more evenly than random loss would (dispersion test)")
-    # what passed is a lower bound of the rate (tight while the sender offers more than it): with a
-    # fit that bounds the rate from below only, the larger of the two bounds is said
-    rate_txt = fmt_rate(f["rate"]) if f["identifiable"] else f"at least {fmt_rate(max(f['r_lo'], f['rate']))}"
+    # what passed between losses is a lower bound of the rate (tight while the sender offers more
+    # than it): with a fit that bounds the rate from below only, the larger of the two bounds is said
+    lower = max(f["r_lo"], f["rate"]) if f["rate_read"] == "between losses" else f["r_lo"]
+    rate_txt = fmt_rate(f["rate"]) if f["identifiable"] else f"at least {fmt_rate(lower)}"
     where = "" if scope == "flow" else f" over the {len(flows)} call flows from this host together ({f['loss']:.1%} lost)"
     ev = (f"{loss.fraction:.1%} of packets lost; a token bucket of {rate_txt} and {f['burst']:.0f} B "
           f"({est['bucket_start']}){where} explains them (J {f['j_best']:.2f}); {why}, p={p:.2g}")

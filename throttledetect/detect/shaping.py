@@ -54,7 +54,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from throttledetect.detect.context import DetectContext, dir_name
+from throttledetect.detect.context import PAUSE_S, DetectContext, dir_name
 from throttledetect.detect.onset import change_point
 from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection, TestResult
@@ -64,7 +64,6 @@ KIND = "shaping"
 MIN_PACKETS = 50
 BINDING_CAP = 1.5           # a cap faster than this times the flow's own rate is not what holds it back
 MAX_LEADING = 50
-PAUSE_S = 1.0               # a gap this long is the sender's pause (no voice cadence is slower), not a queue's
 BACK_TO_BACK = 0.1          # a gap under this share of a packet's time at the flow's mean rate: sent in one burst
 
 

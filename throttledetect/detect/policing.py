@@ -593,16 +593,17 @@ def detect(ctx: DetectContext, i: int) -> list:
     scopes = [s for s in scopes if s[2] is not None]
     if not scopes:
         return [Detection.nothing_to_find(KIND, direction, "too few losses and passes to fit a bucket", test="bucket")]
-    # The scope whose bucket explains the losses better (J); the flow's own unless the host's is
-    # better by more than the tolerance of a fit. Not the smaller p-value: both are far below any
-    # alpha when there is a policer, and the merged signal, having more packets, wins on p whatever
-    # it explains. A policer per flow (audio and video metered apart, at their own rates) was
-    # fitted over both flows, the audio at the video's rate (290 kbit/s for a 40 kbit/s policer: J
-    # 0.42 against the flow's own 0.69). Bonferroni over the scopes covers any rule of choice.
-    scope, flows, f = scopes[0]
-    for cand in scopes[1:]:
-        if cand[2]["j_best"] > f["j_best"] + J_TOLERANCE:
-            scope, flows, f = cand
+    # The scope whose bucket explains the losses better (J): the host's unless the flow's own is
+    # better by more than the tolerance of a fit (as good, the host's bucket explains the other
+    # flows' losses too, and a shared policer's flows then all report its rate). Not the smaller
+    # p-value: both are far below any alpha when there is a policer, and the merged signal, having
+    # more packets, wins on p whatever it explains. A policer per flow (audio and video metered
+    # apart, at their own rates) was fitted over both flows, the audio at the video's rate (290
+    # kbit/s for a 40 kbit/s policer: J 0.42 against the flow's own 0.69). Bonferroni over the
+    # scopes covers any rule of choice.
+    scope, flows, f = scopes[-1]
+    if scope == "host" and scopes[0][2]["j_best"] > f["j_best"] + J_TOLERANCE:
+        scope, flows, f = scopes[0]
     p = min(1.0, f["p"] * len(scopes))
     q_pk = queue_packets(ctx, i, d, f["rate"] / 8.0, f["mean_size"])
     checks = {}

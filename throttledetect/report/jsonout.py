@@ -39,10 +39,10 @@ _LIST_HOLE = "\x00items\x00"
 
 
 def dumps_pieces(doc: dict, key: str, items, *, keys=None):
-    """json.dumps(doc, indent=2) with doc[key] = the list of `items` (an iterable of dicts, or of their
+    """indented(doc) with doc[key] = the list of `items` (an iterable of dicts, or of their
     text as an item of that list when the caller has it already), as text
     pieces: the items are rendered one at a time, so a document of a million flows is never held as
-    a list of dicts nor as one string. Byte for byte what json.dumps of the whole gives."""
+    a list of dicts nor as one string. Byte for byte what indented() of the whole gives."""
     whole = dict(doc, **{key: _LIST_HOLE})
     if keys is not None:            # the key order of the document being reproduced
         whole = {k: whole[k] for k in keys}
@@ -66,7 +66,7 @@ _SPILLED_HOLE = "\x00spilled\x00"
 
 
 def _item_text(item) -> str:
-    """json.dumps(item, indent=2) as an element of the list; a flow's metrics kept on disk
+    """indented(item) as an element of the list; a flow's metrics kept on disk
     (report.spill.SpilledJson) are copied in as the text they were spilled as."""
     from throttledetect.report.spill import SpilledJson
     spilled = item.get("metrics") if type(item) is dict else None
@@ -79,7 +79,7 @@ def _item_text(item) -> str:
 def _flat_item(item: dict) -> str | None:
     """indented(item) as an element of a list at the second level, for a dict of plain
     scalars (a flow entry): about ten times faster than the encoder's general path. None when a
-    value is not a plain scalar (the caller then uses json.dumps)."""
+    value is not a plain scalar (the caller then uses indented)."""
     from json.encoder import encode_basestring_ascii as quote
     parts = []
     for k, v in item.items():

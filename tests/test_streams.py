@@ -325,3 +325,38 @@ def test_encrypted_voice_falls_back_to_the_cadence(synthetic_call):
     cad = s.cadence(i, d)
     assert cad is not None and cad.period_s == pytest.approx(0.02, abs=2e-4)
     assert s.loss_source(i, d) == "cadence"
+
+
+def _voice(n=3000, ptime=0.02, clock=8000):
+    f = np.arange(n)
+    send = 0.5 + f * ptime
+    return f, send, np.round(send * clock).astype(np.int64)
+
+
+def test_a_sender_clock_that_leaps_ahead_starts_a_new_timeline_not_a_queue():
+    """G.711 whose stamps leap 43 s ahead at 20 s and fall 30 s back at 40 s (a fax call's PBX
+    re-anchoring its media: the corpus's T.38 call), on a path with no queue: the delay stays
+    flat across both, and the per-flow metrics' delay too (read as delay, a 43 s step)."""
+    from throttledetect.metrics.rtp import rtp_stream_stats
+    f, send, ts = _voice()
+    ts = ts + np.where(send > 20.0, 43 * 8000, 0) - np.where(send > 40.0, 30 * 8000, 0)
+    t = send + 0.03
+    s = rtp_stream(f, ts % 2**32, t, pt=8)
+    dl = s.delay()
+    assert dl.ms.max() < 1.0, dl.ms.max()
+    stats = rtp_stream_stats(t, f % 2**16, ts % 2**32, np.zeros(len(f), bool), np.full(len(f), 8), np.full(len(f), 172))
+    assert stats.delay_ms.max() < 1.0, stats.delay_ms.max()
+
+
+def test_a_queue_that_drains_in_a_pause_is_not_a_new_timeline():
+    """An 800 ms queue builds from 10 s, and the talker pauses 2 s at 20 s while it drains: the
+    delay falls by what the queue held, which is no leap of the sender's clock (the queue stays
+    800 ms in the series)."""
+    f, send, ts = _voice()
+    send = send + np.where(send > 20.0, 2.0, 0.0)          # the pause: stamps and sending move on
+    ts = np.round(send * 8000).astype(np.int64)
+    queue = np.clip((send - 10.0) * 0.8, 0, 0.8) * (send < 20.0)
+    s = rtp_stream(f, ts, send + 0.03 + queue, pt=8)
+    dl = s.delay()
+    assert dl.ms.max() == pytest.approx(800.0, abs=5.0)
+    assert np.median(dl.ms[dl.t > 23.0]) < 5.0

@@ -42,10 +42,10 @@ before the losses waited longer than the others by ``min_queue_packets`` at the 
 whose buffer the flow's own bursts overflow, so that its losses line up with the flow's load as a
 policer's do (the validation's congested link on the Teams call: alignment p 1e-52, J 0.64).
 
-Estimates: rate_bps (link-layer bits/s: what arrived between the losses of each talk spurt over the
-time between them, passed_between_losses_bps, every packet of the flow counted, RTP or not (the
-bucket is empty at each loss, so this is the rate to a packet while the sender offers more; a lower
-bound otherwise); with under a second of such time, the most that arrived in any RATE_WINDOW_S
+Estimates: rate_bps (link-layer bits/s: what arrived between consecutive losses of each talk spurt
+over the time between them, passed_between_losses_bps, every packet of the flow counted, RTP or not
+(the bucket is empty at each loss, so this is the rate to a packet while the sender offers more;
+intervals that passed clearly less, where the bucket filled, are left out); with under a second of such time, the most that arrived in any RATE_WINDOW_S
 between the first and last loss, passed_rate_bps (at most rate + depth / window); ``rate_read`` says
 which; the best fit's rate is rate_fit_bps), the range of rates that fit about as well (``rate_range_bps``: a bucket that refills to its depth between
 bursts passes the same packets at any rate above depth / burst interval: then the rate is bounded
@@ -265,29 +265,39 @@ def passed_rate_bps(t, size, lost, window_s: float = RATE_WINDOW_S) -> float | N
 
 def passed_between_losses_bps(t_units, lost, t_arrived, size_arrived, pause_s: float = PAUSE_S) -> float | None:
     """A policer's rate read from what it let through between losses. Right after a loss the
-    bucket holds less than a packet, and again at the next loss, so what arrived in between is the
-    rate times the time between, to a packet, for as long as the sender offered more than the rate
-    (the bucket never filled). Read per talk spurt (the offered units split at pauses of pause_s or
-    more: a bucket refills in a pause, and a window over it reads the pause's silence as a low
-    rate), from the first loss of the spurt to its last, summed over spurts. Every packet that
-    arrived counts, RTP or not: the policer meters the flow's bytes, not only those the loss signal
-    can follow. None with under a second of such time."""
+    bucket holds less than a packet, and again at the next loss, so what arrived between two
+    consecutive losses is the rate times the time between, to a packet either way, unless the
+    bucket filled to its depth in between (the sender offered less than the rate for a while).
+    Read over the intervals between consecutive losses within a talk spurt (the offered units split
+    at pauses of pause_s or more: a bucket refills in a pause), summed: every packet that arrived
+    counts, RTP or not (the policer meters the flow's bytes, not only those the loss signal can
+    follow). An interval that passed less than the rate times its length by more than two packets
+    cannot have had an empty bucket at both ends without filling it: the sender offered less than
+    the rate there (a fax's 24 s of comfort noise between its bursts read the 25 kbit/s policer at
+    11), so it is left out and the rate read again, until nothing changes. None with under a second
+    of such time."""
     lost = np.asarray(lost, dtype=np.bool_)
     if lost.sum() < 2:
         return None
-    cuts = np.flatnonzero(np.diff(t_units) >= pause_s) + 1
-    starts, ends = np.r_[0, cuts], np.r_[cuts, len(t_units)]
+    spurt = np.cumsum(np.r_[0, np.diff(t_units) >= pause_s])
+    li = np.flatnonzero(lost)
+    same = spurt[li[1:]] == spurt[li[:-1]]
+    t0, t1 = t_units[li[:-1]][same], t_units[li[1:]][same]
     cum = np.concatenate(([0.0], np.cumsum(size_arrived)))
-    passed = span = 0.0
-    for a, b in zip(starts, ends):
-        idx = np.flatnonzero(lost[a:b])
-        if len(idx) < 2:
-            continue
-        t0, t1 = t_units[a + idx[0]], t_units[a + idx[-1]]
-        i0, i1 = np.searchsorted(t_arrived, [t0, t1], side="right")
-        passed += cum[i1] - cum[i0]
-        span += t1 - t0
-    return float(passed * 8.0 / span) if span >= 1.0 else None
+    i0 = np.searchsorted(t_arrived, t0, side="right")
+    i1 = np.searchsorted(t_arrived, t1, side="right")
+    passed, span = cum[i1] - cum[i0], t1 - t0
+    slack = 2.0 * float(np.max(size_arrived)) if len(size_arrived) else 0.0
+    keep = np.ones(len(span), dtype=np.bool_)
+    for _ in range(5):
+        if span[keep].sum() < 1.0:
+            return None
+        rate = passed[keep].sum() / span[keep].sum()
+        again = passed >= rate * span - slack
+        if np.array_equal(again, keep):
+            break
+        keep = again
+    return float(rate * 8.0) if span[keep].sum() >= 1.0 else None
 
 
 def offered_peak_bps(t, size, window_s: float = 1.0) -> float:

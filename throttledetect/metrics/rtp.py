@@ -337,9 +337,10 @@ def rtp_stream_stats(
     # Delay and DTX over the extended timestamps.
     ts_ext = unwrap(ts32, TS_MOD)
     delay_ms = None
-    if stream_clock:
-        owd = (t - t[0]) - (ts_ext - ts_ext[0]) / stream_clock
-        delay_ms = (owd - owd.min()) * 1e3
+    from throttledetect.streams.rtp import one_timeline    # the one reading of a sender's clock resets
+    timeline = one_timeline(t, (ts_ext - ts_ext[0]) / stream_clock) if stream_clock else None
+    if timeline is not None:
+        delay_ms = (timeline[0] - timeline[0].min()) * 1e3
     ptime_ms, dtx = _dtx_periods(t, ext, ts_ext, stream_clock)
 
     def known(value: float) -> float | None:

@@ -33,6 +33,42 @@ MAX_SKEW = 0.01              # clock skews beyond 1 % are not a crystal's: the "
 SKEW_WINDOW_S = 2.0
 MIN_SKEW_WINDOWS = 6
 TIMESTAMP_RESET_S = 0.5      # a frame stamped this much before the one that arrived before it: a new timeline
+MAX_TIMELINES = 50           # a sender clock that restarts more often than this keeps no timeline at all
+
+
+def one_timeline(t: np.ndarray, send: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(one-way delay in s, resets carried over) of packets in arrival order: arrival ``t`` minus
+    the sender's stamp ``send`` (s), carried unchanged across the points where the sender's clock
+    starts a new timeline. None when it restarts more than MAX_TIMELINES times.
+
+    No path makes a sender's clock jump, so two signatures are resets, not queues:
+    - **back**: a packet stamped over TIMESTAMP_RESET_S before the one that arrived before it (a
+      sender that restarted its clock, a stream spliced after a hold or a codec switch);
+    - **ahead**: the delay falls by more than the queue it had built (the delay above its lowest
+      point so far) plus TIMESTAMP_RESET_S: a queue drains only what it held, so the sender's stamps
+      leapt forward (a PBX re-anchoring its media, a switch to T.38 or another source behind one
+      SSRC). A queue that drains during a pause of the sender falls by at most what it held.
+    Read as delay, either is a step of its size (seen: 43 s on a fax call, read as a 1,000-packet
+    queue that vetoed the policer actually there)."""
+    owd = (t - t[0]) - (send - send[0])
+    resets = 0
+    start = 1
+    back = np.flatnonzero(np.diff(send) < -TIMESTAMP_RESET_S) + 1
+    while start < len(owd):
+        # recomputed after each reset: the carry moves everything after it (resets are few)
+        queued = owd[start - 1:-1] - np.minimum.accumulate(owd[:-1])[start - 1:]
+        ahead = np.flatnonzero(owd[start - 1:-1] - owd[start:] > queued + TIMESTAMP_RESET_S) + start
+        b = back[back >= start]
+        cands = [int(x[0]) for x in (ahead, b) if len(x)]
+        if not cands:
+            break
+        k = min(cands)
+        owd[k:] -= owd[k] - owd[k - 1]
+        resets += 1
+        if resets > MAX_TIMELINES:
+            return None
+        start = k + 1
+    return owd, resets
 
 
 def clock_rate(pt: int, t: np.ndarray, seq: np.ndarray | None, ts: np.ndarray) -> int | None:
@@ -243,7 +279,9 @@ class RtpStream:
             return None
         ts_recv = self.ts[idx].astype(np.float64)
         t_recv = self.t[idx]
-        if np.any(np.diff(ts_recv) < -TIMESTAMP_RESET_S * self.clock):
+        o = np.argsort(t_recv, kind="stable")
+        timeline = one_timeline(t_recv[o], ts_recv[o] / float(self.clock))
+        if timeline is None or timeline[1]:
             return None
         miss = expected[~received]
         pos = np.searchsorted(s, miss)
@@ -255,7 +293,6 @@ class RtpStream:
         ts_unit[~received] = np.minimum(ts_recv[before] + k * ptime, np.maximum(ts_recv[before], ts_recv[after]))
         send = (ts_unit - ts_recv[0]) / float(self.clock)
         send_recv = (ts_recv - ts_recv[0]) / float(self.clock)
-        o = np.argsort(t_recv, kind="stable")
         owd = t_recv[o] - send_recv[o]
         _, slope = remove_skew(t_recv[o], owd)
         t_min = float(t_recv[o][0])
@@ -322,18 +359,10 @@ class RtpStream:
         ts, t_first, _ = self.frames()
         o = np.argsort(t_first, kind="stable")
         ts, t_first = ts[o], t_first[o]
-        send = (ts - ts[0]) / float(self.clock)
-        owd = (t_first - t_first[0]) - send
-        # No queue makes the sender's clock run backwards: a frame stamped well before the frame
-        # that arrived before it starts a new timeline (a sender that restarted its clock, a
-        # stream spliced after a hold or a codec switch). The delay is carried across the reset
-        # unchanged rather than read as a step of the size of the jump.
-        reset = np.flatnonzero(np.diff(send) < -TIMESTAMP_RESET_S)
-        if len(reset):
-            step = np.zeros(len(owd))
-            step[reset + 1] = owd[reset + 1] - owd[reset]
-            owd = owd - np.cumsum(step)
-        owd, slope = remove_skew(t_first, owd)
+        timeline = one_timeline(t_first, (ts - ts[0]) / float(self.clock))
+        if timeline is None:
+            return None
+        owd, slope = remove_skew(t_first, timeline[0])
         ms = (owd - owd.min()) * 1e3
         # a sender whose clock runs fast stamps media ahead of time: the delay read from it falls
         return DelaySeries(t=t_first, ms=ms, skew_ppm=-slope * 1e6, source="rtp")

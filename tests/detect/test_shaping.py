@@ -45,6 +45,31 @@ def test_a_shaper_on_a_talker_with_silences(synthetic_call, scenario, factor):
     assert detected(rep, i, "shaping")[0]["rate_bps"] == pytest.approx(rate, rel=0.05)
 
 
+READS_HIGH = pytest.mark.xfail(strict=True, reason=(
+    "shaping's rate on a 30 s talker with pauses: the cap read from the arrival gaps' most common "
+    "rate is 24.6 kbit/s for a 22.1 kbit/s shaper (+11 %), with one bin of gaps at the cap over 15 s"))
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=READS_HIGH) if s == 36 else s for s in range(30, 50)])
+def test_a_shaper_switched_on_mid_call_on_a_talker_with_silences(synthetic_call, scenario, seed):
+    """A talker with pauses of 3-8 s shaped from 15 s of a 30 s call at 0.7 of its rate: its pauses
+    leave few windows with a delay to read, so where the queue began is often not significant on
+    its own while the queue shows in the delay whenever packets leave at the cap. The cap's
+    spacing is then read from the best split on, not from the call's start, whose unshaped half
+    holds no gap at the cap (read so, the share at the cap fell under one half: the looped LINE
+    call shaped from 30 s was inconclusive in all 10 trials). Where shaping is named, its rate is
+    the shaper's."""
+    call = dict(AUDIO, dtx=(150, 400), seconds=30.0, seed=seed)
+    rate = 0.7 * rate_of(synthetic_call, call, CALL_PORT)
+    cap, ft, cl, rep = scenario(call, shaper(rate, 0.5), port=CALL_PORT, onset_s=15.0, seed=seed)
+    i = flow_of(ft, CALL_PORT)
+    d = next(x for x in rep.detections[i] if x["kind"] == "shaping")
+    if d["test"] in ("coupling", "spacing"):        # the queue seen without a significant onset
+        assert 12.0 <= d["onset_s"] <= 15.0 + 8.0, (d["onset_s"], why(rep, i))
+    if d["decision"] == "detected":
+        assert d["rate_bps"] == pytest.approx(rate, rel=0.10), (d["rate_bps"], rate)
+
+
 @pytest.mark.parametrize("impairment", [None, Jitter(20.0), Jitter(8.0, shape=2.0)], ids=["clean", "jitter", "wifi-like"])
 def test_a_talker_with_silences_is_not_shaped_by_its_pauses(scenario, impairment):
     """The same talker unshaped, clean or jittered: its pauses are no queue and its spurts no cap."""

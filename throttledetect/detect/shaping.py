@@ -355,6 +355,16 @@ def detect(ctx: DetectContext, i: int) -> list:
         depth = max([lk["rise"] for lk in significant] + [q["spread_ms"]])
         onsets = [lk for lk in significant if lk["how"] == "onset"]
         start = onsets[0]["onset"] if onsets else float(pk.t[0])
+        if not onsets and significant:
+            # Another look shows the queue; where it began is still the change point's best split
+            # where that split rose and stayed up, though alone it was not significant (a talker's
+            # pauses leave few windows: a shaper from 30 s of the looped LINE call, p 0.05). The
+            # cap's spacing is read from there: over the whole flow, the half before the shaper
+            # holds no queue and no gap at the cap.
+            split = [lk for lk in looks if lk["how"] == "onset" and lk["rise"] > 0
+                     and lk["persist"] >= 0.5 * lk["rise"]]
+            if split:
+                start = split[0]["onset"]
         w = pk.window(start + P.window_s, pk.t[-1] + 1e-9)
         rate = w.mean_rate_bps() if w.n >= 10 else pk.mean_rate_bps()
         mean_size = float(w.size.mean()) if w.n else float(pk.size.mean())
@@ -390,7 +400,7 @@ def detect(ctx: DetectContext, i: int) -> list:
                "coupling": "whenever packets arrive spaced at size / rate (a queue releasing them)",
                "spacing": "and stands: arrival gaps follow packet sizes all along (a queue that never empties)",
                "onset": f"at {best['onset']:.1f} s"}[best["how"]]
-        if onsets and best["how"] != "onset":
+        if start > float(pk.t[0]) and best["how"] != "onset":
             how += f" (from {start:.1f} s)"
         ev = (f"one-way delay (window minima, sender clock skew {q['skew_ppm']:+.0f} ppm removed) rises by "
               f"{depth:.0f} ms {how}: a queue of {q_bytes / 1e3:.1f} kB, {q_pk:.1f} packets at "

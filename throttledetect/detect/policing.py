@@ -45,8 +45,8 @@ policer's do (the validation's congested link on the Teams call: alignment p 1e-
 Estimates: rate_bps (link-layer bits/s: what arrived between consecutive losses of each talk spurt
 over the time between them, passed_between_losses_bps, every packet of the flow counted, RTP or not
 (the bucket is empty at each loss, so this is the rate to a packet while the sender offers more;
-intervals that passed clearly less, where the bucket filled, are left out); with under a second of such time, the most that arrived in any RATE_WINDOW_S
-between the first and last loss, passed_rate_bps (at most rate + depth / window); ``rate_read`` says
+intervals that passed clearly less, where the bucket filled, are left out); with under a second of
+such time, the most that arrived in any RATE_WINDOW_S between the first and last loss, passed_rate_bps (at most rate + depth / window); ``rate_read`` says
 which; the best fit's rate is rate_fit_bps), the range of rates that fit about as well (``rate_range_bps``: a bucket that refills to its depth between
 bursts passes the same packets at any rate above depth / burst interval: then the rate is bounded
 from below only, ``rate_identifiable`` False), burst_bytes, onset_s (the first loss when the
@@ -289,15 +289,16 @@ def passed_between_losses_bps(t_units, lost, t_arrived, size_arrived, pause_s: f
     passed, span = cum[i1] - cum[i0], t1 - t0
     slack = 2.0 * float(np.max(size_arrived)) if len(size_arrived) else 0.0
     keep = np.ones(len(span), dtype=np.bool_)
-    for _ in range(5):
+    for _ in range(5):              # each round only drops intervals: a few rounds settle it
         if span[keep].sum() < 1.0:
             return None
-        rate = passed[keep].sum() / span[keep].sum()
-        again = passed >= rate * span - slack
+        again = passed >= passed[keep].sum() / span[keep].sum() * span - slack
         if np.array_equal(again, keep):
             break
         keep = again
-    return float(rate * 8.0) if span[keep].sum() >= 1.0 else None
+    if span[keep].sum() < 1.0:
+        return None
+    return float(passed[keep].sum() / span[keep].sum() * 8.0)
 
 
 def offered_peak_bps(t, size, window_s: float = 1.0) -> float:

@@ -355,17 +355,27 @@ def detect(ctx: DetectContext, i: int) -> list:
         depth = max([lk["rise"] for lk in significant] + [q["spread_ms"]])
         onsets = [lk for lk in significant if lk["how"] == "onset"]
         start = onsets[0]["onset"] if onsets else float(pk.t[0])
-        if not onsets and significant:
-            # Another look shows the queue; where it began is still the change point's best split
-            # where that split rose and stayed up, though alone it was not significant (a talker's
-            # pauses leave few windows: a shaper from 30 s of the looped LINE call, p 0.05). The
-            # cap's spacing is read from there: over the whole flow, the half before the shaper
-            # holds no queue and no gap at the cap.
+
+        def read_from(t0):
+            w = pk.window(t0 + P.window_s, pk.t[-1] + 1e-9)
+            sp = spacing_test(w if w.n >= MIN_PACKETS else pk, P)
+            return (w, sp) + binding_cap(sp, P)
+
+        w, sp, binds, why_cap = read_from(start)
+        if not binds and not onsets and significant:
+            # Another look shows the queue, but its cap does not bind read from the start: where
+            # the queue began is still the change point's best split where that split rose and
+            # stayed up, though alone it was not significant (a talker's pauses leave few windows:
+            # a shaper from 30 s of the looped LINE call, p 0.05), and over the whole flow the
+            # part before the shaper holds no gap at the cap. Read from the split instead, and
+            # kept if the cap binds there; a shaper on from the start binds read from the start
+            # and keeps its start.
             split = [lk for lk in looks if lk["how"] == "onset" and lk["rise"] > 0
                      and lk["persist"] >= 0.5 * lk["rise"]]
             if split:
-                start = split[0]["onset"]
-        w = pk.window(start + P.window_s, pk.t[-1] + 1e-9)
+                again = read_from(split[0]["onset"])
+                if again[2]:
+                    start, (w, sp, binds, why_cap) = split[0]["onset"], again
         rate = w.mean_rate_bps() if w.n >= 10 else pk.mean_rate_bps()
         mean_size = float(w.size.mean()) if w.n else float(pk.size.mean())
         q_bytes = max(depth, 0.0) / 1e3 * rate / 8.0
@@ -375,8 +385,6 @@ def detect(ctx: DetectContext, i: int) -> list:
                "skew_ppm": q["skew_ppm"], "clock_hz": q["clock"]}
         if best["how"] == "leading":
             est["leading_frames"] = best["leading_frames"]
-        sp = spacing_test(w if w.n >= MIN_PACKETS else pk, P)
-        binds, why_cap = binding_cap(sp, P)
         at_cap = sp["share"] if sp is not None else 0.0
         if sp is not None and best["how"] in ("spacing", "coupling"):
             est["rate_bps"] = sp["cap"]

@@ -46,9 +46,10 @@ Estimates: rate_bps (link-layer bits/s: what arrived between consecutive losses 
 over the time between them, passed_between_losses_bps, every packet of the flow counted, RTP or not
 (the bucket is empty at each loss, so this is the rate to a packet while the sender offers more;
 intervals that passed clearly less, where the bucket filled, are left out); with under a second of
-such time, the most that arrived in any RATE_WINDOW_S between the first and last loss, passed_rate_bps (at most rate + depth / window); ``rate_read`` says
-which; the best fit's rate is rate_fit_bps), the range of rates that fit about as well (``rate_range_bps``: a bucket that refills to its depth between
-bursts passes the same packets at any rate above depth / burst interval: then the rate is bounded
+such time, the most that arrived in any RATE_WINDOW_S between the first and last loss,
+passed_rate_bps (at most rate + depth / window); ``rate_read`` says which; the best fit's rate is
+rate_fit_bps), the range of rates that fit about as well (``rate_range_bps``: a bucket that refills
+to its depth between bursts passes the same packets at any rate above depth / burst interval: then the rate is bounded
 from below only, ``rate_identifiable`` False), burst_bytes, onset_s (the first loss when the
 bucket was empty then).
 """

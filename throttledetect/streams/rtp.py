@@ -293,7 +293,7 @@ class RtpStream:
         ts_unit[~received] = np.minimum(ts_recv[before] + k * ptime, np.maximum(ts_recv[before], ts_recv[after]))
         send = (ts_unit - ts_recv[0]) / float(self.clock)
         send_recv = (ts_recv - ts_recv[0]) / float(self.clock)
-        owd = t_recv[o] - send_recv[o]
+        owd = timeline[0] + (t_recv[o][0] - send_recv[o][0])     # the same delay, on the arrival clock
         _, slope = remove_skew(t_recv[o], owd)
         t_min = float(t_recv[o][0])
         base = float(np.min(owd - slope * (t_recv[o] - t_min)))

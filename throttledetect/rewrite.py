@@ -467,6 +467,51 @@ def shrink_udp(buf: np.ndarray, cap: Capture, rows: np.ndarray, new_payload: np.
     return rows, caplen, wirelen
 
 
+def hide_media(cap: Capture, ft, cl, flows, seed: int = 0) -> tuple[Capture, int]:
+    """The capture with the RTP and RTCP of the given flows made unreadable, as an app that
+    encrypts its whole media packet sends it (Telegram, Tencent Meeting): from each RTP header
+    (wherever its framing puts it: plain, TURN ChannelData, MS-TURN, Zoom's) to the datagram's
+    end, and every other version-2 datagram (RTCP, SRTCP) whole, become random bytes whose first
+    byte is no RTP version 2. Sizes, times and everything else (STUN, DTLS, an app's own framing
+    before the RTP header) are kept, so the twin has the real call's timing without its
+    sequence numbers. UDP checksums are recomputed (a zero IPv4 one stays zero). Returns (the
+    capture read back, datagrams hidden)."""
+    t = cap.packets
+    rows = np.concatenate([ft.packet_indices(int(f)) for f in flows]) if len(flows) else np.zeros(0, np.int64)
+    rows = np.sort(rows.astype(np.int64))
+    rows = rows[(t.proto[rows] == 17) & (t.payload_off[rows] >= 0) & (t.payload_len[rows] > 0)
+                & (t.payload_len[rows] == t.payload_wirelen[rows])]
+    ev = cl.evidence
+    enc = np.asarray(ev.rtp_encap_of)[rows]
+    rel = np.where(enc >= 0, np.asarray(ev.rtp_offset_of)[rows].astype(np.int64), 0)
+    first = cap.buffer[t.payload_off[rows].astype(np.int64)]
+    hide = (enc >= 0) | ((first & 0xC0) == 0x80)
+    rows, rel = rows[hide], rel[hide]
+    ip, v4 = ip_offsets(cap, rows)
+    ok = ip >= 0
+    rows, rel, ip, v4 = rows[ok], rel[ok], ip[ok], v4[ok]
+    buf = np.array(cap.buffer, dtype=np.uint8, copy=True)
+    start = t.payload_off[rows].astype(np.int64) + rel
+    length = t.payload_len[rows].astype(np.int64) - rel
+    keep = length > 0
+    rows, start, length, ip, v4 = rows[keep], start[keep], length[keep], ip[keep], v4[keep]
+    if len(rows):
+        rng = np.random.default_rng(seed)
+        at = np.repeat(start - np.cumsum(np.r_[0, length[:-1]]), length) + np.arange(int(length.sum()))
+        buf[at] = rng.integers(0, 256, size=len(at), dtype=np.uint8)
+        buf[start] = (buf[start] & 0x3F) | 0x40          # version 1: never read as RTP or RTCP
+        frame = t.frame_off[rows].astype(np.int64)
+        udp = t.l4_off[rows].astype(np.int64) - frame
+        old = be(buf, frame + udp + 6, 2)
+        udp_len = 8 + t.payload_wirelen[rows].astype(np.int64)
+        c = np.zeros(len(rows), dtype=np.int64)
+        _udp_checksums(buf, frame, ip, udp, v4, udp_len, c)
+        upd = ~(v4 & (old == 0))
+        put_be(buf, (frame + udp + 6)[upd], c[upd], 2)
+    out = build_capture(buf, cap, np.arange(len(t)), t.ts_ns, "media hidden")
+    return out, int(len(rows))
+
+
 # --------------------------------------------------------------------------- captures out
 
 def build_capture(buf: np.ndarray, cap: Capture, rows, ts_ns, what: str, *, caplen=None, wirelen=None) -> Capture:

@@ -44,10 +44,14 @@ QUICK_SEEDS = 1
 @click.option("--kernel", is_flag=True,
               help="Real-kernel rows instead: every base replayed through Linux's tbf/htb/pfifo in network "
                    "namespaces (root; each trial takes its real time; --seconds 40 recommended).")
+@click.option("--hide-rtp", is_flag=True,
+              help="Encrypted-media rows instead: every base with readable RTP, its call flows' RTP and RTCP "
+                   "made unreadable (the real call's times and sizes, no sequence numbers, as Telegram sends "
+                   "media), scored at the shipped defaults.")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="Niceness of the worker processes (the machine may be shared).")
 def command(quick, seeds, jobs, out, full_table, markdown, rescore, corpus, base_filter, scenarios, seconds, no_vca,
-            kernel, nice):
+            kernel, hide_rtp, nice):
     """Known throttling and confounders applied to every call capture of the corpus, scored per app.
 
     Bases are discovered by the classifier; a network model independent of the detectors applies
@@ -81,7 +85,8 @@ def command(quick, seeds, jobs, out, full_table, markdown, rescore, corpus, base
         click.echo(f"throttledetect validate: {len(scen)} scenarios, {seeds} seed(s), {jobs} worker(s)", err=True)
         try:
             result = runner.run(corpus, scen, seeds=seeds, jobs=jobs, base_filter=base_filter, seconds=seconds,
-                                vca=not (no_vca or quick), nice=nice, progress=progress)
+                                vca=not (no_vca or quick or hide_rtp), nice=nice, progress=progress,
+                                hidden=hide_rtp)
         except CorpusMissing as e:
             raise click.ClickException(str(e))
         argv = sys.argv[1:] if sys.argv and "throttledetect" in os.path.basename(sys.argv[0]) else None

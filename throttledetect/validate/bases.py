@@ -46,6 +46,7 @@ MIN_PPS = 3.0
 LOOP_SECONDS = 60.0
 PRE_ROLL_S = 30.0
 LOOPBACK_SENDER = "198.51.100.7"       # TEST-NET-2
+HIDDEN_SUFFIX = "#hidden-rtp"
 CONTROL_MIN_PACKETS = 50               # a control flow's packets with a loss signal (RTP or TCP data)
 CORPUS_GLOBS = ("ndpi/pcap/*", "external/*")
 PROJECT_GLOBS = ("captures/*.pcap",)
@@ -93,6 +94,7 @@ class BaseSpec:
     two_way_s: float             # longest span of two-way media of one flow
     window_ns: list              # [keep_from, loop_from, loop_to] absolute, for rewrite.loop_capture
     loopback_remap: list = field(default_factory=list)   # flow keys whose sender was rewritten
+    hidden: bool = False         # the twin with its RTP and RTCP made unreadable (hidden_twins)
 
     @property
     def name(self) -> str:
@@ -223,6 +225,16 @@ def discover(corpus: Path | None, *, jobs: int = 1, pool=None) -> tuple[list[Bas
     return specs, found
 
 
+def hidden_twins(specs: list) -> list:
+    """The twin of every base with readable RTP whose call flows' RTP and RTCP are made unreadable
+    (rewrite.hide_media, after looping): the real call's packet times and sizes, no sequence
+    numbers, as Telegram or Tencent Meeting send media. What the detectors then find is what they
+    find on encrypted media with a real call's timing; the corpus's own such calls are too short
+    to say (Telegram's 1.9 s, Signal's 13 packets each way). Twin ids end in HIDDEN_SUFFIX."""
+    from dataclasses import replace
+    return [replace(s, id=s.id + HIDDEN_SUFFIX, hidden=True, rtp=False) for s in specs if s.rtp and not s.hidden]
+
+
 # --------------------------------------------------------------------------- preparation
 
 @dataclass
@@ -265,6 +277,11 @@ def prepare(spec: BaseSpec, seconds: float = LOOP_SECONDS) -> Base:
     looped, info = rewrite.loop_capture(cap, ft, cl, seconds, window=tuple(spec.window_ns))
     ft2 = build_flows(looped)
     cl2 = classify(looped, ft2)
+    hidden = 0
+    if spec.hidden:
+        looped, hidden = rewrite.hide_media(looped, ft2, cl2, [i for i in range(len(ft2)) if cl2.is_call(i)], seed=1)
+        ft2 = build_flows(looped)
+        cl2 = classify(looped, ft2)
     scene = Scene(looped, ft2, cl2)
     keys = {i: flow_key(ft2, i) for i in range(len(ft2))}
     by_key: dict = {}
@@ -301,6 +318,7 @@ def prepare(spec: BaseSpec, seconds: float = LOOP_SECONDS) -> Base:
                          "rtp_to_local": int(rtp_in[f])} for f in targets],
             "labels_after_loop": sorted({cl2.labels[f] for f in targets}),
             "call_flows": len(calls), "controls": len(controls), "rr_blocks": int(len(rr["row"])),
-            "rtp_streams_looped": len(info["rtp_streams"]), "tcp_directions_looped": info["tcp_directions"]}
+            "rtp_streams_looped": len(info["rtp_streams"]), "tcp_directions_looped": info["tcp_directions"],
+            "datagrams_hidden": hidden}
     return Base(spec, scene, targets, calls, rate, rate_out, maxp, media_start_s,
                 (scene.t_end - scene.t0) / 1e9, controls, int(len(rr["row"])), ipv4, keys, info)

@@ -222,7 +222,7 @@ def _call(task):
 
 def run(corpus: Path | None, scenarios, *, seeds: int = DEFAULT_SEEDS, jobs: int = DEFAULT_JOBS,
         base_filter: str | None = None, seconds: float = B.LOOP_SECONDS, vca: bool = True, nice: int = NICE,
-        progress=None) -> dict:
+        progress=None, hidden: bool = False) -> dict:
     """Discover the bases, run every applicable trial (and the vca-sense check), return the result
     document (schema SCHEMA; see docs/validation.md)."""
     import multiprocessing as mp
@@ -232,6 +232,8 @@ def run(corpus: Path | None, scenarios, *, seeds: int = DEFAULT_SEEDS, jobs: int
     if base_filter:
         want = [w.strip() for w in base_filter.split(",") if w.strip()]
         specs = [s for s in specs if any(w in s.id or w == s.app for w in want)]
+    if hidden:
+        specs = B.hidden_twins(specs)
     if not specs:
         raise B.CorpusMissing(f"no base found (corpus {corpus}{', filter ' + base_filter if base_filter else ''}): "
                               f"the harness needs call captures (../shared/corpus, --corpus DIR or "
@@ -269,7 +271,8 @@ def run(corpus: Path | None, scenarios, *, seeds: int = DEFAULT_SEEDS, jobs: int
     records.sort(key=lambda r: (key[(r["base"], r["scenario"])][1], key[(r["base"], r["scenario"])][0],
                                 r["seed_index"]))
     vca_recs.sort(key=lambda r: r["file"])
-    return {"schema": SCHEMA, "meta": meta(seeds, jobs, seconds, corpus, time.perf_counter() - t0, records),
+    return {"schema": SCHEMA, "meta": dict(meta(seeds, jobs, seconds, corpus, time.perf_counter() - t0, records),
+                                           hidden_rtp=hidden),
             "bases": [prepared[s.id].info | {"spec": s.__dict__} for s in specs],
             "discovery": [dict(d, base=d["base"]["app"] if d["base"] else None) for d in found],
             "scenarios": [s.describe() for s in scenarios], "skipped": skipped,

@@ -149,6 +149,10 @@ def render(result: dict, s: dict, *, full: bool = True) -> str:
             f"{m.get('runtime_s')} s on {m.get('jobs')} worker(s) ({m.get('trial_cpu_s')} CPU s in trials); "
             f"{m.get('date')}; git {m.get('git_head')}, detectors {m.get('detectors_sha256')}.")
     out = [main_table(s), "", calibration_note(s), "", shipped_table(s), "", head]
+    if m.get("hidden_rtp"):
+        out.insert(0, "Encrypted-media twins (--hide-rtp): every base with readable RTP, its call flows' RTP "
+                      "and RTCP made unreadable after looping (the real call's packet times and sizes, no "
+                      "sequence numbers); each app's row is its twins'.\n")
     if full:
         out += ["", "Per app and scenario group (k/n trials):", "", group_table(s), "", "Bases:", "",
                 bases_table(result), "", not_bases(result), "", vca_table(s)]

@@ -338,3 +338,64 @@ def test_congestion_on_a_sparse_real_voice_call_is_not_dropping():
     steps = [d for f in rec["flows"] for d in f["detections"] if d["kind"] == "dropping" and d.get("test") == "onset"
              and (d.get("pvalue") or 1.0) < 0.01]
     assert steps and all(d["checks"]["losses_without_a_full_queue"] is False for d in steps)
+
+
+# ----------------------------------------------------------------------------- encrypted-media twins
+
+def test_hidden_media_keeps_times_sizes_and_setup_but_no_rtp():
+    """rewrite.hide_media on the project's clean testbed call: the same packets at the same times
+    and sizes, no RTP stream left in any flow, no RTCP either, every STUN datagram byte for byte
+    as it was, and UDP checksums still valid (checked against the payload, as a receiver would)."""
+    from throttledetect.classify import classify
+    from throttledetect.flows import build_flows
+    from throttledetect.read import read_capture
+    from throttledetect.rewrite import _udp_checksums, hide_media, ip_offsets
+    from throttledetect.streams import Streams
+    cap = read_capture(str(B.REPO / "captures" / "call_clean.pcap"))
+    ft = build_flows(cap)
+    cl = classify(cap, ft)
+    calls = [i for i in range(len(ft)) if cl.is_call(i)]
+    before = Streams(cap, ft, cl)
+    assert sum(s.n for i in calls for d in (0, 1) for s in before.rtp(i, d)) > 1000
+    hid, n = hide_media(cap, ft, cl, calls, seed=3)
+    t0, t1 = cap.packets, hid.packets
+    assert n > 1000
+    assert np.array_equal(t0.ts_ns, t1.ts_ns) and np.array_equal(t0.wirelen, t1.wirelen)
+    ft2 = build_flows(hid)
+    cl2 = classify(hid, ft2)
+    assert len(ft2) == len(ft)
+    after = Streams(hid, ft2, cl2)
+    assert sum(s.n for i in range(len(ft2)) for d in (0, 1) for s in after.rtp(i, d)) == 0
+    assert int((np.asarray(cl2.evidence.rtp_encap_of) >= 0).sum()) == 0
+    pay0 = [bytes(cap.buffer[o:o + ln]) for o, ln in zip(t0.payload_off, t0.payload_len) if o >= 0]
+    pay1 = [bytes(hid.buffer[o:o + ln]) for o, ln in zip(t1.payload_off, t1.payload_len) if o >= 0]
+    stun = [k for k, p in enumerate(pay0) if len(p) >= 8 and p[4:8] == b"\x21\x12\xa4\x42"]
+    assert stun and all(pay0[k] == pay1[k] for k in stun)
+    changed = [k for k in range(len(pay0)) if pay0[k] != pay1[k]]
+    assert len(changed) == n
+    assert all(p[0] >> 6 == 1 for p in (pay1[k] for k in changed))     # RTP version 1: neither RTP nor RTCP
+    rows = np.flatnonzero((t1.proto == 17) & (t1.payload_off >= 0))
+    ip, v4 = ip_offsets(hid, rows)
+    frame = t1.frame_off[rows].astype(np.int64)
+    udp = t1.l4_off[rows].astype(np.int64) - frame
+    want = np.zeros(len(rows), dtype=np.int64)
+    _udp_checksums(hid.buffer, frame, ip, udp, v4, 8 + t1.payload_wirelen[rows].astype(np.int64), want)
+    got = (hid.buffer[frame + udp + 6].astype(np.int64) << 8) | hid.buffer[frame + udp + 7]
+    assert np.array_equal(got[got != 0], want[got != 0])
+
+
+@need_corpus
+def test_hidden_twins_run_end_to_end(tmp_path):
+    """`validate --hide-rtp` takes the bases with readable RTP only, each as its twin (the twin's
+    id says so, its looped call carries no RTP stream), and says so above its tables."""
+    from throttledetect.cli import cli
+    out = tmp_path / "h.json"
+    r = CliRunner().invoke(cli, ["validate", "--hide-rtp", "--quick", "--jobs", "1", "--nice", "0", "--bases",
+                                 "stun_wa_call,telegram", "--corpus", str(CORPUS), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert [b["id"] for b in result["bases"]] == ["ndpi/pcap/stun_wa_call.pcapng" + B.HIDDEN_SUFFIX]
+    assert result["bases"][0]["datagrams_hidden"] > 300
+    assert all(t["rtp_to_local"] == 0 for t in result["bases"][0]["targets"])
+    assert result["meta"]["hidden_rtp"] and "Encrypted-media twins" in r.output
+    assert not result["vca_sense"]

@@ -42,6 +42,7 @@ from throttledetect.detect.onset import count_change_point
 from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import TOWARD_REMOTE, Detection
 from throttledetect.streams import merge_loss
+from throttledetect.streams.cadence import WINDOW_S
 
 KIND = "dropping"
 MIN_BIN_UNITS = 5
@@ -56,6 +57,12 @@ def no_signal_reason(ctx: DetectContext, i: int, d: int) -> str:
         return "nothing arrives in this direction"
     if ctx.streams.rtp(i, d):
         return "no loss signal: RTP streams too short"
+    cad = ctx.streams.cadence(i, d)
+    if cad is not None and not ctx.streams.cadence_sound(i, d):
+        return (f"no loss signal: no RTP sequence numbers (encrypted UDP), and the packets keep a "
+                f"{cad.period_s * 1e3:.1f} ms cadence that is never whole (at best {cad.best_window_loss:.0%} of "
+                f"a {WINDOW_S:g} s window's slots empty, and no whole cadence the other way): its empty slots may "
+                "be the sender's own pacing, not losses")
     return "no loss signal: no RTP sequence numbers and no voice cadence (encrypted UDP)"
 
 

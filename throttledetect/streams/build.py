@@ -118,9 +118,16 @@ class Streams:
             return find_cadence(p.t, p.size)
         return self._cached(("cad", i, d), build)
 
+    def cadence_sound(self, i: int, d: int) -> bool:
+        """Is the direction's cadence the sender's whole clock: some window of it complete, or
+        the other direction a complete train at the same period (the same app's clock, which
+        the network did not touch)? Otherwise its empty slots may be the sender's own pacing."""
+        cad = self.cadence(i, d)
+        return cad is not None and (cad.complete or cad.same_clock(self.cadence(i, 1 - d)))
+
     def loss(self, i: int, d: int) -> LossUnits | None:
         """The direction's loss signal: RTP sequence gaps (all streams), else TCP holes, else the
-        cadence's empty slots; None when there is none."""
+        cadence's empty slots where the cadence is sound (cadence_sound); None when there is none."""
         def build():
             streams = [s for s in self.rtp(i, d) if s.n >= MIN_LOSS_STREAM]
             if streams:
@@ -128,8 +135,7 @@ class Streams:
             tcp = self.tcp(i, d)
             if tcp is not None:
                 return tcp.loss_units() if tcp.n >= MIN_LOSS_STREAM else None
-            cad = self.cadence(i, d)
-            return cad.loss_units() if cad is not None else None
+            return self.cadence(i, d).loss_units() if self.cadence_sound(i, d) else None
         return self._cached(("loss", i, d), build)
 
     def loss_source(self, i: int, d: int) -> str | None:

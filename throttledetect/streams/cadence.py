@@ -51,6 +51,7 @@ LONGER_FRAME_COHERENCE = 0.5  # a window this coherent at 2P or 3P holds a train
 LONGER_FRAME_SIZE = 1.3       # ... when its packets are this much larger than the train's
 MIN_VALID_WINDOWS = 0.5       # a train must hold in at least half the windows
 MIN_SPURT_SLOTS = 10          # talk spurts average at least this many slots (200 ms at 20 ms)
+COMPLETE_LOSS = 0.03          # a window whose slots are this nearly all filled shows the sender's whole clock
 
 
 @dataclass(eq=False)
@@ -69,6 +70,21 @@ class Cadence:
     received: int
     spurts: int
     valid_windows: float = 1.0    # share of windows holding one train at the period
+    best_window_loss: float = 0.0  # the least loss of a WINDOW_S window (MIN_WINDOW_PACKETS+ slots)
+
+    @property
+    def complete(self) -> bool:
+        """Does some window have (nearly) every slot filled? Then the grid is the sender's clock.
+        A grid finer than the sender's (a sender that sends 20 ms frames in pairs 10 ms apart, a
+        fax's redundant bursts) leaves about half its slots empty everywhere, regularly, with
+        nothing lost: read as losses, that was a policer on untouched calls (the validation's
+        encrypted-media twins, docs/validation.md)."""
+        return self.best_window_loss <= COMPLETE_LOSS
+
+    def same_clock(self, other: "Cadence | None") -> bool:
+        """Is other a complete train at this one's period (within 5 %): the same app's clock,
+        shown whole in the direction the network did not touch?"""
+        return other is not None and other.complete and abs(other.period_s - self.period_s) <= 0.05 * self.period_s
 
     @property
     def lost(self) -> int:
@@ -286,7 +302,13 @@ def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
     if expected < MIN_PACKETS or expected / len(starts) < MIN_SPURT_SLOTS:
         # fragments of a grid, not a voice train (talk spurts last hundreds of ms)
         return None
+    win = wk[keep]
+    slots_w = np.bincount(win, minlength=len(ok_w))
+    lost_w = np.bincount(win, weights=slot_lost[keep], minlength=len(ok_w))
+    full = slots_w >= MIN_WINDOW_PACKETS
+    best = float((lost_w[full] / slots_w[full]).min()) if full.any() else 1.0
     return Cadence(period_s=p, coherence=coherence, on_grid_share=share, max_size=cap,
                    slot_t=slot_t[keep], slot_filled=slot_filled[keep], slot_lost=slot_lost[keep],
                    slot_size=slot_size[keep],
-                   expected=expected, received=received, spurts=len(starts), valid_windows=float(ok_w.mean()))
+                   expected=expected, received=received, spurts=len(starts), valid_windows=float(ok_w.mean()),
+                   best_window_loss=best)

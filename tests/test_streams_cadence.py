@@ -158,3 +158,42 @@ def test_too_short_or_too_few_is_none():
     t, size, _ = train(0.02, seconds=1.0)
     assert find_cadence(t, size) is None
     assert find_cadence(np.zeros(0), np.zeros(0)) is None
+
+
+def paired_sender(seconds=60.0, seed=0, jitter_ms=0.3):
+    """A sender of 20 ms frames that sends them in a pattern on a 10 ms grid (gaps of 10, 20 and
+    40 ms, as a real Teams client's audio arrives, with every RTP sequence number present): a
+    10 ms grid, about half its slots empty, nothing lost."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.choice([0.01, 0.02, 0.04], p=[0.5, 0.25, 0.25], size=int(seconds / 0.02))
+    t = 0.5 + np.cumsum(gaps) + rng.exponential(jitter_ms / 1e3, len(gaps))
+    return np.sort(t), rng.integers(80, 140, len(t)).astype(float)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_grid_finer_than_the_sender_is_never_complete(seed):
+    """Where the grid found is finer than the sender's clock, no window is whole, so the cadence
+    is not complete and gives no loss signal on its own (Streams.cadence_sound); a voice train
+    with real losses of 2-10 % keeps complete windows."""
+    t, size = paired_sender(seed=seed)
+    cad = find_cadence(t, size)
+    if cad is not None:               # found at 10 ms: half its slots empty, nothing lost
+        assert cad.fraction > 0.3 and not cad.complete
+    for loss in (0.0, 0.02, 0.05, 0.1):
+        t2, s2, _ = train(0.02, seed=seed, loss=loss, dtx=True)
+        c2 = find_cadence(t2, s2)
+        assert c2 is not None and c2.complete, (loss, c2 and c2.best_window_loss)
+
+
+def test_a_policer_from_the_start_is_sound_only_through_the_other_way():
+    """A steady train policed from the start to 70 % has no whole window; the same app's clock
+    whole in the other direction (same period) makes it sound, another period does not."""
+    from throttledetect.streams.cadence import Cadence
+    t, size, _ = train(0.02, seed=3)
+    keep = (np.arange(len(t)) % 10) < 7
+    inbound = find_cadence(t[keep], size[keep])
+    assert inbound is not None and not inbound.complete
+    assert inbound.same_clock(find_cadence(*train(0.02, seed=4)[:2]))
+    assert not inbound.same_clock(find_cadence(*train(0.06, seed=4)[:2]))
+    assert not inbound.same_clock(None)
+    assert isinstance(inbound, Cadence)

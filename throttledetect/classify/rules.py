@@ -31,6 +31,7 @@ FRAMING_LABEL = {"telegram": "telegram_call", "discord": "discord", "zoom": "zoo
                  "viber": "viber_call", "imo": "imo_call", "mumble": "mumble", "tencent_meeting": "tencent_meeting"}
 # Generic call labels: what a flow carries, not whose. Context may name the app (see _context_app).
 GENERIC = frozenset({"rtp", "webrtc", "unknown_call"})
+STUN_SHARE_OF_MEDIA = 0.2      # a "STUN" flow whose STUN messages are at most this share of its packets carries other things
 CONTEXT_WINDOW_S = 120.0    # names a host used this long before a call, or during it, are its context
 # Address-range app labels that are call apps: their UDP media gets the app's call label.
 RANGE_CALL_LABEL = {"whatsapp": "whatsapp_call", "telegram": "telegram_call", "signal": "signal_call",
@@ -150,7 +151,7 @@ class Rules:
                 label, src, _ = socket_app[sk]
                 decisions[f] = Decision(label, 0.85, f"same local socket {sk[0]}:{sk[1]} as {label} flow {src}")
         out = [d if d is not None else self._fallback(ft, f, ev.flows[f]) for f, d in enumerate(decisions)]
-        self._media_pattern(cap, ft, out, range_label, remote_ip, ev.dns_names)
+        self._media_pattern(cap, ft, out, range_label, remote_ip, ev)
         self._name_from_context(ft, ev, out, local_ip)
         return out
 
@@ -227,12 +228,22 @@ class Rules:
                 out[f] = Decision(label, 0.65, f"{out[f].reason}; the host used {nm} ({label}) "
                                                f"around the call and no other call app's name")
 
-    def _media_pattern(self, cap, ft, out: list, range_label: list, remote_ip: list, dns_names: dict) -> None:
+    def _media_pattern(self, cap, ft, out: list, range_label: list, remote_ip: list, ev: CaptureEvidence) -> None:
         """UDP flows no rule named: real-time media by packet sizes and timing alone
         (models/media_model.json, classify/media_model.py). The model never sees ports or
-        addresses; the address only says whose media it is once the pattern has said it is media."""
-        todo = np.array([f for f, d in enumerate(out) if d.label == "other" and ft.proto[f] == 17 and not d.settled],
-                        dtype=np.int64)
+        addresses; the address only says whose media it is once the pattern has said it is media.
+        A flow whose STUN is a small part of it (ICE's checks, then thousands of datagrams that are
+        neither STUN nor readable RTP nor DTLS: an app that encrypts its whole media packet over
+        an ICE path) is asked too: "STUN only" said it held nothing else."""
+        dns_names = ev.dns_names
+        packets = ft.packets_ab + ft.packets_ba
+
+        def unnamed(f, d):
+            if d.settled or ft.proto[f] != 17:
+                return False
+            return d.label == "other" or (d.label == "stun" and
+                                          ev.flows[f].stun.messages <= STUN_SHARE_OF_MEDIA * int(packets[f]))
+        todo = np.array([f for f, d in enumerate(out) if unnamed(f, d)], dtype=np.int64)
         if not todo.size:
             return
         from throttledetect.classify.media_model import default_media_model, flow_stats

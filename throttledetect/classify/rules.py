@@ -31,6 +31,8 @@ FRAMING_LABEL = {"telegram": "telegram_call", "discord": "discord", "zoom": "zoo
                  "viber": "viber_call", "imo": "imo_call", "mumble": "mumble", "tencent_meeting": "tencent_meeting"}
 # Generic call labels: what a flow carries, not whose. Context may name the app (see _context_app).
 GENERIC = frozenset({"rtp", "webrtc", "unknown_call"})
+ICE_MEDIA_MIN_PACKETS = 100    # datagrams after ICE's checks that make an ICE session a call (_ice_media) ...
+ICE_MEDIA_MIN_EACH_WAY = 20    # ... with this many each way (2 s of voice at 100 ms frames: one way is no session)
 STUN_SHARE_OF_MEDIA = 0.2      # a "STUN" flow whose STUN messages are at most this share of its packets carries other things
 CONTEXT_WINDOW_S = 120.0    # names a host used this long before a call, or during it, are its context
 # Address-range app labels that are call apps: their UDP media gets the app's call label.
@@ -152,8 +154,30 @@ class Rules:
                 decisions[f] = Decision(label, 0.85, f"same local socket {sk[0]}:{sk[1]} as {label} flow {src}")
         out = [d if d is not None else self._fallback(ft, f, ev.flows[f]) for f, d in enumerate(decisions)]
         self._media_pattern(cap, ft, out, range_label, remote_ip, ev)
+        self._ice_media(ft, out, ev)
         self._name_from_context(ft, ev, out, local_ip)
         return out
+
+    @staticmethod
+    def _ice_media(ft, out: list, ev: CaptureEvidence) -> None:
+        """An ICE session that goes on as something else is a call, whatever the model says: STUN
+        checks answered on the 5-tuple, then ICE_MEDIA_MIN_PACKETS datagrams that are neither
+        STUN, readable RTP nor DTLS, ICE_MEDIA_MIN_EACH_WAY of them each way. ICE exists to carry
+        real-time media; an app that encrypts whole packets over it (WhatsApp's and Telegram's
+        own framings, Tencent Meeting) leaves exactly this. The media-pattern model needs the
+        media's own pattern, which a call blocked 2 s into media no longer shows."""
+        for f, d in enumerate(out):
+            if d.label != "stun" or d.settled or ft.proto[f] != 17:
+                continue
+            st = ev.flows[f].stun
+            if st.responses_ab + st.responses_ba == 0:
+                continue
+            other_ab = int(ft.packets_ab[f]) - st.requests_ab - st.responses_ab
+            other_ba = int(ft.packets_ba[f]) - st.requests_ba - st.responses_ba
+            if other_ab + other_ba >= ICE_MEDIA_MIN_PACKETS and min(other_ab, other_ba) >= ICE_MEDIA_MIN_EACH_WAY:
+                out[f] = Decision("unknown_call", 0.6, f"ICE session: STUN checks answered, then {other_ab + other_ba} "
+                                                       f"datagrams ({other_ab} and {other_ba} each way) that are "
+                                                       "neither STUN, RTP nor DTLS: media encrypted whole")
 
     def app_of_address(self, ip: str, names=()) -> str | None:
         """The call label an address belongs to: the app's address ranges, else the names (DNS

@@ -408,3 +408,63 @@ def test_telegram_peer_to_peer_media_leans_media(model):
     scored = p[~np.isnan(p)]
     assert len(scored) >= 1
     assert np.all(scored > 0.5), scored
+
+
+# ----------------------------------------------------------------------------- encrypted media over ICE
+
+def _hidden_testbed_call():
+    """The project's clean testbed call (ICE, then RTP audio and video) with its RTP and RTCP
+    made unreadable (rewrite.hide_media): an app that encrypts whole packets over ICE."""
+    from throttledetect.classify import classify
+    from throttledetect.read import read_capture
+    from throttledetect.rewrite import hide_media
+    cap = read_capture(str(Path(__file__).resolve().parents[2] / "captures" / "call_clean.pcap"))
+    ft = build_flows(cap)
+    cl = classify(cap, ft)
+    calls = [i for i in range(len(ft)) if cl.is_call(i)]
+    hid, _ = hide_media(cap, ft, cl, calls, seed=5)
+    return hid, [ft.endpoint(i, "a") for i in calls]
+
+
+def test_encrypted_media_over_ice_is_a_call_not_stun_only():
+    """Both media flows, once their RTP is unreadable, are still calls (the media-pattern model
+    asked of a flow whose STUN is a small part of it), not 'STUN only'."""
+    from throttledetect.classify import classify
+    hid, ends = _hidden_testbed_call()
+    ft = build_flows(hid)
+    cl = classify(hid, ft)
+    media = [i for i in range(len(ft)) if ft.endpoint(i, "a") in ends]
+    assert len(media) == 2
+    assert all(cl.labels[i] == "unknown_call" for i in media), [cl.reasons[i] for i in media]
+
+
+def test_an_ice_session_cut_two_seconds_into_media_is_still_a_call():
+    """Inbound media dropped from 2 s after it starts (the local side goes on sending): too
+    little two-way media for the pattern model, but an answered ICE check followed by datagrams
+    both ways that are neither STUN, RTP nor DTLS is a call (rules._ice_media); the same flows
+    with every media datagram gone, both ways (ICE's checks alone), are not."""
+    from throttledetect.classify import classify
+    from throttledetect.rewrite import build_capture
+    hid, ends = _hidden_testbed_call()
+    ft = build_flows(hid)
+    t = hid.packets
+    media = [i for i in range(len(ft)) if ft.endpoint(i, "a") in ends]
+    from throttledetect.flows import local_side_is_a
+    local_is_a, _ = local_side_is_a(ft)
+    rows = np.concatenate([ft.packet_indices(i) for i in media])
+    inbound = rows[ft.dir_of[rows] == local_is_a[ft.flow_of[rows]].astype(np.uint8)]     # arriving at the local side
+    payload = t.payload_off[inbound] >= 0
+    first_byte = hid.buffer[t.payload_off[inbound][payload]]
+    data = inbound[payload][(first_byte >> 6) == 1]          # the hidden media, not STUN
+    start = int(t.ts_ns[data].min())
+    everything = rows[t.payload_off[rows] >= 0]
+    every_media = everything[(hid.buffer[t.payload_off[everything]] >> 6) == 1]
+    for cut_s, want_call in ((2.0, True), (None, False)):
+        drop = every_media if cut_s is None else data[t.ts_ns[data] >= start + int(cut_s * 1e9)]
+        keep = np.setdiff1d(np.arange(len(t)), drop)
+        cut = build_capture(hid.buffer, hid, keep, t.ts_ns[keep], f"inbound media dropped from {cut_s} s")
+        ft2 = build_flows(cut)
+        cl2 = classify(cut, ft2)
+        got = [cl2.labels[i] for i in range(len(ft2)) if ft2.endpoint(i, "a") in ends]
+        assert got and all((g == "unknown_call") == want_call for g in got), (cut_s, got,
+                                                                              [cl2.reasons[i] for i in range(len(ft2))])

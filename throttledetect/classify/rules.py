@@ -163,8 +163,8 @@ class Rules:
         """An ICE session that goes on as something else is a call, whatever the model says: STUN
         checks answered on the 5-tuple, then ICE_MEDIA_MIN_PACKETS datagrams that are neither
         STUN, readable RTP nor DTLS, ICE_MEDIA_MIN_EACH_WAY of them each way. ICE exists to carry
-        real-time media; an app that encrypts whole packets over it (WhatsApp's and Telegram's
-        own framings, Tencent Meeting) leaves exactly this. The media-pattern model needs the
+        real-time media; an app that encrypts whole packets over it (as Telegram and Tencent
+        Meeting do with their own framings) leaves exactly this. The media-pattern model needs the
         media's own pattern, which a call blocked 2 s into media no longer shows."""
         for f, d in enumerate(out):
             if d.label != "stun" or d.settled or ft.proto[f] != 17:

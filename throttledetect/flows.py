@@ -16,7 +16,7 @@ import numpy as np
 from throttledetect.jit import njit
 from throttledetect.read.capture import Capture
 from throttledetect.read.decode import STATUS_OK, STATUS_TRUNCATED_L4
-from throttledetect.read.table import FRAG_REASSIGNED, PacketTable, format_endpoint, halves_to_address
+from throttledetect.read.table import FRAG_REASSIGNED, PacketTable, address_text, format_endpoint
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0  # as Zeek's UDP inactivity timeout: a call's media is never silent that long
 
@@ -108,8 +108,8 @@ class FlowTable:
         return Flow(
             id=int(i), proto=int(self.proto[i]), transport=transport_name(self.proto[i]),
             a=self.endpoint(i, "a"), b=self.endpoint(i, "b"),
-            a_ip=str(halves_to_address(self.a_hi[i], self.a_lo[i])), a_port=int(self.a_port[i]),
-            b_ip=str(halves_to_address(self.b_hi[i], self.b_lo[i])), b_port=int(self.b_port[i]),
+            a_ip=address_text(self.a_hi[i], self.a_lo[i]), a_port=int(self.a_port[i]),
+            b_ip=address_text(self.b_hi[i], self.b_lo[i]), b_port=int(self.b_port[i]),
             packets_ab=int(self.packets_ab[i]), packets_ba=int(self.packets_ba[i]),
             bytes_ab=int(self.bytes_ab[i]), bytes_ba=int(self.bytes_ba[i]),
             first_ts=self.first_ns[i] / 1e9, last_ts=self.last_ns[i] / 1e9,

@@ -2,7 +2,7 @@
 and fuzzing."""
 import struct
 
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from throttledetect.wire import dns
 
@@ -115,3 +115,32 @@ def test_round_trip(labels, ident, addresses):
     assert msg.id == ident and msg.qname == qname
     assert [r.name for r in msg.answers] == [qname] * len(addresses)
     assert msg.addresses() == tuple(".".join(str(b) for b in a) for a in addresses)
+
+
+def _parse_without_memo(data, monkeypatch):
+    plain = dns.read_name
+    with monkeypatch.context() as m:
+        m.setattr(dns, "read_name", lambda d, p, memo=None: plain(d, p))
+        return dns.parse_dns(data)
+
+
+@given(st.lists(label, min_size=1, max_size=6), st.integers(1, 256), st.binary(max_size=120),
+       st.lists(st.integers(0, 255), min_size=0, max_size=6))
+@example(["abcdefghij"], 250, b"", [])          # "x." + the question's name is one byte too long
+@example(["a"], 253, b"", [])                  # 127 one-letter labels: "x." makes the name 255 bytes, at the cap
+def test_name_memo_changes_nothing(labels, length, tail, pokes):
+    """The per-message memo of decoded names (an answer's name pointing at the question's) gives
+    what decoding every name label by label gives, caps included: long names near 255 bytes,
+    many labels, answers pointing into the middle of a name, and bytes overwritten at random."""
+    import pytest
+    qname = ".".join(labels * 300)[:length].strip(".").replace("..", ".")
+    answers = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", t, 1, 5, len(r)) + r
+                       for t, r in ((dns.A, bytes(4)), (dns.CNAME, b"\x01x\xc0\x0c"), (dns.CNAME, b"\xc0\x0e")))
+    msg = bytearray(header(an=4) + name(qname) + struct.pack("!HH", dns.A, 1) + answers + tail)
+    for i, p in enumerate(pokes):
+        msg[(p * 7 + i * 13) % len(msg)] = p
+    mp = pytest.MonkeyPatch()
+    try:
+        assert dns.parse_dns(bytes(msg)) == _parse_without_memo(bytes(msg), mp)
+    finally:
+        mp.undo()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from throttledetect.classify.labels import is_call
-from throttledetect.read.table import halves_to_address
+from throttledetect.read.table import address_text
 
 GAP_S = 30.0                 # call flows of one app and host closer than this are one call
 GENERIC = frozenset({"rtp", "webrtc", "unknown_call", "sip"})
@@ -79,7 +79,7 @@ def _local_side(ft):
 
 
 def _ip(hi, lo) -> str:
-    return str(halves_to_address(int(hi), int(lo)))
+    return address_text(hi, lo)
 
 
 def group_calls(ft, labels, evidence, app_of_address=None) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from throttledetect.flows import FlowTable
 from throttledetect.read import Capture, pages
-from throttledetect.read.table import halves_to_address
+from throttledetect.read.table import address_text
 from throttledetect.wire import apps as appwire
 from throttledetect.wire import dns as dnswire
 from throttledetect.wire import dtls as dtlswire
@@ -173,17 +173,24 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
     rows = np.flatnonzero(stun_rows | classic_stun | wrapped | dns_rows | first)
     _cap_stun_rows(rows, stun_rows, ft)
 
+    # the columns the loop reads, as Python values for these rows only: a numpy scalar read per
+    # row and column cost more than the parses on a capture of many small flows (issue 15)
+    rows_flow = ft.flow_of[rows].tolist()
+    rows_side_a = (ft.dir_of[rows] == 0).tolist()
+    rows_tcp = (t.proto[rows] == 6).tolist()
+    rows_sport, rows_dport = t.sport[rows].tolist(), t.dport[rows].tolist()
+    rows_dns = dns_rows[rows].tolist()
+    rows_stun = (stun_rows[rows] | classic_stun[rows] | wrapped[rows]).tolist()
+    rows_first = first[rows].tolist()
     rows = rows.tolist()
     # payloads read with the file's pages given back as they go (read/pages.py): rows worth a
     # parse are spread over the whole file
-    for r, data in zip(rows, pages.payloads(cap, rows)):
-        f = int(ft.flow_of[r])
-        ev = flows[f]
-        side_a = ft.dir_of[r] == 0
-        is_tcp = t.proto[r] == 6
-        sport, dport = int(t.sport[r]), int(t.dport[r])
-        if dns_rows[r]:
-            msg = dnswire.parse_dns(data, tcp=bool(is_tcp))
+    for k, (r, data) in enumerate(zip(rows, pages.payloads(cap, rows))):
+        ev = flows[rows_flow[k]]
+        side_a = rows_side_a[k]
+        is_tcp = rows_tcp[k]
+        if rows_dns[k]:
+            msg = dnswire.parse_dns(data, tcp=is_tcp)
             if msg is not None:
                 ev.dns_messages += 1
                 if msg.is_response:
@@ -191,17 +198,17 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
                     for addr, chain in _learn_dns(msg, dns_names).items():
                         names.extend(NameEvent(int(t.ts_ns[r]), client, nm, addr) for nm in sorted(chain))
                 continue
-        if stun_rows[r] or classic_stun[r] or wrapped[r]:
-            msg = _stun_in(data, bool(is_tcp))
+        if rows_stun[k]:
+            msg = _stun_in(data, is_tcp)
             if msg is not None:
                 _note_stun(ev.stun, msg, side_a)
                 continue
-        if not first[r]:
+        if not rows_first[k]:
             continue
         if ev.first_payload is None:
             ev.first_payload = data[:64]
         had_sni = ev.tls_sni
-        _note_first_packet(ev, data, bool(is_tcp), sport, dport, side_a)
+        _note_first_packet(ev, data, is_tcp, rows_sport[k], rows_dport[k], side_a)
         if ev.tls_sni and not had_sni:
             client = _endpoint_ip(t.src_hi[r], t.src_lo[r])
             server = _endpoint_ip(t.dst_hi[r], t.dst_lo[r])
@@ -210,6 +217,7 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
 
     # the per-row masks are done with: not held through the RTP pass
     del rank, member, has_payload, cookie_at4, cookie_at6, stun_rows, classic_stun, wrapped, dns_rows, first, rows
+    del rows_flow, rows_side_a, rows_tcp, rows_sport, rows_dport, rows_dns, rows_stun, rows_first
     pages.trim_heap()
     rtp_encap_of, rtp_offset_of = _note_rtp(cap, ft, flows, udp, tcp)
     return CaptureEvidence(flows=flows, dns_names=dns_names, rtp_encap_of=rtp_encap_of, rtp_offset_of=rtp_offset_of,
@@ -217,7 +225,7 @@ def gather(cap: Capture, ft: FlowTable) -> CaptureEvidence:
 
 
 def _endpoint_ip(hi, lo) -> str:
-    return str(halves_to_address(int(hi), int(lo)))
+    return address_text(hi, lo)
 
 
 def _rank_in_flow_direction(ft: FlowTable) -> np.ndarray:

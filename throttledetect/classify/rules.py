@@ -15,7 +15,7 @@ from throttledetect.classify.evidence import CaptureEvidence, FlowEvidence
 from throttledetect.classify.labels import CALL_OF_CHAT, is_call
 from throttledetect.classify.tables import AddressTable, PortTable
 from throttledetect.flows import FlowTable
-from throttledetect.read.table import halves_to_address
+from throttledetect.read.table import addresses_text
 
 # STUN app hint (throttledetect.wire.apps.stun_app_hint) -> our call label.
 STUN_HINT_LABEL = {
@@ -76,8 +76,14 @@ def _suffix_app(name: str, domains: dict) -> str | None:
         for rank, (app, entry) in enumerate(domains.items()):
             for suffix in entry["suffixes"]:
                 order.setdefault(suffix.lower().rstrip("."), (rank, app))
-        index = _SUFFIX_INDEX[id(domains)] = (domains, order)
-    order = index[1]
+        index = _SUFFIX_INDEX[id(domains)] = (domains, order, {})
+    order, known = index[1], index[2]
+    app = known.get(name, False)
+    if app is not False:            # every flow to an address asks again for its names
+        return app
+    if len(known) > 1 << 16:
+        known.clear()
+    key = name
     name = name.lower().rstrip(".")
     best = None
     while name:
@@ -85,7 +91,8 @@ def _suffix_app(name: str, domains: dict) -> str | None:
         if hit is not None and (best is None or hit[0] < best[0]):
             best = hit
         _, _, name = name.partition(".")
-    return best[1] if best else None
+    known[key] = app = best[1] if best else None
+    return app
 
 
 _SUFFIX_INDEX: dict = {}
@@ -109,8 +116,8 @@ class Rules:
         l_port = np.where(remote_is_a, ft.b_port, ft.a_port)
         idx = self.ranges.lookup(r_hi, r_lo) if n else np.zeros(0, dtype=np.int64)
         range_label = [self.ranges.apps[i].label if i >= 0 else None for i in idx.tolist()]
-        remote_ip = [str(halves_to_address(h, l)) for h, l in zip(r_hi.tolist(), r_lo.tolist())]
-        local_ip = [str(halves_to_address(h, l)) for h, l in zip(l_hi.tolist(), l_lo.tolist())]
+        remote_ip = addresses_text(r_hi, r_lo)
+        local_ip = addresses_text(l_hi, l_lo)
         sdp_endpoints = self._sdp_endpoints(ev)
         not_call = self._not_call_names(ev.dns_names)
 

@@ -50,7 +50,7 @@ from throttledetect.metrics.series import (
 )
 from throttledetect.metrics.tcp import TcpDirectionMetrics, TcpFlowMetrics, compute_tcp_metrics
 from throttledetect.read import pages
-from throttledetect.read.table import halves_to_address
+from throttledetect.read.table import address_text
 
 GAP_MEDIAN_FACTOR = 5.0
 GAP_MIN_S = 0.2
@@ -303,8 +303,8 @@ def find_flow_rtp_streams(cap, ft, cl, groups: DirGroups | None = None) -> list[
         r0 = int(rows[a])
         enc = int(np.bincount(encap_of[a:b]).argmax())
         streams.append(FlowRtpStream(
-            src=str(halves_to_address(pk.src_hi[r0], pk.src_lo[r0])), sport=int(pk.sport[r0]),
-            dst=str(halves_to_address(pk.dst_hi[r0], pk.dst_lo[r0])), dport=int(pk.dport[r0]),
+            src=address_text(pk.src_hi[r0], pk.src_lo[r0]), sport=int(pk.sport[r0]),
+            dst=address_text(pk.dst_hi[r0], pk.dst_lo[r0]), dport=int(pk.dport[r0]),
             ssrc=int(ssrc[a]), packet_index=rows[a:b], ts_ns=ts_ns[a:b], seq=seq[a:b], rtp_ts=rtp_ts[a:b],
             marker=marker[a:b], payload_type=pt[a:b], size=size[a:b],
             flow=int(flow[a]), direction=int(direction[a]), encap=ENCAP_NAMES.get(enc, str(enc)),

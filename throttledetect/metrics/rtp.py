@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from throttledetect.jit import njit
-from throttledetect.read.table import FRAG_LATER, halves_to_address
+from throttledetect.read.table import FRAG_LATER, address_text
 from throttledetect.wire.rtp import (COMMON_CLOCK_RATES, DYNAMIC_PT_FIRST, RTP_HEADER_LEN, SEQ_MOD,  # noqa: F401
                                      STATIC_CLOCK_RATES, TS_MOD, clock_rate_for, rtp_fields, rtp_header_mask, unwrap)
 
@@ -509,8 +509,8 @@ def find_rtp_streams(cap, flows) -> list[RtpStream]:
         a, b = starts[s], ends[s]
         r0 = rows[a]
         streams.append(RtpStream(
-            src=str(halves_to_address(pk.src_hi[r0], pk.src_lo[r0])), sport=int(pk.sport[r0]),
-            dst=str(halves_to_address(pk.dst_hi[r0], pk.dst_lo[r0])), dport=int(pk.dport[r0]),
+            src=address_text(pk.src_hi[r0], pk.src_lo[r0]), sport=int(pk.sport[r0]),
+            dst=address_text(pk.dst_hi[r0], pk.dst_lo[r0]), dport=int(pk.dport[r0]),
             ssrc=int(ssrc[a]), packet_index=rows[a:b], ts_ns=pk.ts_ns[rows[a:b]], seq=seq[a:b],
             rtp_ts=ts[a:b], marker=marker[a:b], payload_type=pt[a:b],
             size=pk.payload_wirelen[rows[a:b]].astype(np.int64),

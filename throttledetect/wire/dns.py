@@ -7,6 +7,7 @@ addresses of later flows belong to (a call app's relays, for instance).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from throttledetect.wire import Layout
@@ -103,8 +104,9 @@ def parse_dns(data: bytes, tcp: bool = False) -> DnsMessage | None:
         return None
     pos = HEADER_LEN
     questions = []
+    memo: dict = {}
     for _ in range(hdr.qdcount):
-        name, pos = read_name(data, pos)
+        name, pos = read_name(data, pos, memo)
         tail = QUESTION_TAIL.unpack(data, pos) if name is not None else None
         if tail is None:
             return None
@@ -113,7 +115,7 @@ def parse_dns(data: bytes, tcp: bool = False) -> DnsMessage | None:
     answers = []
     truncated = False
     for _ in range(min(hdr.ancount, MAX_ANSWERS)):
-        record, pos = _read_record(data, pos)
+        record, pos = _read_record(data, pos, memo)
         if record is None:
             truncated = True
             break
@@ -121,10 +123,15 @@ def parse_dns(data: bytes, tcp: bool = False) -> DnsMessage | None:
     return DnsMessage(hdr.id, hdr.flags, tuple(questions), tuple(answers), truncated)
 
 
-def read_name(data: bytes, pos: int) -> tuple[str | None, int]:
+def read_name(data: bytes, pos: int, memo: dict | None = None) -> tuple[str | None, int]:
     """Decode the (possibly compressed) name at ``pos``: (name, position after it in the
     message), or (None, pos) if it is malformed. Pointer jumps, labels and total length are
-    capped, so a pointer loop ends in None rather than going round forever."""
+    capped, so a pointer loop ends in None rather than going round forever.
+
+    ``memo`` (one dict per message): names decoded before, by the offset they start at. An
+    answer's name is nearly always a pointer to the question's, decoded already; the caps are
+    applied to the whole name as if it had been decoded label by label, so the result is the
+    same with or without the memo."""
     labels: list[str] = []
     name_len = 0
     jumps = 0
@@ -141,10 +148,19 @@ def read_name(data: bytes, pos: int) -> tuple[str | None, int]:
                 after = cursor + 2
             cursor = ((length & ~_POINTER) << 8) | data[cursor + 1]
             jumps += 1
+            known = memo.get(cursor) if memo is not None else None
+            if known is not None:
+                s_labels, s_len, s_jumps = known
+                if len(labels) + len(s_labels) > MAX_LABELS or name_len + s_len > MAX_NAME_LEN \
+                        or jumps + s_jumps > MAX_POINTER_JUMPS:
+                    return None, pos
+                return ".".join(labels + s_labels), after
             continue
         if length & _POINTER:       # 0x40 / 0x80: extended label types, obsolete (RFC 6891)
             return None, pos
         if length == 0:
+            if memo is not None and after is None:
+                memo[pos] = (labels, name_len, 0)
             return ".".join(labels), (after if after is not None else cursor + 1)
         label = data[cursor + 1:cursor + 1 + length]
         name_len += length + 1
@@ -155,8 +171,8 @@ def read_name(data: bytes, pos: int) -> tuple[str | None, int]:
     return None, pos
 
 
-def _read_record(data: bytes, pos: int) -> tuple[DnsRecord | None, int]:
-    name, pos = read_name(data, pos)
+def _read_record(data: bytes, pos: int, memo: dict | None = None) -> tuple[DnsRecord | None, int]:
+    name, pos = read_name(data, pos, memo)
     tail = RECORD_TAIL.unpack(data, pos) if name is not None else None
     if tail is None:
         return None, pos
@@ -166,11 +182,11 @@ def _read_record(data: bytes, pos: int) -> tuple[DnsRecord | None, int]:
         return None, pos
     value: str | bytes | None = bytes(rdata)
     if tail.rtype == A and len(rdata) == 4:
-        value = str(ipaddress.IPv4Address(bytes(rdata)))
+        value = socket.inet_ntoa(rdata)         # ipaddress's spelling, without an object per answer
     elif tail.rtype == AAAA and len(rdata) == 16:
         value = str(ipaddress.IPv6Address(bytes(rdata)))
     elif tail.rtype in _NAME_VALUED:
-        value, _ = read_name(data, rdata_at)
+        value, _ = read_name(data, rdata_at, memo)
         if value is None:
             return None, pos
     return DnsRecord(name, tail.rtype, tail.rclass, tail.ttl, value), rdata_at + tail.rdlength

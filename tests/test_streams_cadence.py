@@ -197,3 +197,34 @@ def test_a_policer_from_the_start_is_sound_only_through_the_other_way():
     assert not inbound.same_clock(find_cadence(*train(0.06, seed=4)[:2]))
     assert not inbound.same_clock(None)
     assert isinstance(inbound, Cadence)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_packets_between_the_frames_are_not_one_per_slot(seed):
+    """Voice-sized packets sent between the frames (feedback, keepalives sharing the 5-tuple), 15 %
+    as many as the frames: a lost frame's slot is filled by one of them, so 5 % of the frames
+    dropped would read as little or no loss. The cadence says it holds more than one packet per
+    slot, and is then not complete (no loss signal on its own)."""
+    from throttledetect.streams.cadence import MAX_OVERFILL
+    rng = np.random.default_rng(seed)
+    t, size, _ = train(0.02, seed=seed, loss=0.05)
+    extra = rng.uniform(t[0], t[-1], int(0.15 * len(t)))
+    tt = np.r_[t, extra]
+    ss = np.r_[size, rng.integers(80, 161, len(extra)).astype(float)]
+    o = np.argsort(tt)
+    cad = find_cadence(tt[o], ss[o])
+    if cad is not None:
+        assert cad.overfill > MAX_OVERFILL and not cad.one_per_slot and not cad.complete, cad.overfill
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(jitter_ms=2.0), dict(dtx=True), dict(video_fps=30.0),
+                                dict(loss=0.1), dict(period_s=0.06, jitter_ms=5.0)])
+def test_a_voice_train_holds_one_packet_per_slot(kw):
+    """The rule above leaves real voice trains alone: jitter, DTX pauses, video beside them and
+    losses put no more packets than slots in any window."""
+    kw = dict(kw)
+    period = kw.pop("period_s", 0.02)
+    for seed in range(3):
+        t, size, _ = train(period, seed=seed, **kw)
+        cad = find_cadence(t, size)
+        assert cad is not None and cad.one_per_slot, (seed, cad and cad.overfill)

@@ -121,7 +121,7 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
               encrypted=False, jitter_ms=1.0, rate_pps=50, hangup_at=None, after_hangup_every_s=None,
               icmp_at=None, controls=True, tcp_control=True, stun_every_s=None, skew=0.0,
               inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None, sizes=None,
-              uplink_loss=None, remote_refuses_port=None) -> dict:
+              uplink_loss=None, remote_refuses_port=None, bundle=False) -> dict:
     """Write the synthetic capture to `path` (see the module docstring); return what it holds.
 
     media=False: only STUN (a call that rang out or was rejected). inbound=False: nothing of the
@@ -152,7 +152,9 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
     (a listener in a one-way phase of the call: the far end talks or shares its screen).
     remote_refuses_port: the local side also sends a STUN request from the call's socket to this
     port of the far end every second, and the far end's own kernel answers each with an ICMP port
-    unreachable (a candidate on a closed port, as Signal's UDP 443 beside its TURN port)."""
+    unreachable (a candidate on a closed port, as Signal's UDP 443 beside its TURN port).
+    bundle: the video goes in the call's own flow (one 5-tuple for voice and video, as WebRTC's
+    BUNDLE and Telegram's calls send it), encrypted too when ``encrypted``."""
     rng = np.random.default_rng(seed)
     P = _Packets()
     end = seconds if hangup_at is None else hangup_at
@@ -263,9 +265,10 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
             P.add(t, udp_frame(LOCAL, CALL_PORT, REMOTE_CALL, 50000, bytes([0x81, 0xC9, 0, 1]) + rng.bytes(4),
                                P.ident()))
     if video and media:       # down 1000-2200 byte frames (~400 kbit/s), up 300-600 bytes
+        remote_port, local_port = (50000, CALL_PORT) if bundle else (50002, VIDEO_PORT)
         for src, sport, dst, dport, ssrc, lo, hi, delay in (
-                (REMOTE_CALL, 50002, LOCAL, VIDEO_PORT, 0x3333, 1000, 2200, 0.03),
-                (LOCAL, VIDEO_PORT, REMOTE_CALL, 50002, 0x4444, 300, 600, 0.0)):
+                (REMOTE_CALL, remote_port, LOCAL, local_port, 0x3333, 1000, 2200, 0.03),
+                (LOCAL, local_port, REMOTE_CALL, remote_port, 0x4444, 300, 600, 0.0)):
             seq, ts0 = int(rng.integers(0, 65535)), int(rng.integers(0, 2**32))
             clock_scale = 1.0 + (skew if src != LOCAL else 0.0)
             for f in range(int(seconds * 30)):
@@ -277,10 +280,11 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
                 size = int(rng.integers(lo, hi))
                 parts = int(np.ceil(size / 1100))
                 for p in range(parts):
+                    body = (bytes([0x40 | int(rng.integers(0, 0x3F))]) + rng.bytes(size // parts + 11)) if encrypted \
+                        else rtp_payload(seq, ts0 + int(round(f * 3000 * clock_scale)), ssrc, 96, size // parts, rng,
+                                         marker=p == parts - 1)
                     P.add(t_send + delay + p * 0.0005 + (rng.exponential(jitter_ms / 1e3) if delay else 0.0),
-                          udp_frame(src, sport, dst, dport,
-                                    rtp_payload(seq, ts0 + int(round(f * 3000 * clock_scale)), ssrc, 96,
-                                                size // parts, rng, marker=p == parts - 1), P.ident()))
+                          udp_frame(src, sport, dst, dport, body, P.ident()))
                     seq += 1
     if controls:
         add_udp_control(P, rng, seconds)
@@ -438,6 +442,7 @@ SOLO = dict(seed=2, seconds=40.0, controls=False)           # the call alone
 VIDEO = dict(seed=3, seconds=40.0, video=True)              # audio and video flows + both controls
 UDP_ONLY = dict(seed=5, seconds=40.0, tcp_control=False)    # a control without a loss signal of its own
 ENCRYPTED = dict(seed=8, seconds=40.0, encrypted=True)      # voice without RTP headers + both controls
+BUNDLED = dict(seed=9, seconds=40.0, encrypted=True, video=True, bundle=True)   # ... and video in the same flow
 
 
 def rate_of(synthetic_call, call: dict, port: int) -> float:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.detect.calls import (AUDIO, CALL_PORT, ENCRYPTED, SOLO, TCP_CTRL_PORT, THROTTLING, UDP_CTRL_PORT,
+from tests.detect.calls import (AUDIO, BUNDLED, CALL_PORT, ENCRYPTED, SOLO, TCP_CTRL_PORT, THROTTLING, UDP_CTRL_PORT,
                                 UDP_ONLY, analyze, detect, flow_of, of_kind, why)
-from throttledetect.simulate import Congest, Drop, Jitter, simulate
+from throttledetect.simulate import Congest, Drop, Jitter, Police, simulate
 
 
 def _measured_drop(src, p, seed, onset_s=None):
@@ -173,3 +173,36 @@ def test_a_lossy_uplink_without_a_step_is_inconclusive_and_a_clean_one_is_nothin
 def test_no_reports_no_uplink_test(scenario):
     cap, ft, cl, rep = scenario(AUDIO)
     assert not _uplink(rep, flow_of(ft, CALL_PORT))
+
+
+def test_voice_clean_beside_policed_video_in_one_encrypted_flow_is_not_none(scenario):
+    """Voice and video in one encrypted flow (BUNDLE), a policer at about half the video's rate:
+    the bucket drops the large video packets first, the voice cadence may stay whole. Its empty
+    slots cannot speak for the video's bytes, so "no loss" on the cadence is not "none": the
+    flow is throttling if a test shows it, else inconclusive, naming the packets left out."""
+    cap, ft, cl, rep = scenario(BUNDLED, Police(250_000, 3000), port=CALL_PORT, seed=11, label="telegram_call")
+    i = flow_of(ft, CALL_PORT)
+    assert rep.tested[i]
+    assert rep.verdict(i) != "none", why(rep, i)
+    for kind in ("dropping", "policing"):
+        d = of_kind(rep, i, kind)
+        if d["decision"] != "detected":
+            assert d["decision"] == "inconclusive" and "larger packets" in d["reason"], d
+
+
+def test_voice_alone_in_an_encrypted_flow_can_be_clean(scenario):
+    """The same voice without video in its flow: the cadence covers the bytes, and a clean call is
+    "none" (the rule above does not make every encrypted call inconclusive)."""
+    cap, ft, cl, rep = scenario(ENCRYPTED, None, port=CALL_PORT, label="telegram_call")
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "none", why(rep, i)
+    assert of_kind(rep, i, "dropping")["estimates"]["loss_source"] == "cadence"
+
+
+def test_a_clean_bundled_flow_says_what_it_could_not_test(scenario):
+    """Clean voice and video in one encrypted flow: the voice lost nothing, the video has no loss
+    signal: inconclusive, and the reason says so."""
+    cap, ft, cl, rep = scenario(BUNDLED, None, port=CALL_PORT, label="telegram_call")
+    i = flow_of(ft, CALL_PORT)
+    assert rep.verdict(i) == "inconclusive", why(rep, i)
+    assert "larger packets" in of_kind(rep, i, "dropping")["reason"]

@@ -46,6 +46,7 @@ from throttledetect.streams.cadence import WINDOW_S
 
 KIND = "dropping"
 MIN_BIN_UNITS = 5
+MAX_UNCOVERED_BYTES = 0.5     # a voice train that carries less than half the direction's bytes cannot speak for it
 
 
 def no_signal_reason(ctx: DetectContext, i: int, d: int) -> str:
@@ -63,7 +64,49 @@ def no_signal_reason(ctx: DetectContext, i: int, d: int) -> str:
                 f"{cad.period_s * 1e3:.1f} ms cadence that is never whole (at best {cad.best_window_loss:.0%} of "
                 f"a {WINDOW_S:g} s window's slots empty, and no whole cadence the other way): its empty slots may "
                 "be the sender's own pacing, not losses")
+    if cad is not None and not cad.one_per_slot:
+        return (f"no loss signal: no RTP sequence numbers (encrypted UDP), and the packets on its "
+                f"{cad.period_s * 1e3:.1f} ms cadence are more than one per slot ({cad.overfill:.0%} more than "
+                "its slots): a packet lost there leaves no slot empty (the grid is not the sender's clock, or "
+                "other packets of the voice's size share it)")
     return "no loss signal: no RTP sequence numbers and no voice cadence (encrypted UDP)"
+
+
+def uncovered_reason(ctx: DetectContext, i: int, d: int) -> str | None:
+    """Why a loss test that found nothing on a voice cadence cannot clear the direction: the
+    cadence counts the voice packets only, and the larger packets (video, data, on the same
+    5-tuple) carry most of the bytes without a loss signal of their own. A policer takes a rate,
+    so it drops the large packets first and can leave every voice slot filled. None when the
+    loss signal is not a cadence, or the voice carries at least half the bytes."""
+    lu = ctx.streams.loss(i, d)
+    if lu is None or lu.source != "cadence":
+        return None
+    cad = ctx.streams.cadence(i, d)
+    size = ctx.packets(i, d).size
+    total = float(size.sum())
+    outside = float(size[size > cad.max_size].sum()) / total if total > 0 else 0.0
+    if outside <= MAX_UNCOVERED_BYTES:
+        return None
+    return (f"the voice cadence ({cad.period_s * 1e3:.1f} ms, packets up to {cad.max_size:.0f} B) shows nothing, "
+            f"but {outside:.0%} of this direction's bytes are larger packets (video or data) that have no loss "
+            "signal: a policer drops those first")
+
+
+def unless_uncovered(ctx: DetectContext, i: int, d: int, dets: list) -> list:
+    """dets, with a direction's "nothing found" on a voice cadence made inconclusive where the
+    cadence leaves most of the bytes out (uncovered_reason); a detection stays a detection."""
+    reason = None
+    for det in dets:
+        if det.direction != dir_name(d) or det.toward == TOWARD_REMOTE or det.decision == "inconclusive":
+            continue
+        reason = reason or uncovered_reason(ctx, i, d)
+        if reason is None:
+            return dets
+        if det.pvalue is None:
+            det.decision, det.reason = "inconclusive", reason
+        elif det.otherwise == "not_detected":
+            det.otherwise, det.reason = "inconclusive", reason
+    return dets
 
 
 def control_loss(ctx: DetectContext, i: int, t0: float, t1: float):
@@ -140,7 +183,7 @@ def _onset(ctx: DetectContext, i: int, loss, controls) -> dict | None:
 
 def detect(ctx: DetectContext, i: int) -> list:
     up = uplink(ctx, i)
-    return _downlink(ctx, i) + ([up] if up is not None else [])
+    return unless_uncovered(ctx, i, ctx.toward_local(i), _downlink(ctx, i)) + ([up] if up is not None else [])
 
 
 def _downlink(ctx: DetectContext, i: int) -> list:

@@ -573,12 +573,17 @@ def queue_at_losses(ctx: DetectContext, i: int, d: int, loss, rate_Bps: float, m
 
 
 def detect(ctx: DetectContext, i: int) -> list:
-    d = ctx.toward_local(i)
-    direction = dir_name(d)
-    P = ctx.config.policing
     if int(ctx.ft.proto[i]) == 6:
         from throttledetect.detect import policing_tcp
         return policing_tcp.detect(ctx, i)
+    from throttledetect.detect.dropping import unless_uncovered
+    return unless_uncovered(ctx, i, ctx.toward_local(i), _detect_udp(ctx, i))
+
+
+def _detect_udp(ctx: DetectContext, i: int) -> list:
+    d = ctx.toward_local(i)
+    direction = dir_name(d)
+    P = ctx.config.policing
     loss = ctx.streams.loss(i, d)
     if loss is None:
         from throttledetect.detect.dropping import no_signal_reason

@@ -163,7 +163,10 @@ def test_blocking_stops_arrivals_while_the_client_keeps_sending(trials):
     up = cap.packets.ts_ns[_throttled_rows(cap, ft, truth, to_local=False)] / 1e9
     assert (down < on).sum() > 100 and (down > on + 0.01).sum() == 0
     assert (up > on + 1).sum() > 100
-    assert truth["measured"]["throttled_aggregate"]["to-local"]["drop_fraction_after_onset"] == 1.0
+    # the onset is the midpoint of the instants between which the filters went in (a few ms, more
+    # on a busy machine): a packet sent in the second half of that window may still pass (CI saw
+    # 1 of 246), so nearly all, not all, are lost; nothing arrives 10 ms past the onset (above)
+    assert truth["measured"]["throttled_aggregate"]["to-local"]["drop_fraction_after_onset"] >= 0.98
     _bystanders_untouched(truth)
 
 

@@ -228,3 +228,26 @@ def test_a_voice_train_holds_one_packet_per_slot(kw):
         t, size, _ = train(period, seed=seed, **kw)
         cad = find_cadence(t, size)
         assert cad is not None and cad.one_per_slot, (seed, cad and cad.overfill)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_overfull_train_is_not_sound_through_the_other_way(seed):
+    """The other direction's complete train at the same period vouches for the grid, not for the
+    count: a train with 5 % of its frames dropped and voice-sized packets between its frames (15 %
+    as many) holds more packets than slots, so its empty slots undercount the losses and it is no
+    loss signal (Cadence.sound), though the clean way back keeps the same clock. Without the
+    extras the same train is sound."""
+    rng = np.random.default_rng(seed)
+    t, size, _ = train(0.02, seed=seed)
+    keep = rng.random(len(t)) >= 0.05
+    back = find_cadence(*train(0.02, seed=seed + 10)[:2])
+    assert back is not None and back.complete
+    plain = find_cadence(t[keep], size[keep])
+    assert plain is not None and plain.one_per_slot and plain.sound(back)
+    extra = rng.uniform(t[0], t[-1], int(0.15 * len(t)))
+    tt = np.r_[t[keep], extra]
+    ss = np.r_[size[keep], rng.integers(80, 161, len(extra)).astype(float)]
+    o = np.argsort(tt)
+    cad = find_cadence(tt[o], ss[o])
+    if cad is not None:
+        assert cad.same_clock(back) and not cad.one_per_slot and not cad.sound(back), cad.overfill

@@ -59,16 +59,16 @@ def no_signal_reason(ctx: DetectContext, i: int, d: int) -> str:
     if ctx.streams.rtp(i, d):
         return "no loss signal: RTP streams too short"
     cad = ctx.streams.cadence(i, d)
-    if cad is not None and not ctx.streams.cadence_sound(i, d):
-        return (f"no loss signal: no RTP sequence numbers (encrypted UDP), and the packets keep a "
-                f"{cad.period_s * 1e3:.1f} ms cadence that is never whole (at best {cad.best_window_loss:.0%} of "
-                f"a {WINDOW_S:g} s window's slots empty, and no whole cadence the other way): its empty slots may "
-                "be the sender's own pacing, not losses")
     if cad is not None and not cad.one_per_slot:
         return (f"no loss signal: no RTP sequence numbers (encrypted UDP), and the packets on its "
                 f"{cad.period_s * 1e3:.1f} ms cadence are more than one per slot ({cad.overfill:.0%} more than "
                 "its slots): a packet lost there leaves no slot empty (the grid is not the sender's clock, or "
                 "other packets of the voice's size share it)")
+    if cad is not None and not ctx.streams.cadence_sound(i, d):
+        return (f"no loss signal: no RTP sequence numbers (encrypted UDP), and the packets keep a "
+                f"{cad.period_s * 1e3:.1f} ms cadence that is never whole (at best {cad.best_window_loss:.0%} of "
+                f"a {WINDOW_S:g} s window's slots empty, and no whole cadence the other way): its empty slots may "
+                "be the sender's own pacing, not losses")
     return "no loss signal: no RTP sequence numbers and no voice cadence (encrypted UDP)"
 
 

@@ -121,9 +121,11 @@ class Streams:
     def cadence_sound(self, i: int, d: int) -> bool:
         """Is the direction's cadence the sender's whole clock: some window of it complete, or
         the other direction a complete train at the same period (the same app's clock, which
-        the network did not touch)? Otherwise its empty slots may be the sender's own pacing."""
+        the network did not touch)? Otherwise its empty slots may be the sender's own pacing.
+        Either way it holds one packet per slot (Cadence.one_per_slot): where packets outnumber
+        the slots, a lost packet's slot is filled by its neighbour, whatever the other way shows."""
         cad = self.cadence(i, d)
-        return cad is not None and (cad.complete or cad.same_clock(self.cadence(i, 1 - d)))
+        return cad is not None and cad.sound(self.cadence(i, 1 - d))
 
     def loss(self, i: int, d: int) -> LossUnits | None:
         """The direction's loss signal: RTP sequence gaps (all streams), else TCP holes, else the

@@ -98,6 +98,14 @@ class Cadence:
         shown whole in the direction the network did not touch?"""
         return other is not None and other.complete and abs(other.period_s - self.period_s) <= 0.05 * self.period_s
 
+    def sound(self, other: "Cadence | None") -> bool:
+        """Are this direction's empty slots losses: one packet per slot (one_per_slot), and the
+        grid the sender's whole clock, shown by a window of its own that is complete or by the
+        other direction's complete train at the same period (same_clock)? One per slot is asked
+        on both paths: where packets outnumber the slots a lost packet's slot is filled by its
+        neighbour, whatever the other direction shows."""
+        return self.one_per_slot and (self.complete or self.same_clock(other))
+
     @property
     def lost(self) -> int:
         return max(self.expected - self.received, 0)

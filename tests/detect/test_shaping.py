@@ -213,3 +213,53 @@ def test_the_queue_a_shaper_already_on_filled_is_read_from_the_first_frames_base
     r = leading_test(ms)
     assert r.pvalue < 1e-50 and r.statistic >= 30
     assert r.estimates["gap_ms"] == pytest.approx(170.0, abs=5.0)
+
+
+# ------------------------------------------------------------------------------- without a sender clock
+
+ENCRYPTED_VIDEO = dict(seed=12, seconds=40.0, encrypted=True, video=True)   # voice and video, no RTP headers
+
+
+def test_a_queue_that_drains_for_a_moment_still_stands():
+    """A token-bucket shaper at 400 kbit/s whose queue drains for a moment every 90 packets (a
+    quieter frame) and then sends 3 packets back to back on its refilled tokens: strict runs of
+    gaps at the cap last about 2 s, but the queue stands all along (most of every few gaps at the
+    cap), so the backlog lasts the whole 30 s."""
+    from throttledetect.detect.config import DEFAULT_CONFIG
+    from throttledetect.detect.shaping import binding_cap, spacing_test
+    P, C = DEFAULT_CONFIG.shaping, 400_000.0
+    size = _video_sizes(1800, 8)
+    gaps = size * 8 / C
+    burst = np.zeros(len(size), bool)
+    for k in range(90, len(size) - 3, 90):
+        burst[k + 1:k + 4] = True
+    gaps[burst] = 20e-6
+    t = np.cumsum(gaps)
+    sp = spacing_test(_direction(t, size), P)
+    assert sp["share"] >= 0.9 and binding_cap(sp, P)[0]
+    assert sp["backlog_s"] >= 0.9 * (t[-1] - t[0]), sp["backlog_s"]
+
+
+def test_a_shaper_switched_on_mid_call_without_a_sender_clock(synthetic_call, scenario):
+    """Encrypted video (no RTP timestamps: the spacing reading alone) shaped from 20 s of a 40 s
+    call at 0.7 of its rate: over the whole flow half of the gaps come on the sender's clock,
+    too few at the cap for the checks; read from the onset of the per-second share of gaps at
+    the cap they pass. Shaping, with the onset and the shaper's rate."""
+    rate = 0.7 * rate_of(synthetic_call, ENCRYPTED_VIDEO, VIDEO_PORT)
+    cap, ft, cl, rep = scenario(ENCRYPTED_VIDEO, shaper(rate, 0.5), port=VIDEO_PORT, onset_s=20.0, seed=25)
+    i = flow_of(ft, VIDEO_PORT)
+    assert rep.verdict(i) == "shaping", why(rep, i)
+    (d,) = detected(rep, i, "shaping")
+    assert d["test"] == "spacing" and d["rate_bps"] == pytest.approx(rate, rel=0.05)
+    assert d["onset_s"] == pytest.approx(20.0, abs=3.0), d["onset_s"]
+
+
+@pytest.mark.parametrize("impairment", [None, Jitter(20.0), Jitter(8.0, shape=2.0)], ids=["clean", "jitter", "wifi-like"])
+def test_encrypted_video_is_not_shaped_by_jitter_from_mid_call(scenario, impairment):
+    """The same encrypted call, clean or jittered from 20 s (a change mid-call that is no cap): no
+    onset of gaps at a cap, no shaping."""
+    cap, ft, cl, rep = scenario(ENCRYPTED_VIDEO, impairment, port=None if impairment is None else VIDEO_PORT,
+                                onset_s=None if impairment is None else 20.0, seed=26)
+    for port in (CALL_PORT, VIDEO_PORT):
+        i = flow_of(ft, port)
+        assert not detected(rep, i, "shaping"), why(rep, i)

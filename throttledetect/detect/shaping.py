@@ -32,10 +32,9 @@ one-sided. Effect: the share of gaps within ``cap_tolerance`` of size / C at the
 ("floor.shaping_spacing"). Checks: packet sizes vary (for equal sizes a cap and a sender's clock
 look the same: the test then cannot clear the flow either), and the backlog lasts
 ``min_backlog_s`` at a stretch (most of every STANDING_GAPS gaps at the cap: a token bucket sends
-a few packets back to back whenever its queue drains for a moment). Where the whole flow does not
-pass them, a shaper that began mid-flow is looked for (spacing_onset: the rise of the per-second
-share of gaps at the cap) and the checks are read from its onset; the p-value stays the whole
-flow's.
+a few packets back to back whenever its queue drains for a moment). A shaper that began
+mid-flow (spacing_onset: the rise of the per-second share of gaps at the
+cap) has them read from its onset, which is reported; the p-value stays the whole flow's.
 
 Decision: the smallest p-value of the available looks (Bonferroni); effect the queue's delay in
 ms (floor.shaping). Checks: the queue holds ``min_queue_packets`` packets at the cap (a tbf whose
@@ -277,10 +276,10 @@ def _runs_s(mask, g, t) -> np.ndarray:
 
 def spacing_onset(pk, sp: dict, P, alpha: float):
     """Where a shaper that began mid-flow took hold: the change point (onset.change_point, one
-    sided, H0 no rise) of the per-second share of arrival gaps at the whole flow's cap, searched
-    when the whole flow's reading does not show a lasting, binding queue (the time before the
-    shaper dilutes it: looped WhatsApp and Zoom calls shaped from 30 s keep 0-15 % of gaps at
-    the cap before and 70-100 % after). Per-second shares, not single gaps, since a queue's gaps
+    sided, H0 no rise) of the per-second share of arrival gaps at the whole flow's cap: the time before a
+    shaper that began mid-flow dilutes the whole flow's reading (looped WhatsApp and Zoom calls
+    shaped from 30 s keep 0-15 % of gaps at the cap before and 70-100 % after, too few over the
+    whole flow for the checks), and the user is told since when. Per-second shares, not single gaps, since a queue's gaps
     come in runs and would fake a significant split. Returns (onset_s, the spacing read from
     there) when the split is significant at alpha, the share after it is at least
     min_busy_share, and the reading from there shows a cap that binds for min_backlog_s; else
@@ -469,13 +468,12 @@ def detect(ctx: DetectContext, i: int) -> list:
     sp = spacing_test(pk, P)
     if sp is None:
         return [Detection.inconclusive(KIND, direction, "too few packets to read their spacing", test="spacing")]
-    whole, binds, why_cap, onset = sp, *binding_cap(sp, P), None
-    if not (binds and sp["backlog_s"] >= P.min_backlog_s):
-        later = spacing_onset(pk, sp, P, ctx.alpha)
-        if later is not None:
-            # the checks read from where the queue began; the test stays the whole flow's
-            onset, sp = later
-            binds, why_cap = binding_cap(sp, P)
+    whole, onset = sp, None
+    later = spacing_onset(pk, sp, P, ctx.alpha)
+    if later is not None:
+        # the checks read from where the queue began; the test stays the whole flow's
+        onset, sp = later
+    binds, why_cap = binding_cap(sp, P)
     est = {"rate_bps": sp["cap"], "at_cap_share": sp["share"], "size_cv": sp["size_cv"], "backlog_s": sp["backlog_s"],
            "spearman_rho": whole["rho"]}
     if onset is not None:

@@ -32,9 +32,9 @@ one-sided. Effect: the share of gaps within ``cap_tolerance`` of size / C at the
 ("floor.shaping_spacing"). Checks: packet sizes vary (for equal sizes a cap and a sender's clock
 look the same: the test then cannot clear the flow either), and the backlog lasts
 ``min_backlog_s`` at a stretch (most of every STANDING_GAPS gaps at the cap: a token bucket sends
-a few packets back to back whenever its queue drains for a moment). A shaper that began
-mid-flow (spacing_onset: the rise of the per-second share of gaps at the
-cap) has them read from its onset, which is reported; the p-value stays the whole flow's.
+a few packets back to back whenever its queue drains for a moment). A shaper that began mid-flow
+(spacing_onset: the rise of the per-second share of gaps at the cap) has them read from its
+onset, which is reported; the p-value stays the whole flow's.
 
 Decision: the smallest p-value of the available looks (Bonferroni); effect the queue's delay in
 ms (floor.shaping). Checks: the queue holds ``min_queue_packets`` packets at the cap (a tbf whose
@@ -256,8 +256,7 @@ def _spacing_reading(g, s, t, span, rate, P, how) -> dict | None:
     # gaps at the cap, strict runs of 1.3 s at most, broken every 90 packets by 2-5 back to back)
     k = min(STANDING_GAPS, len(at))
     most = np.convolve(at.astype(np.float64), np.ones(k) / k, mode="same") >= P.min_busy_share
-    stretches = _runs_s(most, g, t) if k else runs
-    longest = float(max(stretches.max(initial=0.0), runs.max(initial=0.0)))
+    longest = float(max(_runs_s(most, g, t).max(initial=0.0), runs.max(initial=0.0)))
     if np.ptp(g) > 0 and np.ptp(s) > 0:
         r = stats.spearmanr(g, s, alternative="greater")
         rho_s, p = float(r.statistic), float(r.pvalue)
@@ -275,16 +274,17 @@ def _runs_s(mask, g, t) -> np.ndarray:
 
 
 def spacing_onset(pk, sp: dict, P, alpha: float):
-    """Where a shaper that began mid-flow took hold: the change point (onset.change_point, one
-    sided, H0 no rise) of the per-second share of arrival gaps at the whole flow's cap: the time before a
-    shaper that began mid-flow dilutes the whole flow's reading (looped WhatsApp and Zoom calls
-    shaped from 30 s keep 0-15 % of gaps at the cap before and 70-100 % after, too few over the
-    whole flow for the checks), and the user is told since when. Per-second shares, not single gaps, since a queue's gaps
-    come in runs and would fake a significant split. Returns (onset_s, the spacing read from
-    there) when the split is significant at alpha, the share after it is at least
-    min_busy_share, and the reading from there shows a cap that binds for min_backlog_s; else
-    None. The p-value of the shaping test stays the whole flow's (the split is chosen on the
-    same gaps, so a p-value read after it would be biased); the split only places the checks."""
+    """Where a shaper that began mid-flow took hold: the change point (onset.change_point,
+    one-sided; H0 the per-second share of arrival gaps at the whole flow's cap does not rise).
+    The time before such a shaper dilutes the whole flow's reading (looped WhatsApp and Zoom
+    calls shaped from 30 s keep 0-15 % of gaps at the cap before and 70-100 % after, too few over
+    the whole flow for the checks), and the user is told since when. Per-second shares, not
+    single gaps: a queue's gaps come in runs and would fake a significant split. Returns
+    (onset_s, the spacing read from there) when the split is significant at alpha, the share
+    after it is at least min_busy_share, and the reading from there shows a cap that binds for
+    min_backlog_s; else None. The shaping test's p-value stays the whole flow's (the split is
+    chosen on the same gaps, so a p-value read after it would be biased); the split only places
+    the checks."""
     g = np.diff(pk.t)
     ok = g > 0
     if ok.sum() < MIN_PACKETS:

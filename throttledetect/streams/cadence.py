@@ -273,7 +273,7 @@ def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
         return None
     # Every packet of the subset takes its nearest slot, on the grid or pushed off it by jitter
     # (a queue that re-times packets moves them off the grid without losing them).
-    k, off = _phases(ts, p)
+    pw, off = _phases(ts, p)          # pw: each packet's WINDOW_S window
     if len(ts) < MIN_PACKETS:
         return None
     # each on-grid packet's slot number: nearest grid point, counted from the first packet
@@ -343,7 +343,6 @@ def _slots(t, size, cap, p, coherence, share) -> Cadence | None:
     best = float((lost_w[full] / slots_w[full]).min()) if full.any() else 1.0
     # packets beyond the slots, window by window (a surplus in one window is not cancelled by
     # losses in another): the subset's packets of each kept window against its slots
-    pw = np.floor((ts - ts[0]) / WINDOW_S).astype(np.int64)
     pk_w = np.bincount(pw[ok_w[pw]], minlength=len(ok_w))
     overfill = float(np.maximum(pk_w - slots_w, 0).sum() / max(expected, 1))
     return Cadence(period_s=p, coherence=coherence, on_grid_share=share, max_size=cap,

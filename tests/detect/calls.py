@@ -121,7 +121,7 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
               encrypted=False, jitter_ms=1.0, rate_pps=50, hangup_at=None, after_hangup_every_s=None,
               icmp_at=None, controls=True, tcp_control=True, stun_every_s=None, skew=0.0,
               inbound=True, local_refuses_every_s=None, migrate_at=None, local_quiet=None, sizes=None,
-              uplink_loss=None, remote_refuses_port=None, bundle=False) -> dict:
+              uplink_loss=None, remote_refuses_port=None, bundle=False, pages=None) -> dict:
     """Write the synthetic capture to `path` (see the module docstring); return what it holds.
 
     media=False: only STUN (a call that rang out or was rejected). inbound=False: nothing of the
@@ -154,7 +154,10 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
     port of the far end every second, and the far end's own kernel answers each with an ICMP port
     unreachable (a candidate on a closed port, as Signal's UDP 443 beside its TURN port).
     bundle: the video goes in the call's own flow (one 5-tuple for voice and video, as WebRTC's
-    BUNDLE and Telegram's calls send it), encrypted too when ``encrypted``."""
+    BUNDLE and Telegram's calls send it), encrypted too when ``encrypted``.
+    pages=(on_s, off_s, scale): the voice load comes and goes, as a fax's pages or a screen share's
+    changes: for on_s seconds of every on_s + off_s the payloads are ``scale`` times larger (the
+    same packet clock: the sender never pauses)."""
     rng = np.random.default_rng(seed)
     P = _Packets()
     end = seconds if hangup_at is None else hangup_at
@@ -210,6 +213,8 @@ def make_call(path, *, seconds=60.0, seed=0, stun_answered=True, media=True, dtx
         prev = True
         for k in np.flatnonzero(active):
             size = int(rng.integers(80, 161)) if sizes is None else int(rng.choice(sizes))
+            if pages is not None and (send[k] - 0.5) % (pages[0] + pages[1]) < pages[0]:
+                size = int(size * pages[2])
             if encrypted:
                 body = bytes([0x40 | int(rng.integers(0, 0x3F))]) + rng.bytes(size + 11)
             else:

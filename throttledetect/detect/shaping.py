@@ -45,7 +45,9 @@ releases several packets at a time (an htb class), most gaps between bursts the 
 C (spacing_test's two readings); C is no faster than
 the flow's own rate, unlike a Wi-Fi aggregate or a pacer's burst; the queue stands most of the
 time, unlike congestion's, which comes and goes with the cross traffic); the call's flows from
-the same host are also read merged, as a queue they share releases them together. The coupling
+the same host are also read merged, as a queue they share releases them together; and for a
+sender whose load comes and goes (cap_holds_the_load), the cap binds where the flow sent more than
+it: there only the cap arrived, its gaps at the cap. The coupling
 look needs packet sizes that vary (with one size, the sender's clock spaces packets at "a cap").
 Estimates: rate_bps (the cap: what arrives while the queue stands), onset_s, delay_rise_ms,
 queue_packets, queue_bytes.
@@ -69,6 +71,7 @@ BINDING_CAP = 1.5           # a cap faster than this times the flow's own rate i
 MAX_LEADING = 50
 BACK_TO_BACK = 0.1          # a gap under this share of a packet's time at the flow's mean rate: sent in one burst
 STANDING_GAPS = 10          # the backlog stands while most of every this many gaps are at the cap
+OVER_CAP = 1.2              # load over the cap: beyond the cap's tolerance both ways (cap_holds_the_load)
 
 
 def _delay_series(ctx: DetectContext, i: int, d: int):
@@ -318,6 +321,40 @@ def binding_cap(sp: dict | None, P) -> tuple[bool, dict]:
     return all(ok.values()), ok
 
 
+def cap_holds_the_load(pk, lu, cap: float, P) -> tuple[bool, dict]:
+    """Does the cap hold back the flow's own load: in the windows (``window_s``) where the sender
+    sent more than the cap (what arrived plus what RTP sequence numbers show lost, over
+    OVER_CAP times C), did only C arrive (most gaps at the cap, the arrival rate within
+    ``cap_tolerance`` of it) for ``min_backlog_s`` windows or more? The reading for a sender whose
+    load comes and goes (a fax's pages at 4.5x a shaper's rate for 10 s, then 0.1x; video's key
+    frames): its queue stands only while it sends above the cap, so over the whole flow too few
+    gaps sit at the cap and the queue seldom stands (binding_cap), though wherever the load
+    exceeds the cap it binds. Congestion's queue does not follow the flow's own load; a sender's
+    clock or pacer spaces packets at its own rate, which its load cannot exceed by OVER_CAP while
+    nothing is lost."""
+    if lu is None or lu.source != "rtp" or pk.n < MIN_PACKETS or not cap > 0:
+        return False, {}
+    w = P.window_s
+    t0 = float(pk.t[0])
+    nb = int((float(pk.t[-1]) - t0) // w) + 1
+    k = np.floor((lu.t - t0) / w).astype(np.int64)
+    ok = (k >= 0) & (k < nb)
+    offered = np.bincount(k[ok], weights=8.0 * lu.size[ok], minlength=nb) / w
+    ka = np.floor((pk.t - t0) / w).astype(np.int64)
+    arrived = np.bincount(ka, weights=8.0 * pk.size, minlength=nb) / w
+    g = np.diff(pk.t)
+    at = np.abs(8.0 * pk.size[1:] / np.maximum(g, 1e-9) / cap - 1.0) < P.cap_tolerance
+    over = offered >= OVER_CAP * cap
+    # a window's own gaps: both ends in it (the first and last windows hold part of a second)
+    inside = over[ka[1:]] & (ka[1:] == ka[:-1])
+    share = float(at[inside].mean()) if inside.any() else 0.0
+    held = float(np.median(arrived[over] / cap)) if over.any() else 0.0
+    why = {"load_over_cap_s": float(over.sum() * w), "at_cap_when_over": share, "arrived_over_cap": held}
+    holds = (over.sum() * w >= P.min_backlog_s and share >= P.min_busy_share
+             and abs(held - 1.0) < P.cap_tolerance)
+    return bool(holds), why
+
+
 def detect_tcp(ctx: DetectContext, i: int) -> Detection:
     """A TCP flow: the queue shows in its round-trip times (metrics.tcp: ACK RTT samples, Karn-
     clean) of the direction carrying data. H0: no standing queue (the window minima of the RTT do
@@ -445,6 +482,19 @@ def detect(ctx: DetectContext, i: int) -> list:
             if binds_g or (spg is not None and spg["share"] > at_cap):
                 binds, why_cap, at_cap = binds_g, why_g, spg["share"]
                 est.update(rate_bps=spg["cap"], shared_with_flows=[j for j in group if j != i], rate_is_shared=True)
+        load_note = ""
+        if not binds and sp is not None:
+            # a sender whose load comes and goes: the cap binds wherever the load exceeds it
+            holds, why_load = cap_holds_the_load(w, ctx.streams.loss(i, d), sp["cap"], P)
+            if holds:
+                binds, why_cap = True, dict(why_cap, **why_load)
+                est["rate_bps"] = sp["cap"]
+                est.pop("shared_with_flows", None), est.pop("rate_is_shared", None)
+                at_cap = sp["share"]
+                load_note = (f"; in the {why_load['load_over_cap_s']:.0f} s the flow sent more than that, "
+                             f"{why_load['at_cap_when_over']:.0%} of gaps at it and only it arrived")
+            else:
+                why_cap = dict(why_cap, **why_load)
         est["at_cap_share"] = at_cap
         est["cap_checks"] = why_cap
         persist = onsets[0] if onsets else best
@@ -460,7 +510,7 @@ def detect(ctx: DetectContext, i: int) -> list:
             how += f" (from {start:.1f} s)"
         ev = (f"one-way delay (window minima, sender clock skew {q['skew_ppm']:+.0f} ppm removed) rises by "
               f"{depth:.0f} ms {how}: a queue of {q_bytes / 1e3:.1f} kB, {q_pk:.1f} packets at "
-              f"the {fmt_rate(est['rate_bps'])} that arrive, {at_cap:.0%} of arrival gaps at size / rate (p={p:.2g})")
+              f"the {fmt_rate(est['rate_bps'])} that arrive, {at_cap:.0%} of arrival gaps at size / rate{load_note} (p={p:.2g})")
         return [Detection(kind=KIND, direction=direction, decision="not_detected", test=best["how"],
                           statistic=best["rise"], pvalue=p, effect=depth, effect_unit="ms of queueing delay",
                           checks=checks, estimates=est, evidence=ev,

@@ -11,6 +11,7 @@ import numpy as np
 from throttledetect.classify import Classification, classify
 from throttledetect.flows import DEFAULT_IDLE_TIMEOUT_S, FlowTable, build_flows
 from throttledetect.read import Capture, read_capture
+from throttledetect import verdicts
 from throttledetect.report import document
 from throttledetect.streams import Streams
 
@@ -230,7 +231,7 @@ def document_from_parts(parts: list[dict]) -> dict:
         if found:
             p.update(document.merge_protocol_verdicts(found))
         else:
-            p.update(verdict="none", kinds=[], summary=f"{p['protocol']}: not tested (no call flows)")
+            p.update(verdict=verdicts.UNTESTED, kinds=[], summary=f"{p['protocol']}: not tested (no call flows)")
     doc = {"schema": document.SCHEMA, "captures": [_capture_renumbered(part["capture"], ci)
                                                    for ci, part in enumerate(parts)],
            "flows": flows, "protocols": protocols}

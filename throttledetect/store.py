@@ -44,7 +44,7 @@ CREATE TABLE protocol_results (
     flows              INTEGER NOT NULL,
     packets            INTEGER NOT NULL,
     bytes              INTEGER NOT NULL,
-    verdict            TEXT,                -- shaping policing dropping blocking none inconclusive
+    verdict            TEXT,                -- shaping policing dropping blocking none inconclusive untested
     kinds              TEXT NOT NULL,       -- space-separated throttling kinds detected
     rate_bps           REAL,                -- the policing/shaping rate, when measured
     median_rate_to_you_bps REAL,            -- throughput toward the capturing host, median per bin

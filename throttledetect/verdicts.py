@@ -29,14 +29,17 @@ from __future__ import annotations
 import math
 
 KINDS = ("shaping", "policing", "dropping", "blocking")
-VERDICTS = KINDS + ("none", "inconclusive")
+# "untested": no test ran on the flow (not a call flow under --test calls, or too few packets);
+# never "none", which says the tests that could show throttling ran and found nothing
+UNTESTED = "untested"
+VERDICTS = KINDS + ("none", "inconclusive", UNTESTED)
 # Which kind names a flow when several are detected. Blocking first (the flow is dead, nothing
 # else matters); policing before shaping and dropping: the policing test only detects when the
 # queue before the losses held under MIN_QUEUE_PACKETS packets, and a rate-dependent drop is a
 # specific kind of selective drop; shaping before dropping (a shaper's full queue drops too).
 PRECEDENCE = ("blocking", "policing", "shaping", "dropping")
 # Severity order of verdicts in tables and when one protocol appears in several captures.
-SEVERITY = PRECEDENCE + ("inconclusive", "none")
+SEVERITY = PRECEDENCE + ("inconclusive", "none", UNTESTED)
 RATE_AGREEMENT = 0.10     # rates of several flows or captures are "common" within 10 % (max/min - 1)
 MINOR_SHARE = 0.25        # untested media flows carrying at most this share of a protocol's packets
 

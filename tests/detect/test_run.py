@@ -88,6 +88,11 @@ def test_untested_flows_say_so(dropped_document):
     a, doc = dropped_document
     tcp = doc["flows"][flow_of(a.flows, TCP_CTRL_PORT)]
     assert tcp["tested"] is False and tcp["detections"] == [] and "not tested" in tcp["verdict_reason"]
+    # "none" says the tests ran and found nothing: an untested flow, and a protocol line with no
+    # tested flow, say "untested" instead
+    assert tcp["verdict"] == "untested"
+    line = next(p for p in doc["protocols"] if p["protocol"] == tcp["protocol"])
+    assert line["verdict"] == "untested" and "not tested" in line["summary"], line
 
 
 def test_the_configuration_is_written_into_the_document(synthetic_call):

@@ -88,7 +88,7 @@ class DetectionReport:
     tested: np.ndarray
     roles: list
     detections: list            # list[list[dict]] per flow
-    verdicts: list              # (verdict, reason) per flow, ("none", "not tested") for untested flows
+    verdicts: list              # (verdict, reason) per flow, ("untested", "not tested") for untested flows
     labels: list
     config: DetectConfig
     test_scope: str = "calls"
@@ -101,7 +101,7 @@ class DetectionReport:
 
     def flow_json(self, i: int) -> dict:
         if not self.tested[i]:
-            return {"tested": False, "verdict": "none", "verdict_reason": "not tested (not a call flow)"
+            return {"tested": False, "verdict": verdicts.UNTESTED, "verdict_reason": "not tested (not a call flow)"
                     if self.test_scope == "calls" else "not tested (too few packets)", "detections": []}
         v, why = self.verdicts[i]
         out = {"tested": True, "role": self.roles[i], "verdict": v, "packets_in": self.packets[i],
@@ -197,7 +197,8 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
         roles[i], dets[i] = role, found
     values = dict(config.thresholds)
     verdicts.redecide([d for fl in dets for d in fl], values)
-    vs = [verdicts.flow_verdict(dets[i], roles[i]) if tested[i] else ("none", "not tested") for i in range(n)]
+    vs = [verdicts.flow_verdict(dets[i], roles[i]) if tested[i] else (verdicts.UNTESTED, "not tested")
+          for i in range(n)]
     report = DetectionReport(tested=tested, roles=roles, detections=dets, verdicts=vs, labels=list(ctx.labels),
                              config=config, test_scope=test,
                              packets=[ctx.packets(i, ctx.toward_local(i)).n if tested[i] else 0 for i in range(n)])

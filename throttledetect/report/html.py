@@ -29,7 +29,7 @@ table{border-collapse:collapse;font-size:.9rem;min-width:100%}
 th,td{border:1px solid #ddd;padding:.3rem .45rem;text-align:left;vertical-align:top}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .v{font-weight:600;white-space:nowrap}.v-shaping,.v-policing,.v-dropping,.v-blocking{color:#a01818}
-.v-inconclusive{color:#8a6d00}.v-none,.v-set-up,.v-not-blocked{color:#236b2b}
+.v-inconclusive{color:#8a6d00}.v-none,.v-set-up,.v-not-blocked{color:#236b2b}.v-untested{color:#666}
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:.85rem;color:#555}
 .flow{border-top:1px solid #eee;padding-top:.5rem}
@@ -71,7 +71,7 @@ def render_html(doc: dict, analyses: list) -> str:
         parts.append(_cards_table("attempts", ["attempt", "app", "local", "start", "dur s", "tried", "packets",
                                                "answered", "verdict"], rows, numeric=("dur s",)))
     calls = [f for f in doc["flows"] if is_call(f["protocol"])]
-    order = {"inconclusive": 1, "none": 2}
+    order = {"inconclusive": 1, "none": 2, "untested": 3}
     # per capture, throttled first, then inconclusive, then the rest; the biggest flows first within each
     calls.sort(key=lambda f: (f["capture"], order.get(f.get("verdict"), 0), -(f["packets_ab"] + f["packets_ba"])))
     parts.append("<h2>Call flows</h2>")

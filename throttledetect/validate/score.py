@@ -30,7 +30,7 @@ from throttledetect.classify.labels import is_call
 from throttledetect.validate import calibration
 
 KINDS = ("shaping", "policing", "dropping", "blocking")
-PRECEDENCE = ("blocking", "policing", "shaping", "dropping", "inconclusive", "none")
+PRECEDENCE = ("blocking", "policing", "shaping", "dropping", "inconclusive", "none", "untested")
 FP_LIMIT = 0.01
 THROTTLING_GROUPS = ("drop", "police", "shape", "block", "uplink")
 CONFOUNDER_GROUPS = ("clean", "path", "endpoint", "capture")

@@ -2,7 +2,7 @@
 
     import throttledetect
     report = throttledetect.analyze("call.pcap")          # or several paths, a folder, local=["10.0.0.0/8"]
-    report.verdicts()                                     # {"whatsapp_call": "policing", "tls": "none", ...}
+    report.verdicts()                                     # {"whatsapp_call": "policing", "tls": "untested", ...}
     report.throttled                                      # True when any protocol's verdict is a throttling kind
     report.calls()                                        # the call flows (dicts of the JSON document)
     report.document                                       # the whole JSON document (docs/DESIGN.md)

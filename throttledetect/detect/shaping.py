@@ -74,6 +74,11 @@ STANDING_GAPS = 10          # the backlog stands while most of every this many g
 OVER_CAP = 1.2              # load over the cap: beyond the cap's tolerance both ways (cap_holds_the_load)
 
 
+def at_cap(size, gap, cap: float, P) -> np.ndarray:
+    """Which gaps are the size of the packet ending them over the cap, within ``cap_tolerance``."""
+    return np.abs(8.0 * size / np.maximum(gap, 1e-9) / cap - 1.0) < P.cap_tolerance
+
+
 def _delay_series(ctx: DetectContext, i: int, d: int):
     """The delay series of the direction's stream with the most frames (and its stream)."""
     best = None
@@ -141,7 +146,7 @@ def _cap_delay_test(ctx: DetectContext, i: int, d: int, dl, pk):
     ok = (j >= 1) & (j < pk.n)
     j = j[ok]
     gap = pk.t[j] - pk.t[j - 1]
-    at = np.abs(8.0 * pk.size[j] / np.maximum(gap, 1e-9) / cap - 1.0) < P.cap_tolerance
+    at = at_cap(pk.size[j], gap, cap, P)
     ms = dl.ms[ok]
     if at.sum() < 10 or (~at).sum() < 10:
         return None
@@ -292,7 +297,7 @@ def spacing_onset(pk, sp: dict, P, alpha: float):
     ok = g > 0
     if ok.sum() < MIN_PACKETS:
         return None
-    at = (np.abs(8.0 * pk.size[1:][ok] / g[ok] / sp["cap"] - 1.0) < P.cap_tolerance).astype(np.float64)
+    at = at_cap(pk.size[1:][ok], g[ok], sp["cap"], P).astype(np.float64)
     sec = np.floor(pk.t[1:][ok] - pk.t[0]).astype(np.int64)
     n = np.bincount(sec)
     has = n > 0
@@ -342,8 +347,7 @@ def cap_holds_the_load(pk, lu, cap: float, P) -> tuple[bool, dict]:
     offered = np.bincount(k[ok], weights=8.0 * lu.size[ok], minlength=nb) / w
     ka = np.floor((pk.t - t0) / w).astype(np.int64)
     arrived = np.bincount(ka, weights=8.0 * pk.size, minlength=nb) / w
-    g = np.diff(pk.t)
-    at = np.abs(8.0 * pk.size[1:] / np.maximum(g, 1e-9) / cap - 1.0) < P.cap_tolerance
+    at = at_cap(pk.size[1:], np.diff(pk.t), cap, P)
     over = offered >= OVER_CAP * cap
     # a window's own gaps: both ends in it (the first and last windows hold part of a second)
     inside = over[ka[1:]] & (ka[1:] == ka[:-1])
@@ -489,7 +493,8 @@ def detect(ctx: DetectContext, i: int) -> list:
             if holds:
                 binds, why_cap = True, dict(why_cap, **why_load)
                 est["rate_bps"] = sp["cap"]
-                est.pop("shared_with_flows", None), est.pop("rate_is_shared", None)
+                for key in ("shared_with_flows", "rate_is_shared"):
+                    est.pop(key, None)
                 at_cap = sp["share"]
                 load_note = (f"; in the {why_load['load_over_cap_s']:.0f} s the flow sent more than that, "
                              f"{why_load['at_cap_when_over']:.0%} of gaps at it and only it arrived")

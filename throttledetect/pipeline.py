@@ -226,16 +226,18 @@ def document_from_parts(parts: list[dict]) -> dict:
     for ci, part in enumerate(parts):
         for p in part.get("protocols", ()):
             per_capture.setdefault(p["protocol"], []).append(dict(p, capture=ci))
+    tested = [part for part in parts if "config" in part]
+    # what the user can do about it: under --test calls, ask for every flow; else there was too little
+    why = "too few packets" if tested and tested[0]["test"] == "all" else "no call flows; --test all tests them"
     for p in protocols:
         found = per_capture.get(p["protocol"])
         if found:
             p.update(document.merge_protocol_verdicts(found))
         else:
-            p.update(verdict=verdicts.UNTESTED, kinds=[], summary=f"{p['protocol']}: not tested (no call flows)")
+            p.update(verdict=verdicts.UNTESTED, kinds=[], summary=f"{p['protocol']}: not tested ({why})")
     doc = {"schema": document.SCHEMA, "captures": [_capture_renumbered(part["capture"], ci)
                                                    for ci, part in enumerate(parts)],
            "flows": flows, "protocols": protocols}
-    tested = [part for part in parts if "config" in part]
     if tested:
         doc["config"] = tested[0]["config"]
         doc["test"] = tested[0]["test"]

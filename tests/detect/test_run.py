@@ -92,7 +92,7 @@ def test_untested_flows_say_so(dropped_document):
     # tested flow, say "untested" instead
     assert tcp["verdict"] == "untested"
     line = next(p for p in doc["protocols"] if p["protocol"] == tcp["protocol"])
-    assert line["verdict"] == "untested" and "not tested" in line["summary"], line
+    assert line["verdict"] == "untested" and "not tested" in line["summary"] and "--test all" in line["summary"], line
 
 
 def test_the_configuration_is_written_into_the_document(synthetic_call):

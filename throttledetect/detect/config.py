@@ -31,7 +31,10 @@ class PolicingParams:
     max_burst_s: float = 2.0        # the largest bucket tried holds this long at the rate
     permutations: int = 1999        # of the loss labels (the null of the alignment test)
     dispersion_window: int = 20     # expected packets per window of the regularity test
-    min_queue_packets: float = 2.0  # a queue holding this many packets is a shaper's (a tbf holding one drops like a policer)
+    # a queue holding this many packets is a shaper's: a tbf holding one drops like a policer, and
+    # its queue reads at most one (the packet waiting for its tokens), counted in the flow's large
+    # packets (shaping.queue_unit_bytes); the half packet above it is room for the delay's noise
+    min_queue_packets: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class ShapingParams:
     min_frames: int = 60            # frames with a sender time (delay test)
     window_s: float = 1.0           # delay: minimum per window (robust to jitter and pacing)
     min_windows: int = 12
-    min_queue_packets: float = 2.0  # a queue must hold at least this many packets at the cap
+    min_queue_packets: float = 1.5  # a queue must hold this many packets at the cap (PolicingParams')
     spacing_k: int = 8              # packets per spacing window (rate at the bottleneck)
     cap_tolerance: float = 0.1      # a window within 10 % of the cap is "at the cap"
     min_busy_share: float = 0.5     # share of the backlogged period's windows at the cap

@@ -61,6 +61,7 @@ from scipy import stats
 from throttledetect.detect.context import PAUSE_S, DetectContext, dir_name
 from throttledetect.detect.detector import Detector
 from throttledetect.detect.result import Detection, TestResult
+from throttledetect.detect.shaping import queue_unit_bytes
 from throttledetect.jit import njit
 from throttledetect.streams import merge_loss
 from throttledetect.verdicts import fmt_rate
@@ -408,17 +409,18 @@ def regularity_test(lost: np.ndarray, k: int) -> TestResult | None:
                       null="independent losses with one probability (Bernoulli)", n=m * k)
 
 
-def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, mean_size: float) -> float | None:
+def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, packet_bytes: float) -> float | None:
     """Packets of standing queue at the fitted rate, as the shaping detector reads a queue: the
     delay's rise (shaping.queue_estimate) counts only when the arrivals are also spaced at a cap
     that binds (shaping.binding_cap, the flow or its host's call flows together): a queue releases
     packets back to back at its rate. A rise without that spacing is the sender's timing (a stall
-    of its media clock, a jitter buffer reset), not a queue; 0.0 then. None without a sender clock."""
+    of its media clock, a jitter buffer reset), not a queue; 0.0 then. None without a sender clock.
+    Counted in packets of ``packet_bytes`` (shaping.queue_unit_bytes, as the shaping detector counts)."""
     from throttledetect.detect.shaping import MIN_PACKETS, binding_cap, queue_depth_ms, queue_estimate, spacing_test
     q = queue_estimate(ctx, i, d)
     if q is None:
         return None
-    depth = max(queue_depth_ms(q, ctx.alpha), 0.0) / 1e3 * rate_Bps / max(mean_size, 1.0)
+    depth = max(queue_depth_ms(q, ctx.alpha), 0.0) / 1e3 * rate_Bps / max(packet_bytes, 1.0)
     P = ctx.config.shaping
     pk = ctx.packets(i, d)
     # the spacing is read where the shaping detector reads it: from a queue's onset when one was seen
@@ -539,20 +541,21 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
                "burst": float(bursts[b]), "r_lo": r_lo, "r_hi": r_hi,
                "identifiable": r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1,
                "mode": int(m), "first_loss_t": float(loss.t[int(np.argmax(lost0))]), "recv_bps": recv_bps,
-               "mean_size": float(size0[~lost0].mean()), "loss": loss.fraction, "lost": loss.n_lost, "n": loss.n}
+               "mean_size": float(size0[~lost0].mean()),
+               "unit_size": queue_unit_bytes(size0[~lost0]), "loss": loss.fraction, "lost": loss.n_lost, "n": loss.n}
     ctx._cache[ck] = out
     return out
 
 
-def queue_at_losses(ctx: DetectContext, i: int, d: int, loss, rate_Bps: float, mean_size: float) -> dict | None:
+def queue_at_losses(ctx: DetectContext, i: int, d: int, loss, rate_Bps: float, packet_bytes: float) -> dict | None:
     """Do the losses come when a queue stands full? A FIFO drops only when it is full (a shaper's
     tail drops; a congested link's, shared with others' traffic), so the frames that met the path
     just before each loss waited longest; a policer keeps no queue, and its losses meet the delay
     of any other moment. The delay is each frame's least (shaping's delay series: the sender's
     clock, pacing and skew removed), so a paced frame's own spread does not count. H0: the
     delays of the frames just before losses (each frame once) are no higher than the others'
-    (Mann-Whitney, one-sided). Effect: their median over all frames', in ms and in packets at
-    ``rate_Bps`` (the fitted rate for policing, whose check asks ``min_queue_packets`` as for the
+    (Mann-Whitney, one-sided). Effect: their median over all frames', in ms and in packets of
+    ``packet_bytes`` at ``rate_Bps`` (the fitted rate for policing, whose check asks ``min_queue_packets`` as for the
     standing queue; the flow's own rate for dropping, whose check asks one). None without a sender
     clock or with fewer than MIN_LOSS_FRAMES such frames."""
     from throttledetect.detect.shaping import _delay_series
@@ -568,7 +571,7 @@ def queue_at_losses(ctx: DetectContext, i: int, d: int, loss, rate_Bps: float, m
     rest = np.delete(dl.ms, j)
     r = stats.mannwhitneyu(at, rest, alternative="greater")
     rise = float(np.median(at) - np.median(dl.ms))
-    return {"p": float(r.pvalue), "rise_ms": rise, "packets": rise / 1e3 * rate_Bps / max(mean_size, 1.0),
+    return {"p": float(r.pvalue), "rise_ms": rise, "packets": rise / 1e3 * rate_Bps / max(packet_bytes, 1.0),
             "frames": int(len(j))}
 
 
@@ -622,11 +625,11 @@ def _detect_udp(ctx: DetectContext, i: int) -> list:
     if scope == "host" and scopes[0][2]["j_best"] > f["j_best"] + J_TOLERANCE:
         scope, flows, f = scopes[0]
     p = min(1.0, f["p"] * len(scopes))
-    q_pk = queue_packets(ctx, i, d, f["rate"] / 8.0, f["mean_size"])
+    q_pk = queue_packets(ctx, i, d, f["rate"] / 8.0, f["unit_size"])
     checks = {}
     if q_pk is not None:
         checks["no_standing_queue"] = q_pk < P.min_queue_packets
-    full = queue_at_losses(ctx, i, d, loss, f["rate"] / 8.0, f["mean_size"])
+    full = queue_at_losses(ctx, i, d, loss, f["rate"] / 8.0, f["unit_size"])
     if full is not None:
         checks["losses_without_a_full_queue"] = not (full["p"] < ctx.alpha and full["packets"] >= P.min_queue_packets)
     est = {"rate_bps": f["rate"], "rate_fit_bps": f["rate_fit"], "burst_bytes": f["burst"],

@@ -79,6 +79,16 @@ def at_cap(size, gap, cap: float, P) -> np.ndarray:
     return np.abs(8.0 * size / np.maximum(gap, 1e-9) / cap - 1.0) < P.cap_tolerance
 
 
+def queue_unit_bytes(size) -> float:
+    """The packet a queue's depth is counted in: the 90th percentile of the flow's sizes. A queue
+    fills with the packets that come faster than the cap, a video frame's large ones; a call flow
+    carrying audio and video has a mean size far below them (Skype's 0.2 kB against 1.2 kB), so
+    counted in mean packets a tbf that holds one video packet read as a queue of two or more, a
+    shaper's. With one size (audio) the percentile is the mean."""
+    size = np.asarray(size)
+    return float(np.percentile(size, 90)) if len(size) else 1.0
+
+
 def _delay_series(ctx: DetectContext, i: int, d: int):
     """The delay series of the direction's stream with the most frames (and its stream)."""
     best = None
@@ -466,9 +476,8 @@ def detect(ctx: DetectContext, i: int) -> list:
                 if again[2]:
                     start, (w, sp, binds, why_cap) = split[0]["onset"], again
         rate = w.mean_rate_bps() if w.n >= 10 else pk.mean_rate_bps()
-        mean_size = float(w.size.mean()) if w.n else float(pk.size.mean())
         q_bytes = max(depth, 0.0) / 1e3 * rate / 8.0
-        q_pk = q_bytes / max(mean_size, 1.0)
+        q_pk = q_bytes / max(queue_unit_bytes(w.size if w.n else pk.size), 1.0)
         est = {"rate_bps": rate, "onset_s": start, "delay_rise_ms": best["rise"],
                "delay_spread_ms": q["spread_ms"], "queue_bytes": q_bytes, "queue_packets": q_pk,
                "skew_ppm": q["skew_ppm"], "clock_hz": q["clock"]}

@@ -296,11 +296,11 @@ def meta(seeds, jobs, seconds, corpus, runtime, records) -> dict:
 
 
 def detector_fingerprint() -> str:
-    """sha256 (12 hex digits) of the sources that decide verdicts (detect/, verdicts.py, pipeline)."""
+    """sha256 (12 hex digits) of the sources that decide verdicts (detect/, streams/, verdicts.py, pipeline)."""
     import hashlib
     h = hashlib.sha256()
     root = B.REPO / "throttledetect"
-    files = sorted((root / "detect").glob("*.py")) + [p for p in (root / "verdicts.py", root / "pipeline.py") if p.exists()]
+    files = sorted((root / "detect").glob("*.py")) + sorted((root / "streams").glob("*.py")) + [p for p in (root / "verdicts.py", root / "pipeline.py") if p.exists()]
     for p in files:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:12]

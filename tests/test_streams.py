@@ -202,41 +202,6 @@ def test_frames_use_the_first_packet_pacing_is_not_delay():
     assert dl.ms.max() < 0.5, dl.ms.max()
 
 
-def test_frames_that_lost_their_first_packet_do_not_carry_the_pacing_into_the_delay():
-    """The same paced frames (5 packets, 4 ms apart, no queue) with half the frames losing their
-    first packets (1-3 of them, as a policer that empties its bucket on a frame's head): those
-    frames' first arrival is a paced packet 4-12 ms late. delay() leaves them out, so it stays
-    flat; the frames kept are those whose first packet arrived."""
-    nf, per = 600, 5
-    rng = np.random.default_rng(4)
-    f = np.repeat(np.arange(nf), per)
-    k = np.tile(np.arange(per), nf)
-    t = 0.5 + f / 30.0 + 0.02 + k * 0.004
-    headless = rng.random(nf) < 0.5
-    cut = rng.integers(1, 4, nf)
-    keep = ~(headless[f] & (k < cut[f]))
-    s = rtp_stream(np.arange(nf * per)[keep], ((f * 3000 + 12345) % 2**32)[keep], t[keep],
-                   np.full(nf * per, 1000.0)[keep], pt=96)
-    whole = s.whole_headed()
-    assert np.array_equal(whole, ~headless | (np.arange(nf) == 0))
-    dl = s.delay()
-    assert dl.n == int(whole.sum())
-    assert dl.ms.max() < 0.5, dl.ms.max()
-    # without leaving them out, the pacing reads as up to 12 ms of delay
-    assert (np.minimum.reduceat(t[keep], np.flatnonzero(np.r_[True, np.diff(f[keep]) != 0]))
-            - (0.5 + np.arange(nf) / 30.0 + 0.02)).max() > 0.0079
-
-
-def test_a_voice_stream_keeps_the_frames_after_its_losses():
-    """Voice frames are one packet each: a frame after a lost packet still has its first packet,
-    and it is the frame that met a full queue; delay() keeps every frame that arrived."""
-    seq, ts, send, arrive = voice(1500, seed=5)
-    kept = np.random.default_rng(5).random(1500) > 0.3
-    s = rtp_stream(seq[kept], ts[kept], arrive[kept], pt=111)
-    assert s.whole_headed().all()
-    assert s.delay().n == int(kept.sum())
-
-
 def test_delay_removes_a_sender_skew_and_keeps_a_queue():
     """A 90 kHz sender 0.25 % slow, and from 30 s a 150 ms queue on a quiet path: the delay
     series shows the queue and not the skew."""

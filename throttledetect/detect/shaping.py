@@ -477,8 +477,7 @@ def detect(ctx: DetectContext, i: int) -> list:
                     start, (w, sp, binds, why_cap) = split[0]["onset"], again
         rate = w.mean_rate_bps() if w.n >= 10 else pk.mean_rate_bps()
         q_bytes = max(depth, 0.0) / 1e3 * rate / 8.0
-        # the packet counted in is the direction's, as policing counts it: one queue, one reading
-        q_pk = q_bytes / max(queue_unit_bytes(pk.size), 1.0)
+        q_pk = q_bytes / max(queue_unit_bytes(w.size if w.n else pk.size), 1.0)
         est = {"rate_bps": rate, "onset_s": start, "delay_rise_ms": best["rise"],
                "delay_spread_ms": q["spread_ms"], "queue_bytes": q_bytes, "queue_packets": q_pk,
                "skew_ppm": q["skew_ppm"], "clock_hz": q["clock"]}

@@ -111,9 +111,6 @@ def clock_rate(pt: int, t: np.ndarray, seq: np.ndarray | None, ts: np.ndarray) -
     return best
 
 
-SINGLE_PACKET_FRAMES = 0.05    # share of frames with more than one packet under which a stream's frames are one packet
-
-
 @dataclass(eq=False)
 class DelaySeries:
     """One-way delay against the sender's clock, per media frame (its first packet), in ms above
@@ -356,34 +353,10 @@ class RtpStream:
         starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
         return ts[starts], np.minimum.reduceat(t, starts), np.add.reduceat(size, starts)
 
-    def whole_headed(self) -> np.ndarray:
-        """Per frame (in frames()' order): did the packet the sender sent first arrive? So it is
-        when the number before the frame's least received one arrived (it belongs to an earlier
-        frame), and for the stream's first frame. Where it was lost, the frame's first arrival is
-        a later packet, which the sender's pacer let go a share of the frame's time later (tens
-        of ms for a large video frame): the delay read from it is the pacing's, not the path's.
-        A stream whose frames are one packet each (voice: under SINGLE_PACKET_FRAMES of its
-        frames arrived with more) has every frame's first packet in every frame it has; leaving
-        out the frames after each loss there would leave out a shaper's fullest moments."""
-        o = np.lexsort((self.t, self.ts))
-        ts, seq = self.ts[o], self.seq[o]
-        starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
-        if np.mean(np.diff(np.r_[starts, len(ts)]) > 1) < SINGLE_PACKET_FRAMES:
-            return np.ones(len(starts), dtype=bool)
-        first = np.minimum.reduceat(seq, starts)
-        return np.isin(first - 1, self.seq) | (first == self.seq.min())
-
     def delay(self) -> DelaySeries | None:
-        """The delay of the frames whose first packet arrived (whole_headed): under heavy loss on
-        video (half the packets, a policer's) the others widened the series by the sender's
-        pacing (98 ms of spread against 49 ms on the testbed call's video)."""
         if not self.clock or self.n < 3:
             return None
         ts, t_first, _ = self.frames()
-        keep = self.whole_headed()
-        ts, t_first = ts[keep], t_first[keep]
-        if len(ts) < 3:
-            return None
         o = np.argsort(t_first, kind="stable")
         ts, t_first = ts[o], t_first[o]
         timeline = one_timeline(t_first, (ts - ts[0]) / float(self.clock))

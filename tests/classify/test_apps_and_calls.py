@@ -296,3 +296,32 @@ def test_committed_model_reports_leave_one_app_out():
     assert dep["tp"] == sum(r["found_at_deployed_threshold"] for r in media.values())
     assert dep["tp"] + dep["fn"] == sum(r["media_flows"] for r in media.values())
     assert dep["fp"] == sum(r.get("false_calls_at_deployed_threshold", 0) for r in per_app.values())
+
+
+def _invite_with_sdp(addr: str, port: int) -> bytes:
+    body = (f"v=0\r\no=alice 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    head = ("INVITE sip:bob@biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1\r\n"
+            "From: <sip:alice@atlanta.example.com>;tag=1\r\nTo: <sip:bob@biloxi.example.com>\r\n"
+            "Call-ID: nat-1@10.0.0.5\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return (head + body).encode()
+
+
+@pytest.mark.parametrize("sdp_addr, named", [("10.0.0.5", True), ("192.0.2.77", False)])
+def test_media_on_the_port_sdp_gave_behind_a_nat(tmp_path, sdp_addr, named):
+    """A capture beyond a NAT (at the router's outside, a server, a mirror port): the SDP names the
+    caller's private address, the packets carry the NAT's public one with the port kept. The media
+    (encrypted here: no RTP header to read) is the stream SDP negotiated, by its port. An SDP
+    address that is routable is what the packets would show: another address on the same port is
+    then not that stream."""
+    nat, proxy, far = "203.0.113.5", "198.51.100.40", "198.51.100.41"
+    rng = np.random.default_rng(7)
+    pkts = [(0.0, f"{nat}:5060", f"{proxy}:5060", _invite_with_sdp(sdp_addr, 40000))]
+    pkts += [(0.5 + 0.02 * k, f"{nat}:40000", f"{far}:30000", bytes([0x01]) + rng.bytes(171)) for k in range(40)]
+    _, ft, cl = capture(tmp_path, pkts)
+    i = flow_of(ft, f"{nat}:40000", f"{far}:30000")
+    if named:
+        assert cl.labels[i] == "rtp" and "behind a NAT" in cl.reasons[i], cl.reasons[i]
+    else:
+        assert "SDP" not in cl.reasons[i], cl.reasons[i]

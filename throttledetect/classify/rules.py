@@ -7,6 +7,7 @@ inherit an app from flows classified in the first pass.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,22 @@ def _suffix_app(name: str, domains: dict) -> str | None:
 
 
 _SUFFIX_INDEX: dict = {}
+
+
+NAT_INSIDE = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10", "::1/128"))
+
+
+def _behind_nat(addr: str) -> bool:
+    """An address a NAT would rewrite on its way out (RFC 1918, CGNAT, loopback, link-local, IPv6
+    ULA). Not the documentation ranges, which stand for public addresses. False for what does not
+    parse."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in NAT_INSIDE)
 
 
 class Rules:
@@ -308,6 +325,12 @@ class Rules:
                 for kind, addr, port in msg.sdp.endpoints():
                     found[(addr, port)] = (kind, call_id)
                     found[(addr, port + 1)] = ("rtcp", call_id)
+                    if _behind_nat(addr) and port >= 1024:
+                        # SDP written behind a NAT names the host's own address; a capture beyond
+                        # the NAT (at a router, a server, a mirror port) sees another, and UDP NATs
+                        # mostly keep the port: the port alone then names the stream
+                        found.setdefault(("*", port), (kind, call_id, addr))
+                        found.setdefault(("*", port + 1), ("rtcp", call_id, addr))
         return found
 
     def _own_signs(self, ft, f, e: FlowEvidence, range_label, remote_ip, r_port, dns_names, sdp, local_ip, l_port):
@@ -323,6 +346,13 @@ class Rules:
             if end in sdp:
                 kind, call_id = sdp[end]
                 return Decision("rtp", 0.97, f"{kind} stream negotiated in SDP (SIP Call-ID {call_id})")
+        if proto == 17:
+            for port in (r_port, l_port):
+                hit = sdp.get(("*", port))
+                if hit is not None:         # the address differs (the exact match above failed)
+                    kind, call_id, addr = hit
+                    return Decision("rtp", 0.9, f"{kind} stream on the port SDP negotiated for {addr}:{port}, an "
+                                                f"address behind a NAT (SIP Call-ID {call_id})")
         if e.zoom_media:
             return Decision("zoom", 0.95, f"Zoom server media header on its port ({e.zoom_media} packets)")
         if e.rtp_encap == "zoom":

@@ -415,7 +415,8 @@ def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, packet_by
     that binds (shaping.binding_cap, the flow or its host's call flows together): a queue releases
     packets back to back at its rate. A rise without that spacing is the sender's timing (a stall
     of its media clock, a jitter buffer reset), not a queue; 0.0 then. None without a sender clock.
-    Counted in packets of ``packet_bytes`` (shaping.queue_unit_bytes, as the shaping detector counts)."""
+    Counted in packets of ``packet_bytes`` (for policing the received packets' 90th percentile,
+    shaping.queue_unit_bytes; the shaping detector takes it over what arrives from the queue's onset)."""
     from throttledetect.detect.shaping import MIN_PACKETS, binding_cap, queue_depth_ms, queue_estimate, spacing_test
     q = queue_estimate(ctx, i, d)
     if q is None:
@@ -541,7 +542,6 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
                "burst": float(bursts[b]), "r_lo": r_lo, "r_hi": r_hi,
                "identifiable": r_hi / r_lo - 1.0 <= 0.10 and fits.max() < len(rates) - 1,
                "mode": int(m), "first_loss_t": float(loss.t[int(np.argmax(lost0))]), "recv_bps": recv_bps,
-               "mean_size": float(size0[~lost0].mean()),
                "unit_size": queue_unit_bytes(size0[~lost0]), "loss": loss.fraction, "lost": loss.n_lost, "n": loss.n}
     ctx._cache[ck] = out
     return out
@@ -555,9 +555,10 @@ def queue_at_losses(ctx: DetectContext, i: int, d: int, loss, rate_Bps: float, p
     clock, pacing and skew removed), so a paced frame's own spread does not count. H0: the
     delays of the frames just before losses (each frame once) are no higher than the others'
     (Mann-Whitney, one-sided). Effect: their median over all frames', in ms and in packets of
-    ``packet_bytes`` at ``rate_Bps`` (the fitted rate for policing, whose check asks ``min_queue_packets`` as for the
-    standing queue; the flow's own rate for dropping, whose check asks one). None without a sender
-    clock or with fewer than MIN_LOSS_FRAMES such frames."""
+    ``packet_bytes`` at ``rate_Bps`` (for policing the fitted rate and the received packets' 90th
+    percentile, whose check asks ``min_queue_packets`` as for the standing queue; for dropping the
+    flow's own rate and mean packet, whose check asks one). None without a sender clock or with
+    fewer than MIN_LOSS_FRAMES such frames."""
     from throttledetect.detect.shaping import _delay_series
     best = _delay_series(ctx, i, d)
     if best is None or best[0].n < 20:

@@ -300,7 +300,8 @@ def detector_fingerprint() -> str:
     import hashlib
     h = hashlib.sha256()
     root = B.REPO / "throttledetect"
-    files = sorted((root / "detect").glob("*.py")) + sorted((root / "streams").glob("*.py")) + [p for p in (root / "verdicts.py", root / "pipeline.py") if p.exists()]
+    files = sorted((root / "detect").glob("*.py")) + sorted((root / "streams").glob("*.py"))
+    files += [p for p in (root / "verdicts.py", root / "pipeline.py") if p.exists()]
     for p in files:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:12]

@@ -15,7 +15,7 @@ import numpy as np
 from throttledetect.classify.evidence import CaptureEvidence, FlowEvidence
 from throttledetect.classify.labels import CALL_OF_CHAT, is_call
 from throttledetect.classify.tables import AddressTable, PortTable
-from throttledetect.flows import FlowTable
+from throttledetect.flows import DEFAULT_LOCAL_NETS, FlowTable
 from throttledetect.read.table import addresses_text
 
 # STUN app hint (throttledetect.wire.apps.stun_app_hint) -> our call label.
@@ -99,9 +99,8 @@ def _suffix_app(name: str, domains: dict) -> str | None:
 _SUFFIX_INDEX: dict = {}
 
 
-NAT_INSIDE = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-    "fc00::/7", "fe80::/10", "::1/128"))
+# the ranges that mark a capturing host's side are those a NAT rewrites on the way out
+NAT_INSIDE = tuple(ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETS)
 
 
 def _behind_nat(addr: str) -> bool:

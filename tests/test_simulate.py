@@ -388,6 +388,38 @@ def test_loop_keeps_rtp_continuous(tmp_path):
     print(f"loop 5 s -> {info['looped_duration_s']:.2f} s: {len(streams)} streams, 0 lost, 0 sequence errors")
 
 
+def test_loop_keeps_arrival_minus_timestamp_level_at_every_join():
+    """captures/call_clean.pcap: its video's timestamps span the whole capture, so a copy shifted
+    by the capture's duration plus one packet gap had to advance its timestamps by a frame more
+    than its time: arrival minus timestamp fell 33 ms at every join, a queue draining in steps (on
+    the real-kernel replay of the 0.5x policer, the video was called shaping). Each copy's least
+    arrival-minus-timestamp (the path's base delay) must be the same in every stream."""
+    from pathlib import Path
+    from throttledetect.pipeline import analyze_capture
+    from throttledetect.streams import Streams
+    from throttledetect.validate import bases
+    path = Path(__file__).resolve().parents[1] / "captures" / "call_clean.pcap"
+    spec = bases.discover_file(("captures/call_clean.pcap", str(path)))["base"]   # the validation's loop window
+    cap = read_capture(str(path))
+    ft = build_flows(cap)
+    looped, info = sim.loop_capture(cap, ft, classify(cap, ft), 40.0, window=tuple(spec["window_ns"]))
+    assert info["copies"] >= 4
+    a = analyze_capture(looped, with_metrics=False, with_detection=False)
+    st = Streams(a.capture, a.flows, a.classification)
+    period = info["period_s"]
+    checked = 0
+    for j in range(len(a.flows)):
+        for d in (0, 1):
+            for s in st.rtp(j, d):
+                if not s.clock or s.n < 100:
+                    continue
+                copy = np.floor((s.t - s.t.min()) / period + 1e-6).astype(int)
+                base = [float(np.min(s.t[copy == k] - s.ts[copy == k] / s.clock)) for k in np.unique(copy)]
+                assert np.ptp(base) < 0.002, (j, d, s.clock, np.round(np.diff(base) * 1e3, 1))
+                checked += 1
+    assert checked >= 4     # audio and video, both ways
+
+
 def test_loop_updates_ipv6_udp_checksums(tmp_path):
     src = Loaded(_rtp_call(tmp_path / "v6.pcap", flows=[("fd00::10", "2001:db8::5", 40000, 3478)], seconds=2.0,
                            v6=True))

@@ -592,6 +592,61 @@ def _tcp_continuity(cap: Capture, ft, rows: np.ndarray):
     return r, seq_shift, ack_shift
 
 
+MAX_JOIN_STRETCH_NS = 200_000_000   # the longest pause a loop's join may get to keep a stream's timestamps level
+
+
+def _rtp_loop_plan(cap: Capture, ft, cl, ts_all: np.ndarray, body_pos: np.ndarray) -> dict | None:
+    """Per RTP stream of the looped part: its sequence and timestamp spans, packet-time (median
+    positive timestamp step), clock rate (static payload type or estimated from its timestamps,
+    None when unknown) and ``need_ns``, the period its timestamps need (span plus a packet-time,
+    in ns; 0 when the rate is unknown). None when no stream lies in the looped part."""
+    from throttledetect.metrics.rtp import STATIC_CLOCK_RATES, estimate_clock_rate
+    ix = RtpIndex(cap, ft, cl)
+    inb = body_pos[ix.row] >= 0 if len(ix) else np.zeros(0, dtype=bool)
+    if not inb.any():
+        return None
+    # spans over the looped part only; packets kept once precede copy 0 unchanged
+    pos_ix = np.flatnonzero(inb)
+    grp = ix.stream[pos_ix]
+    first = np.ones(len(pos_ix), dtype=bool)
+    first[1:] = grp[1:] != grp[:-1]
+    starts = np.flatnonzero(first)
+    gid = np.cumsum(first) - 1
+    xseq, xts = ix.xseq[pos_ix], ix.xts[pos_ix]
+    seq_span = _counter_spans(ix, pos_ix, starts, np.maximum.reduceat(xseq, starts)
+                              - np.minimum.reduceat(xseq, starts))
+    ts_span = np.maximum.reduceat(xts, starts) - np.minimum.reduceat(xts, starts)
+    step = np.zeros(len(pos_ix), dtype=np.int64)
+    step[1:] = np.diff(xts)
+    step[first] = 0
+    ptime = np.ones(len(starts), dtype=np.int64)
+    pos = step > 0
+    if pos.any():                       # median positive timestamp step per stream
+        pg, pv = gid[pos], step[pos]
+        o = np.lexsort((pv, pg))
+        pg, pv = pg[o], pv[o]
+        cnt = np.bincount(pg, minlength=len(starts))
+        pstart = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum(cnt, out=pstart[1:])
+        has = cnt > 0
+        ptime[has] = pv[pstart[:-1][has] + (cnt[has] - 1) // 2]
+    ends = np.append(starts[1:], len(pos_ix))
+    rates = []
+    need = np.zeros(len(starts), dtype=np.int64)
+    for s in range(len(starts)):        # one call per stream, not per packet
+        a, b = starts[s], ends[s]
+        p = pos_ix[a]
+        rate = STATIC_CLOCK_RATES.get(int(ix.pt[p])) if ix.pt[p] < 96 else None
+        if rate is None and b - a >= 10:
+            rr = ix.row[pos_ix[a:b]]
+            rate = estimate_clock_rate((ts_all[rr] - ts_all[rr[0]]) / 1e9, ix.ts[pos_ix[a:b]])
+        rates.append(rate)
+        if rate:
+            need[s] = int(np.ceil((int(ts_span[s]) + int(ptime[s])) / rate * 1e9))
+    return {"ix": ix, "pos_ix": pos_ix, "starts": starts, "ends": ends, "gid": gid, "seq_span": seq_span,
+            "ts_span": ts_span, "ptime": ptime, "rate": rates, "need_ns": need}
+
+
 def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None = None) -> tuple[Capture, dict]:
     """Repeat a capture, or a window of it, until the repeated part lasts at least `seconds`.
 
@@ -599,13 +654,16 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
     are kept once (a call's setup: signalling, DNS, STUN), packets in [loop_from, loop_to] are
     repeated, everything else is left out. Default: the whole capture repeated.
 
-    Copy k of the repeated part is shifted by k * (its duration + median inter-packet gap). In
-    every RTP stream over UDP found by the classification (cl.evidence: plain RTP, TURN
-    ChannelData, MS-TURN and Zoom framing), copy k's sequence numbers advance by k * (sequence span
-    + 1) mod 2^16 and its timestamps by k * T mod 2^32, where T is the period in clock ticks when
-    the stream's clock rate is known (static payload type or estimated from its timestamps), never
-    less than the timestamp span plus one packet-time, and exactly that when the rate is unknown:
-    arrival time minus RTP timestamp stays level across the joins. Every TCP connection's sequence
+    Copy k of the repeated part is shifted by k * period: its duration + median inter-packet gap,
+    lengthened (by at most MAX_JOIN_STRETCH_NS) where an RTP stream's timestamps span more than
+    that less one packet-time, so that each stream's next copy starts at least a packet-time after
+    its last timestamp. In every RTP stream over UDP found by the classification (cl.evidence:
+    plain RTP, TURN ChannelData, MS-TURN and Zoom framing), copy k's sequence numbers advance by
+    k * (sequence span + 1) mod 2^16 and its timestamps by k * T mod 2^32, where T is the period in
+    clock ticks when the stream's clock rate is known (static payload type or estimated from its
+    timestamps), never less than the timestamp span plus one packet-time, and exactly that when the
+    rate is unknown: arrival time minus RTP timestamp stays level across the joins (a stream whose
+    timestamps jump by more than the stretch allows steps at each join). Every TCP connection's sequence
     and acknowledgement numbers advance by the sequence space its direction covers in the window,
     so a looped TCP control carries new bytes instead of repeating old ones (SACK blocks and TCP
     timestamps are left as captured). Everything else — flows without readable RTP (encrypted
@@ -615,7 +673,6 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
     Returns (the looped Capture, read back from a temporary pcap, with ``.loop`` = the info dict
     also returned).
     """
-    from throttledetect.metrics.rtp import STATIC_CLOCK_RATES, estimate_clock_rate
     t = cap.packets
     n_all = len(t)
     if n_all == 0:
@@ -641,9 +698,24 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
     gap = int(np.median(gaps)) if len(gaps) else 1_000_000
     period = duration + gap
     want = int(round(float(seconds) * 1e9))
+    n_pre, n = len(pre), len(body)
+    body_pos = np.full(n_all, -1, dtype=np.int64)
+    body_pos[body] = np.arange(n)
+    plan = _rtp_loop_plan(cap, ft, cl, ts_all, body_pos) if want > duration else None
+    stretch = 0
+    if plan is not None:
+        # Each stream's next copy must start a packet-time after its last timestamp, and arrival
+        # minus timestamp must stay level across the join (a step there reads as a queue filling
+        # or draining: the testbed call's video stepped 33 ms at every join). Where a stream's
+        # timestamps span a packet-time more than the window's time, the period is lengthened by
+        # that much (a pause of one packet-time at each join); a stream whose timestamps jump by
+        # more than MAX_JOIN_STRETCH_NS cannot be kept level and is not waited for.
+        need = plan["need_ns"]
+        need = need[(need > period) & (need <= period + MAX_JOIN_STRETCH_NS)]
+        stretch = int(need.max() - period) if len(need) else 0
+    period += stretch
     copies = max(1, int(np.ceil((want + gap) / period))) if want > duration else 1
 
-    n_pre, n = len(pre), len(body)
     kk = np.repeat(np.arange(copies, dtype=np.int64), n)
     rows_out = np.concatenate([pre, np.tile(body, copies)])
     ts_out = np.concatenate([ts_all[pre], np.tile(ts, copies) + kk * period])
@@ -654,10 +726,8 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
     def out_frames(k: int, pos_in_body: np.ndarray) -> np.ndarray:
         return rec_start[n_pre + k * n + pos_in_body] + 16
 
-    body_pos = np.full(n_all, -1, dtype=np.int64)
-    body_pos[body] = np.arange(n)
     info = {"seconds_requested": float(seconds), "copies": copies, "period_s": period / 1e9,
-            "gap_s": gap / 1e9, "source_duration_s": (int(ts_all.max()) - int(ts_all.min())) / 1e9,
+            "gap_s": gap / 1e9, "join_stretch_s": stretch / 1e9, "source_duration_s": (int(ts_all.max()) - int(ts_all.min())) / 1e9,
             "window_s": [(keep_from - int(ts_all.min())) / 1e9, (loop_from - int(ts_all.min())) / 1e9,
                          (loop_to - int(ts_all.min())) / 1e9] if window is not None else None,
             "kept_once": n_pre, "looped_duration_s": (duration + (copies - 1) * period) / 1e9,
@@ -665,50 +735,19 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
             "rtp_streams": [], "tcp_directions": 0}
 
     if copies > 1:
-        ix = RtpIndex(cap, ft, cl)
-        inb = body_pos[ix.row] >= 0 if len(ix) else np.zeros(0, dtype=bool)
-        if inb.any():
-            # spans over the looped part only; packets kept once precede copy 0 unchanged
-            pos_ix = np.flatnonzero(inb)
-            grp = ix.stream[pos_ix]
-            first = np.ones(len(pos_ix), dtype=bool)
-            first[1:] = grp[1:] != grp[:-1]
-            starts = np.flatnonzero(first)
-            gid = np.cumsum(first) - 1
-            xseq, xts = ix.xseq[pos_ix], ix.xts[pos_ix]
-            seq_span = _counter_spans(ix, pos_ix, starts, np.maximum.reduceat(xseq, starts)
-                                      - np.minimum.reduceat(xseq, starts))
-            ts_span = np.maximum.reduceat(xts, starts) - np.minimum.reduceat(xts, starts)
-            step = np.zeros(len(pos_ix), dtype=np.int64)
-            step[1:] = np.diff(xts)
-            step[first] = 0
-            ptime = np.ones(len(starts), dtype=np.int64)
-            pos = step > 0
-            if pos.any():                       # median positive timestamp step per stream
-                pg, pv = gid[pos], step[pos]
-                o = np.lexsort((pv, pg))
-                pg, pv = pg[o], pv[o]
-                cnt = np.bincount(pg, minlength=len(starts))
-                pstart = np.zeros(len(starts) + 1, dtype=np.int64)
-                np.cumsum(cnt, out=pstart[1:])
-                has = cnt > 0
-                ptime[has] = pv[pstart[:-1][has] + (cnt[has] - 1) // 2]
-            ts_shift = ts_span + ptime
-            ends = np.append(starts[1:], len(pos_ix))
-            for s in range(len(starts)):        # one call per stream, not per packet
-                a, b = starts[s], ends[s]
-                p = pos_ix[a]
-                rate = STATIC_CLOCK_RATES.get(int(ix.pt[p])) if ix.pt[p] < 96 else None
-                if rate is None and b - a >= 10:
-                    rr = ix.row[pos_ix[a:b]]
-                    rate = estimate_clock_rate((ts_all[rr] - ts_all[rr[0]]) / 1e9, ix.ts[pos_ix[a:b]])
+        if plan is not None:
+            ix, pos_ix, gid = plan["ix"], plan["pos_ix"], plan["gid"]
+            ts_shift = plan["ts_span"] + plan["ptime"]
+            for s, rate in enumerate(plan["rate"]):     # one step per stream, not per packet
                 if rate:
                     ts_shift[s] = max(int(ts_shift[s]), int(round(period / 1e9 * rate)))
+                p = pos_ix[plan["starts"][s]]
                 info["rtp_streams"].append({
                     "flow": int(ix.flow[p]), "dir": "ab" if ix.dir[p] == 0 else "ba", "ssrc": int(ix.ssrc[p]),
-                    "packets": int(b - a), "seq_step_per_copy": int(seq_span[s] + 1),
+                    "packets": int(plan["ends"][s] - plan["starts"][s]),
+                    "seq_step_per_copy": int(plan["seq_span"][s] + 1),
                     "ts_step_per_copy": int(ts_shift[s]), "clock_rate": int(rate) if rate else None})
-            sshift, tshift = (seq_span + 1)[gid], ts_shift[gid]
+            sshift, tshift = (plan["seq_span"] + 1)[gid], ts_shift[gid]
             bp = body_pos[ix.row[pos_ix]]
             for k in range(1, copies):
                 set_rtp(buf, ix, pos_ix, seq=ix.seq[pos_ix] + k * sshift, ts=ix.ts[pos_ix] + k * tshift,

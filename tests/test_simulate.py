@@ -389,7 +389,7 @@ def test_loop_keeps_rtp_continuous(tmp_path):
 
 
 def test_loop_keeps_arrival_minus_timestamp_level_at_every_join():
-    """captures/call_clean.pcap: its video's timestamps span the whole capture, so a copy shifted
+    """captures/call_clean.pcap: its video's timestamps span the whole loop window, so a copy shifted
     by the capture's duration plus one packet gap had to advance its timestamps by a frame more
     than its time: arrival minus timestamp fell 33 ms at every join, a queue draining in steps (on
     the real-kernel replay of the 0.5x policer, the video was called shaping). Each copy's least

@@ -592,7 +592,10 @@ def _tcp_continuity(cap: Capture, ft, rows: np.ndarray):
     return r, seq_shift, ack_shift
 
 
-MAX_JOIN_STRETCH_NS = 200_000_000   # the longest pause a loop's join may get to keep a stream's timestamps level
+# The longest pause a loop's join may get to keep a stream's timestamps level: a packet-time is
+# at most 120 ms (Opus's longest frame); a span longer than the window by more is a jump in the
+# stream's timestamps (a fax switching to T.38), which no pause at the joins could keep level.
+MAX_JOIN_STRETCH_NS = 200_000_000
 
 
 def _rtp_loop_plan(cap: Capture, ft, cl, ts_all: np.ndarray, body_pos: np.ndarray) -> dict | None:
@@ -727,7 +730,8 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
         return rec_start[n_pre + k * n + pos_in_body] + 16
 
     info = {"seconds_requested": float(seconds), "copies": copies, "period_s": period / 1e9,
-            "gap_s": gap / 1e9, "join_stretch_s": stretch / 1e9, "source_duration_s": (int(ts_all.max()) - int(ts_all.min())) / 1e9,
+            "gap_s": gap / 1e9, "join_stretch_s": stretch / 1e9,
+            "source_duration_s": (int(ts_all.max()) - int(ts_all.min())) / 1e9,
             "window_s": [(keep_from - int(ts_all.min())) / 1e9, (loop_from - int(ts_all.min())) / 1e9,
                          (loop_to - int(ts_all.min())) / 1e9] if window is not None else None,
             "kept_once": n_pre, "looped_duration_s": (duration + (copies - 1) * period) / 1e9,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -598,11 +599,29 @@ def _tcp_continuity(cap: Capture, ft, rows: np.ndarray):
 MAX_JOIN_STRETCH_NS = 200_000_000
 
 
-def _rtp_loop_plan(cap: Capture, ft, cl, ts_all: np.ndarray, body_pos: np.ndarray) -> dict | None:
-    """Per RTP stream of the looped part: its sequence and timestamp spans, packet-time (median
-    positive timestamp step), clock rate (static payload type or estimated from its timestamps,
-    None when unknown) and ``need_ns``, the period its timestamps need (span plus a packet-time,
-    in ns; 0 when the rate is unknown). None when no stream lies in the looped part."""
+@dataclass(eq=False)
+class RtpLoopPlan:
+    """The RTP streams of a loop's repeated part, one entry per stream (arrays and ``rate``),
+    their packets at ``pos_ix`` in the RtpIndex ``ix`` (``gid``: each one's stream)."""
+    ix: "RtpIndex"
+    pos_ix: np.ndarray
+    gid: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    seq_span: np.ndarray
+    ts_span: np.ndarray
+    ptime: np.ndarray           # median positive timestamp step (clock ticks)
+    rate: list                  # clock rate in Hz, None when unknown
+
+    def need_ns(self) -> np.ndarray:
+        """The period each stream's timestamps need (span plus a packet-time; 0 without a rate)."""
+        return np.array([int(np.ceil((int(sp) + int(pt)) / r * 1e9)) if r else 0
+                         for sp, pt, r in zip(self.ts_span, self.ptime, self.rate)], dtype=np.int64)
+
+
+def _rtp_loop_plan(cap: Capture, ft, cl, ts_all: np.ndarray, body_pos: np.ndarray) -> RtpLoopPlan | None:
+    """The RTP streams of the looped part: sequence and timestamp spans, packet-time, clock rate
+    (static payload type or estimated from its timestamps). None when no stream lies in it."""
     from throttledetect.metrics.rtp import STATIC_CLOCK_RATES, estimate_clock_rate
     ix = RtpIndex(cap, ft, cl)
     inb = body_pos[ix.row] >= 0 if len(ix) else np.zeros(0, dtype=bool)
@@ -635,7 +654,6 @@ def _rtp_loop_plan(cap: Capture, ft, cl, ts_all: np.ndarray, body_pos: np.ndarra
         ptime[has] = pv[pstart[:-1][has] + (cnt[has] - 1) // 2]
     ends = np.append(starts[1:], len(pos_ix))
     rates = []
-    need = np.zeros(len(starts), dtype=np.int64)
     for s in range(len(starts)):        # one call per stream, not per packet
         a, b = starts[s], ends[s]
         p = pos_ix[a]
@@ -644,10 +662,7 @@ def _rtp_loop_plan(cap: Capture, ft, cl, ts_all: np.ndarray, body_pos: np.ndarra
             rr = ix.row[pos_ix[a:b]]
             rate = estimate_clock_rate((ts_all[rr] - ts_all[rr[0]]) / 1e9, ix.ts[pos_ix[a:b]])
         rates.append(rate)
-        if rate:
-            need[s] = int(np.ceil((int(ts_span[s]) + int(ptime[s])) / rate * 1e9))
-    return {"ix": ix, "pos_ix": pos_ix, "starts": starts, "ends": ends, "gid": gid, "seq_span": seq_span,
-            "ts_span": ts_span, "ptime": ptime, "rate": rates, "need_ns": need}
+    return RtpLoopPlan(ix, pos_ix, gid, starts, ends, seq_span, ts_span, ptime, rates)
 
 
 def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None = None) -> tuple[Capture, dict]:
@@ -713,7 +728,7 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
         # timestamps span a packet-time more than the window's time, the period is lengthened by
         # that much (a pause of one packet-time at each join); a stream whose timestamps jump by
         # more than MAX_JOIN_STRETCH_NS cannot be kept level and is not waited for.
-        need = plan["need_ns"]
+        need = plan.need_ns()
         need = need[(need > period) & (need <= period + MAX_JOIN_STRETCH_NS)]
         stretch = int(need.max() - period) if len(need) else 0
     period += stretch
@@ -740,18 +755,18 @@ def loop_capture(cap: Capture, ft, cl, seconds: float, *, window: tuple | None =
 
     if copies > 1:
         if plan is not None:
-            ix, pos_ix, gid = plan["ix"], plan["pos_ix"], plan["gid"]
-            ts_shift = plan["ts_span"] + plan["ptime"]
-            for s, rate in enumerate(plan["rate"]):     # one step per stream, not per packet
+            ix, pos_ix, gid = plan.ix, plan.pos_ix, plan.gid
+            ts_shift = plan.ts_span + plan.ptime
+            for s, rate in enumerate(plan.rate):     # one step per stream, not per packet
                 if rate:
                     ts_shift[s] = max(int(ts_shift[s]), int(round(period / 1e9 * rate)))
-                p = pos_ix[plan["starts"][s]]
+                p = pos_ix[plan.starts[s]]
                 info["rtp_streams"].append({
                     "flow": int(ix.flow[p]), "dir": "ab" if ix.dir[p] == 0 else "ba", "ssrc": int(ix.ssrc[p]),
-                    "packets": int(plan["ends"][s] - plan["starts"][s]),
-                    "seq_step_per_copy": int(plan["seq_span"][s] + 1),
+                    "packets": int(plan.ends[s] - plan.starts[s]),
+                    "seq_step_per_copy": int(plan.seq_span[s] + 1),
                     "ts_step_per_copy": int(ts_shift[s]), "clock_rate": int(rate) if rate else None})
-            sshift, tshift = (plan["seq_span"] + 1)[gid], ts_shift[gid]
+            sshift, tshift = (plan.seq_span + 1)[gid], ts_shift[gid]
             bp = body_pos[ix.row[pos_ix]]
             for k in range(1, copies):
                 set_rtp(buf, ix, pos_ix, seq=ix.seq[pos_ix] + k * sshift, ts=ix.ts[pos_ix] + k * tshift,

@@ -38,14 +38,49 @@ def test_every_call_flow_blocked(scenario):
 @pytest.mark.parametrize("case", ["both-stop", "sparse-after", "call-alone"])
 def test_the_far_end_hangs_up(scenario, case):
     """Both directions stop at 20 s of 40 (a normal end); the local side then sends nothing, or
-    one small packet every 5 s (RTCP, keepalives); the controls go on."""
+    one small packet every 5 s (RTCP, keepalives); the controls go on. Never blocking; cleared
+    only where this host fell silent too: a trickle that goes on is also what a blocked host
+    that stopped talking sends (test_a_block_when_this_host_stops_talking_is_not_cleared)."""
     call = {"both-stop": dict(AUDIO, hangup_at=20.0), "sparse-after": dict(AUDIO, hangup_at=20.0,
                                                                           after_hangup_every_s=5.0),
             "call-alone": dict(SOLO, hangup_at=20.0, after_hangup_every_s=2.0)}[case]
     cap, ft, cl, rep = scenario(call, Jitter(2.0), seed=31)
     i = flow_of(ft, CALL_PORT)
     assert not detected(rep, i, "blocking"), why(rep, i)
-    assert rep.verdict(i) == "none", why(rep, i)
+    if case == "both-stop":
+        assert rep.verdict(i) == "none", why(rep, i)
+    else:
+        assert rep.verdict(i) == "inconclusive", why(rep, i)
+        d = of_kind(rep, i, "blocking", test="silence")
+        assert d["decision"] == "inconclusive" and "goes on sending" in d["reason"], d
+
+
+def test_a_block_when_this_host_stops_talking_is_not_cleared(scenario):
+    """The call is blocked at 20 s while this host talks; a second later it stops talking (it
+    listens for an answer that never comes) and sends only RTCP, two packets a second, to the end.
+    A hang-up followed by RTCP looks the same from the capture: not blocking, and not `none`
+    either (it was `none`, a false all-clear, before)."""
+    cap, ft, cl, rep = scenario(dict(AUDIO, seconds=45.0, local_quiet=(21.0, 45.0)), BlockAfter(20.0))
+    i = flow_of(ft, CALL_PORT)
+    assert not detected(rep, i, "blocking"), why(rep, i)
+    assert rep.verdict(i) == "inconclusive", why(rep, i)
+    d = of_kind(rep, i, "blocking", test="silence")
+    assert d["decision"] == "inconclusive" and "look the same" in d["reason"], d
+    assert d["estimates"]["outbound_pps_before"] > 20
+
+
+def test_a_host_that_pauses_and_sends_again_into_the_silence_is_not_cleared(scenario):
+    """Both directions stop at 20 s; this host sends one packet at 20.5 s and then one every 12 s
+    (a retry or keepalive after a pause longer than OUTBOUND_PAUSE_S) while nothing arrives to the
+    end at 60 s. It did not stop when the inbound did: `inconclusive`, not `none`."""
+    from throttledetect.detect.blocking import OUTBOUND_PAUSE_S
+    assert 12.0 > OUTBOUND_PAUSE_S
+    cap, ft, cl, rep = scenario(dict(AUDIO, seconds=60.0, hangup_at=20.0, after_hangup_every_s=12.0), seed=31)
+    i = flow_of(ft, CALL_PORT)
+    assert not detected(rep, i, "blocking"), why(rep, i)
+    d = of_kind(rep, i, "blocking", test="silence")
+    assert d["decision"] == "inconclusive" and d["estimates"]["outbound_after_pause"] == 3, d
+    assert rep.verdict(i) == "inconclusive", why(rep, i)
 
 
 def test_a_block_while_this_host_listens_is_found_when_it_talks_again(scenario):

@@ -13,8 +13,12 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
    sends only RTCP at first and takes up its media again when it talks: a host whose call ended
    never does). A host that sent fewer than ``min_media_pps`` before the silence (keepalives,
    RTCP) and never sends media in it is ``inconclusive``: a block and a hang-up look the same.
-   A hang-up stops the local side too within a second (what it sends afterwards, RTCP or
-   keepalives, is sparse);
+   A hang-up stops the local side too within a second; only a host that then falls silent
+   (at most TAIL_PACKETS packets after HANGUP_TAIL_S, none after a pause) is cleared (``none``).
+   One that slows to a trickle and keeps it up (TAIL_PACKETS or more packets, for
+   ``min_silence_s`` or more, or again after a pause of OUTBOUND_PAUSE_S) is ``inconclusive``: a
+   hang-up followed by RTCP or keepalives, and a block that met a host which stopped talking (it
+   listens for an answer that never comes, sends RTCP and retries), look the same from here;
    a mute or hold keeps the far end's RTCP, STUN consent or comfort noise arriving, so the flow
    is not silent; a capture that ends stops both sides. When another flow of the call, or of
    the same local socket (a relay -> peer switch, whatever the new leg's label), still
@@ -55,6 +59,7 @@ OUTBOUND_PAUSE_S = 10.0     # the local side's activity ends at its first pause 
 TAIL_MIN = 5                # exceedances needed to fit the tail of the gaps
 MOVED_MIN_PACKETS = 20      # media packets another flow of the call receives after the silence: it moved
 RESUMED_SECONDS = 3         # whole seconds at media rate in the silence: the host is still in its call
+TAIL_PACKETS = 2            # a hang-up's last packets after HANGUP_TAIL_S (an RTCP BYE, its repeat); more is a trickle
 
 
 def _media_after(ctx: DetectContext, j: int, t0: float) -> int:
@@ -107,11 +112,12 @@ def silence_pvalue(t: np.ndarray, silence: float) -> tuple[float, str, float]:
     return min(1.0, 2.0 * min(rank, markov)), how + ", doubled for the choice", lam
 
 
-def outbound_times(ctx: DetectContext, i: int, last_in: float) -> tuple[np.ndarray, bool]:
+def outbound_times(ctx: DetectContext, i: int, last_in: float) -> tuple[np.ndarray, bool, np.ndarray]:
     """Send times of the local side in flow i and, when nothing of the call arrives anywhere after
     flow i fell silent, in the call's other flows (its audio when the video died, its STUN retries,
     a new relay it tries) — up to the first pause longer than OUTBOUND_PAUSE_S. Returns (times,
-    whether another flow of the call still receives: the call moved)."""
+    whether another flow of the call still receives: the call moved, the send times after that
+    pause: the host came back)."""
     P = ctx.config.blocking
     call = ctx.call_of(i)
     others = [j for j in (call.flows if call else []) if j != i]
@@ -126,11 +132,12 @@ def outbound_times(ctx: DetectContext, i: int, last_in: float) -> tuple[np.ndarr
         parts += [ctx.packets(j, 1 - ctx.toward_local(j)).t for j in others]
     t = np.sort(np.concatenate(parts))
     after = t[t > last_in]
+    later = after[:0]
     if len(after):
         cut = np.flatnonzero(np.diff(np.r_[last_in, after]) > OUTBOUND_PAUSE_S)
         if len(cut):
-            after = after[:cut[0]]
-    return np.r_[t[t <= last_in], after], alive_elsewhere
+            after, later = after[:cut[0]], after[cut[0]:]
+    return np.r_[t[t <= last_in], after], alive_elsewhere, later
 
 
 def detect(ctx: DetectContext, i: int) -> list:
@@ -166,7 +173,7 @@ def detect(ctx: DetectContext, i: int) -> list:
                 "capture ends, and this host sends nothing in the call to tell a hang-up from a block",
                 test=NAME, inbound_last_s=last_in, capture_goes_on_s=rest)]
         return [Detection.nothing_to_find(KIND, direction, "inbound media lasts until the capture ends", test=NAME)]
-    t_out, moved = outbound_times(ctx, i, last_in)
+    t_out, moved, came_back = outbound_times(ctx, i, last_in)
     after_out = t_out > last_in
     silence = float(t_out[-1] - last_in) if after_out.any() else 0.0
     first_in = float(p_in.t[0])
@@ -201,9 +208,19 @@ def detect(ctx: DetectContext, i: int) -> list:
     est.update(inbound_last_s=last_in, outbound_after=int(np.count_nonzero(after_out)), silence_s=silence,
                outbound_pps_before=before_rate, outbound_pps_after=after_rate,
                outbound_media_seconds=media_seconds)
-    if silence < P.min_silence_s:
+    # what the host sends after the hang-up tail: a hang-up leaves at most its last packets there
+    trickle = int(np.count_nonzero(t_out > w0)) + len(came_back)
+    est.update(outbound_after_pause=len(came_back))
+    if silence < P.min_silence_s and len(came_back) <= TAIL_PACKETS:
         return [Detection.nothing_to_find(KIND, direction, "packets arrive for as long as this host sends",
                                           test=NAME, **est)]
+    if silence < P.min_silence_s and not moved:
+        # the host paused, then sent again into a silence that had not ended: its call had not ended
+        # either, or it was a new one; a block and a finished call look the same from here
+        return [Detection.inconclusive(
+            KIND, direction, f"inbound stops at {last_in:.1f} s; this host pauses and sends {len(came_back)} more "
+            f"packets from {float(came_back[0]):.1f} s to {float(came_back[-1]):.1f} s while nothing arrives: "
+            "from the capture a block and a call that ended look the same", test=NAME, **est)]
     if before_rate < P.min_media_pps and not moved and not resumed:
         return [Detection.inconclusive(
             KIND, direction, f"inbound stops at {last_in:.1f} s, but this host sent only {before_rate:.1f} packets/s "
@@ -212,6 +229,13 @@ def detect(ctx: DetectContext, i: int) -> list:
     if moved:
         return [Detection.nothing_to_find(KIND, direction, "the call moved to another flow, which still receives",
                                           test=NAME, **est)]
+    if not kept and trickle > TAIL_PACKETS:
+        return [Detection.inconclusive(
+            KIND, direction, f"inbound stops at {last_in:.1f} s and this host slows to {early_rate:.1f} packets/s "
+            f"(from {before_rate:.1f}) but goes on sending ({trickle} packets over {silence:.0f} s"
+            + (" and again after a pause" if len(came_back) else "") + "): a hang-up followed by RTCP or "
+            "keepalives and a block of a host that stopped talking look the same from the capture",
+            test=NAME, **est)]
     if not kept:
         return [Detection.nothing_to_find(
             KIND, direction, f"inbound stops at {last_in:.1f} s and this host slows to {early_rate:.1f} packets/s "

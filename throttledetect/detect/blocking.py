@@ -14,11 +14,12 @@ For one media flow, seen on the local host ("inbound" = arriving at it):
    never does). A host that sent fewer than ``min_media_pps`` before the silence (keepalives,
    RTCP) and never sends media in it is ``inconclusive``: a block and a hang-up look the same.
    A hang-up stops the local side too within a second; only a host that then falls silent
-   (at most TAIL_PACKETS packets after HANGUP_TAIL_S, none after a pause) is cleared (``none``).
-   One that slows to a trickle and keeps it up (TAIL_PACKETS or more packets, for
-   ``min_silence_s`` or more, or again after a pause of OUTBOUND_PAUSE_S) is ``inconclusive``: a
-   hang-up followed by RTCP or keepalives, and a block that met a host which stopped talking (it
-   listens for an answer that never comes, sends RTCP and retries), look the same from here;
+   (at most TAIL_PACKETS packets after HANGUP_TAIL_S, or after a pause of OUTBOUND_PAUSE_S) is
+   cleared (``none``). One that slows to a trickle and keeps it up (more than TAIL_PACKETS
+   packets after HANGUP_TAIL_S, over ``min_silence_s`` or more, or after such a pause) is
+   ``inconclusive``: a hang-up followed by RTCP or keepalives, and a block that met a host which
+   stopped talking (it listens for an answer that never comes, sends RTCP and retries), look the
+   same from here;
    a mute or hold keeps the far end's RTCP, STUN consent or comfort noise arriving, so the flow
    is not silent; a capture that ends stops both sides. When another flow of the call, or of
    the same local socket (a relay -> peer switch, whatever the new leg's label), still

@@ -232,8 +232,8 @@ def detect(ctx: DetectContext, i: int) -> list:
                                           test=NAME, **est)]
     if not kept and trickle > TAIL_PACKETS:
         return [Detection.inconclusive(
-            KIND, direction, f"inbound stops at {last_in:.1f} s and this host slows to {early_rate:.1f} packets/s "
-            f"(from {before_rate:.1f}) but goes on sending ({trickle} packets over {silence:.0f} s"
+            KIND, direction, f"inbound stops at {last_in:.1f} s; this host slows from {before_rate:.1f} packets/s to a "
+            f"trickle but goes on sending ({trickle} packets over {silence:.0f} s"
             + (" and again after a pause" if len(came_back) else "") + "): a hang-up followed by RTCP or "
             "keepalives and a block of a host that stopped talking look the same from the capture",
             test=NAME, **est)]

@@ -202,10 +202,8 @@ def _drift_shown(x: np.ndarray, y: np.ndarray) -> bool:
     4,374 ppm on its two flows, Theil-Sen's intervals [-639, 827] and [-750, 979] ppm), and
     removing it tilted 80-175 ms of the queue away (the validation's run of the same replay named
     both flows policing). A real skew drifts every window the same way: 300 ppm under 5 ms of
-    jitter is shown at [298, 301]."""
+    jitter is shown at [298, 301]. Called by remove_skew with MIN_SKEW_WINDOWS windows or more."""
     from scipy import stats
-    if len(x) < MIN_SKEW_WINDOWS:
-        return False
     r = stats.theilslopes(y, x, alpha=SKEW_CONFIDENCE)
     return bool(r.low_slope > 0 or r.high_slope < 0)
 

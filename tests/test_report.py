@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.corpus import NDPI_PCAP_DIR, need_corpus
+
 from throttledetect.report.document import merge_protocol_verdicts
 
 
@@ -107,3 +109,62 @@ def test_analyze_json_of_several_captures_merges_protocols():
     assert p["verdict"] == "policing"                         # the most severe of none and policing
     assert [x["verdict"] for x in p["per_capture"]] == ["none", "policing"]
     assert {f["capture"] for f in doc["flows"]} == {0, 1}
+
+
+def _calls_are_consistent(doc: dict) -> dict:
+    """Every flow's `call` names an attempt of its capture that lists it (call flow or control
+    flow), and every flow an attempt lists names that attempt back. Returns {(capture, id): attempt}."""
+    attempts = {(ci, a["id"]): a for ci, c in enumerate(doc["captures"]) for a in c.get("call_attempts", [])}
+    listed = {}
+    for (ci, aid), a in attempts.items():
+        assert not set(a["flows"]) & set(a["control_flows"]), a
+        for fid in a["flows"] + a["control_flows"]:
+            assert fid not in listed, f"{fid} in two attempts"
+            listed[fid] = (ci, aid)
+    for f in doc["flows"]:
+        assert "call" in f
+        if f["call"] is None:
+            assert f["id"] not in listed, f
+        else:
+            assert listed.get(f["id"]) == (f["capture"], f["call"]), f
+    assert set(listed) == {f["id"] for f in doc["flows"] if f["call"] is not None}
+    return attempts
+
+
+def test_json_flows_name_their_call_attempt():
+    """Issue 12: the flows of one call carry its id; the flows of no call carry null."""
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "captures"
+    out = _analyze_cli(root / "call_clean.pcap", root / "call_policed.pcap", "--format", "json")
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output[out.output.index("{"):])
+    attempts = _calls_are_consistent(doc)
+    assert sorted(attempts) == [(0, 0), (1, 0)]
+    for f in doc["flows"]:
+        # each sample holds one call (its audio and video) beside flows of no call
+        assert (f["call"] is not None) == (f["protocol"] == "webrtc"), f
+
+
+@need_corpus
+def test_the_apps_control_connections_join_their_call():
+    """A Zoom attempt: its TLS and STUN flows to Zoom's servers are the call's control flows,
+    named by the attempt (JSON, CSV, terminal) and naming it back."""
+    import csv
+    import io
+    import json
+    out = _analyze_cli(NDPI_PCAP_DIR / "zoom.pcap", "--format", "json")
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output[out.output.index("{"):])
+    attempts = _calls_are_consistent(doc)
+    zoom = [a for a in attempts.values() if a["app"] == "zoom"]
+    assert zoom and zoom[0]["control_flows"]
+    flows = {f["id"]: f for f in doc["flows"]}
+    for fid in zoom[0]["control_flows"]:
+        assert flows[fid]["protocol"] != "zoom" and not flows[fid]["tested"], flows[fid]
+    out = _analyze_cli(NDPI_PCAP_DIR / "zoom.pcap", "--format", "csv")
+    rows = [r for r in csv.DictReader(io.StringIO(out.output[out.output.index("level"):])) if r["level"] == "flow"]
+    members = set(zoom[0]["flows"] + zoom[0]["control_flows"])
+    assert {r["id"] for r in rows if r["call"] == f"0:{zoom[0]['id']}"} == members
+    text = _analyze_cli(NDPI_PCAP_DIR / "zoom.pcap").output
+    assert "(control: " in text.split("Call attempts")[1]

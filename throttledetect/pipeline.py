@@ -197,7 +197,8 @@ def _part(a: CaptureAnalysis, include_metrics: bool, consume: bool) -> dict:
     part = {"capture": entry, "flows": flows}
     if det is not None:
         part["capture"]["call_attempts"] = [
-            dict(e, flows=[f"0:{i}" for i in e["flows"]], media_flows=[f"0:{i}" for i in e["media_flows"]])
+            dict(e, flows=[f"0:{i}" for i in e["flows"]], media_flows=[f"0:{i}" for i in e["media_flows"]],
+                 control_flows=[f"0:{i}" for i in e["control_flows"]])
             for e in det.attempts]
         part.update(protocols=det.protocols, config=det.config.to_json(), test=det.test_scope)
     return part
@@ -214,7 +215,8 @@ def _capture_renumbered(c: dict, ci: int) -> dict:
         return c
     def ids(xs):
         return [f"{ci}:{x.split(':', 1)[1]}" for x in xs]
-    return dict(c, call_attempts=[dict(e, flows=ids(e["flows"]), media_flows=ids(e["media_flows"]))
+    return dict(c, call_attempts=[dict(e, flows=ids(e["flows"]), media_flows=ids(e["media_flows"]),
+                                       control_flows=ids(e.get("control_flows", [])))
                                   for e in c["call_attempts"]])
 
 

@@ -95,16 +95,21 @@ class DetectionReport:
     protocols: list = field(default_factory=list)
     packets: list = field(default_factory=list)     # per flow: packets arriving at the capturing host
     attempts: list = field(default_factory=list)    # one dict per call attempt (see _attempts)
+    calls: list = field(default_factory=list)       # per flow: the id of its call attempt (its call or control
+                                                    # flows), None for a flow of no reported attempt
+
 
     def verdict(self, i: int) -> str:
         return self.verdicts[i][0]
 
     def flow_json(self, i: int) -> dict:
+        call = self.calls[i] if self.calls else None
         if not self.tested[i]:
-            return {"tested": False, "verdict": verdicts.UNTESTED, "verdict_reason": "not tested (not a call flow)"
-                    if self.test_scope == "calls" else "not tested (too few packets)", "detections": []}
+            return {"call": call, "tested": False, "verdict": verdicts.UNTESTED,
+                    "verdict_reason": "not tested (not a call flow)" if self.test_scope == "calls"
+                    else "not tested (too few packets)", "detections": []}
         v, why = self.verdicts[i]
-        out = {"tested": True, "role": self.roles[i], "verdict": v, "packets_in": self.packets[i],
+        out = {"call": call, "tested": True, "role": self.roles[i], "verdict": v, "packets_in": self.packets[i],
                "detections": self.detections[i]}
         if why:
             out["verdict_reason"] = why
@@ -204,15 +209,26 @@ def run_detectors(cap, ft, cl, metrics=None, *, streams: Streams | None = None,
                              packets=[ctx.packets(i, ctx.toward_local(i)).n if tested[i] else 0 for i in range(n)])
     report.protocols = _protocols(report)
     report.attempts = _attempts(ctx, dets, tested, vs)
+    report.calls = [None] * n
+    for e in report.attempts:
+        for i in e["flows"] + e["control_flows"]:
+            report.calls[i] = e["id"]
     return report
 
 
 def _attempts(ctx: DetectContext, dets: list, tested: np.ndarray, flow_verdicts: list) -> list:
     """One entry per call attempt (the report's line per attempt): the app, this host, when, the
     remote ends it tried (relays, ports, TCP fallback), what it sent and got back, and the
-    call-setup test's decision. Flow ids are the flows' indices in this capture."""
+    call-setup test's decision. Flow ids are the flows' indices in this capture. control_flows:
+    the flows the classifier put in the same call that carry no media (the app's TLS or QUIC
+    control connection, signalling, STUN to its servers: classify/calls.py, rule 4)."""
     from throttledetect.read.table import halves_to_address
     out = []
+    members: dict = {}
+    call_of = getattr(ctx.cl, "call_of", None) if ctx.cl is not None else None
+    if call_of is not None:
+        for j in np.flatnonzero(np.asarray(call_of) >= 0).tolist():
+            members.setdefault(int(call_of[j]), []).append(j)
     t0 = ctx.streams.t0_ns / 1e9
     for call in ctx.calls:
         flows = [i for i in call.flows if tested[i]]
@@ -233,9 +249,11 @@ def _attempts(ctx: DetectContext, dets: list, tested: np.ndarray, flow_verdicts:
             verdict = {"detected": "blocking", "inconclusive": "inconclusive"}.get(setup["decision"], "not blocked")
         est = (setup or {}).get("estimates", {})
         hi, lo = (ctx.ft.a_hi[i0], ctx.ft.a_lo[i0]) if local_side == "a" else (ctx.ft.b_hi[i0], ctx.ft.b_lo[i0])
+        own = set(call.flows)
         entry = {"id": int(call.id), "app": call.label, "local": str(halves_to_address(hi, lo)),
                  "first_ts": t0 + call.start, "duration_s": round(call.end - call.start, 3),
                  "flows": flows, "media_flows": [i for i in call.media_flows if tested[i]],
+                 "control_flows": [j for j in members.get(int(call.id), []) if j not in own],
                  "tried": sorted(set(tried)), "sent": int(call.outbound), "received": int(call.inbound),
                  "local_known": bool(ctx.streams.local_known[i0]), "verdict": verdict}
         for k in ("requests", "answered"):

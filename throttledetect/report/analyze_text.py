@@ -74,7 +74,7 @@ def attempts_table(doc: dict, width: int) -> str:
             if a.get("media_verdict"):
                 verdict += f"; the call's flows: {a['media_verdict']}"
             rows.append([f"{ci}:{a['id']}", a["app"], a["local"] + ("" if a.get("local_known", True) else " (?)"),
-                         when, round(a["duration_s"], 1), ", ".join(a["flows"]), ", ".join(a["tried"]),
+                         when, round(a["duration_s"], 1), ", ".join(a["flows"]) + _control(a), ", ".join(a["tried"]),
                          f"{a['sent']}/{a['received']}", got, verdict])
     if not rows:
         return ""
@@ -82,6 +82,11 @@ def attempts_table(doc: dict, width: int) -> str:
                  "pkts = sent/received, answered = requests answered/sent; times UTC):", width) + "\n"
             + table(["attempt", "app", "local", "start", "dur s", "flows", "tried", "pkts", "answered", "verdict"],
                     rows, width=width, wrap=("flows", "tried", "verdict")))
+
+
+def _control(attempt: dict) -> str:
+    ctl = attempt.get("control_flows") or []
+    return f" (control: {', '.join(ctl)})" if ctl else ""
 
 
 def verdicts_by_capture(doc: dict) -> dict[str, str]:

@@ -18,9 +18,9 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 FLOW_COLUMNS = ["id", "capture", "transport", "a", "b", "local", "packets_ab", "packets_ba", "bytes_ab", "bytes_ba",
                 "first_ts", "last_ts"]
 CLASSIFY_COLUMNS = FLOW_COLUMNS[:2] + ["capture_path"] + FLOW_COLUMNS[2:] + ["protocol", "confidence", "reason"]
-ANALYZE_COLUMNS = ["level", "capture", "capture_path", "protocol", "id", "local_endpoint", "remote_endpoint",
-                   "transport", "flows", "packets", "bytes", "duration_s", "verdict", "kinds", "rate_bps",
-                   "burst_bytes", "onset_s", "loss_to_you", "jitter_to_you_ms", "summary"]
+ANALYZE_COLUMNS = ["level", "capture", "capture_path", "protocol", "id", "call", "local_endpoint",
+                   "remote_endpoint", "transport", "flows", "packets", "bytes", "duration_s", "verdict", "kinds",
+                   "rate_bps", "burst_bytes", "onset_s", "loss_to_you", "jitter_to_you_ms", "summary"]
 
 
 def safe(value):
@@ -70,7 +70,8 @@ def analyze_csv(doc: dict) -> str:
     for ci, c in enumerate(doc["captures"]):
         for a in c.get("call_attempts", []):
             rows.append({"level": "attempt", "capture": ci, "capture_path": paths[ci], "protocol": a["app"],
-                         "id": f"{ci}:{a['id']}", "local_endpoint": a["local"], "remote_endpoint": " ".join(a["tried"]),
+                         "id": f"{ci}:{a['id']}", "call": f"{ci}:{a['id']}", "local_endpoint": a["local"],
+                         "remote_endpoint": " ".join(a["tried"]),
                          "flows": len(a["flows"]), "packets": a["sent"] + a["received"],
                          "duration_s": a["duration_s"], "verdict": a["verdict"],
                          "kinds": a.get("media_verdict", ""), "summary": a.get("reason", "")})
@@ -79,7 +80,9 @@ def analyze_csv(doc: dict) -> str:
         main = _verdict_detection(f)
         st = flow_direction_stats(f, inbound=True)
         rows.append({"level": "flow", "capture": f["capture"], "capture_path": paths[f["capture"]],
-                     "protocol": f["protocol"], "id": f["id"], "local_endpoint": local, "remote_endpoint": remote,
+                     "protocol": f["protocol"], "id": f["id"],
+                     "call": f"{f['capture']}:{f['call']}" if f.get("call") is not None else "",
+                     "local_endpoint": local, "remote_endpoint": remote,
                      "transport": f["transport"], "flows": 1, "packets": f["packets_ab"] + f["packets_ba"],
                      "bytes": f["bytes_ab"] + f["bytes_ba"], "duration_s": round(f["last_ts"] - f["first_ts"], 3),
                      "verdict": f.get("verdict"), "kinds": main.get("kind", ""),

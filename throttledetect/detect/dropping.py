@@ -49,6 +49,17 @@ MIN_BIN_UNITS = 5
 MAX_UNCOVERED_BYTES = 0.5     # a voice train that carries less than half the direction's bytes cannot speak for it
 
 
+def no_signal(kind: str, ctx: DetectContext, i: int, d: int, test: str) -> Detection:
+    """The inconclusive result of a loss test on a direction without a loss signal: why, and
+    what the rate shows meanwhile (rate_step: a lasting step down, told, never decided on)."""
+    from throttledetect.detect.rate_step import describe, step_down
+    reason = no_signal_reason(ctx, i, d)
+    step = step_down(ctx, i, d) if int(ctx.ft.proto[i]) == 17 and ctx.packets(i, d).n else None
+    if step is None:
+        return Detection.inconclusive(kind, dir_name(d), reason, test=test)
+    return Detection.inconclusive(kind, dir_name(d), f"{reason}; {describe(step)}", test=test, **step)
+
+
 def no_signal_reason(ctx: DetectContext, i: int, d: int) -> str:
     """Why a direction has no loss signal, in words a user can check."""
     if int(ctx.ft.proto[i]) == 6:
@@ -192,7 +203,7 @@ def _downlink(ctx: DetectContext, i: int) -> list:
     P = ctx.config.dropping
     loss = ctx.streams.loss(i, d)
     if loss is None:
-        return [Detection.inconclusive(KIND, direction, no_signal_reason(ctx, i, d), test="loss")]
+        return [no_signal(KIND, ctx, i, d, "loss")]
     if loss.n < P.min_units:
         return [Detection.inconclusive(KIND, direction, f"too few packets to measure loss ({loss.n} expected)",
                                        test="loss", expected=loss.n, source=loss.source)]

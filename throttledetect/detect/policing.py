@@ -590,8 +590,8 @@ def _detect_udp(ctx: DetectContext, i: int) -> list:
     P = ctx.config.policing
     loss = ctx.streams.loss(i, d)
     if loss is None:
-        from throttledetect.detect.dropping import no_signal_reason
-        return [Detection.inconclusive(KIND, direction, no_signal_reason(ctx, i, d), test="bucket")]
+        from throttledetect.detect.dropping import no_signal
+        return [no_signal(KIND, ctx, i, d, "bucket")]
     nl = loss.n_lost
     if nl == 0:
         return [Detection.nothing_to_find(KIND, direction, "no loss to explain", test="bucket")]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests.corpus import external_pcaps, need_corpus, ndpi_pcaps
+from throttledetect.read import read_capture
 
 HUGE = 1 << 60
 
@@ -300,4 +301,17 @@ def test_only_document_lets_go_of_what_only_the_classifier_reads(tmp_path):
         assert len(getattr(pk, name)) == len(pk)
     with pytest.raises(RuntimeError, match="'ttl' column was let go"):
         pk.ttl[0]
+    # and the addresses and ports every packet repeats from its flow (36 bytes a packet): read
+    # from the flow table, the reader's values for every row however they are indexed
+    fresh = read_capture(str(path)).packets
+    rows = np.flatnonzero(lean.flows.flow_of >= 0)
+    mask = lean.flows.flow_of >= 0
+    for name in pipeline.ENDPOINT_COLUMNS:
+        col = getattr(pk, name)
+        assert isinstance(col, pipeline.EndpointColumn) and len(col) == len(pk)
+        assert np.array_equal(np.asarray(col), getattr(fresh, name))
+        assert np.array_equal(col[rows[::7]], getattr(fresh, name)[rows[::7]])
+        assert np.array_equal(col[mask], getattr(fresh, name)[mask])
+        assert col[int(rows[3])] == getattr(fresh, name)[rows[3]]
+        assert col[10:20].dtype == getattr(fresh, name).dtype
     assert json.dumps(pipeline.consume_into_part(lean)) == json.dumps(pipeline.consume_into_part(full))

@@ -51,6 +51,7 @@ def analyze_capture(source, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     ft = build_flows(cap, idle_timeout=idle_timeout, local_nets=local_nets)
     if only_document:
         _let_go_of_columns_read_by_no_later_stage(cap)
+        _read_endpoints_from_the_flows(cap, ft)
     trim_heap()        # each stage's freed temporaries given back before the next (read/pages.py)
     cl = classify(cap, ft)
     if only_document:
@@ -110,6 +111,58 @@ def _let_go_of_columns_read_by_no_later_stage(cap: Capture) -> None:
         column = getattr(pk, name)
         if isinstance(column, np.ndarray):
             setattr(pk, name, LetGoColumn(name, column))
+
+
+# PacketTable columns that every packet of a flow shares with its flow's endpoints
+ENDPOINT_COLUMNS = ("src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport")
+
+
+class EndpointColumn:
+    """In place of a packet column of addresses or ports (ENDPOINT_COLUMNS) after the flows were
+    built: each row's value read from its flow's endpoints (a packet of direction 0 goes from side
+    a to side b), the reader's own value for every row in a flow and 0 for a row in none (not IP,
+    where the reader leaves 0). Indexing by a row, rows, a mask or a slice gives what the column
+    gave; the whole column is made only when asked for as an array."""
+
+    __slots__ = ("name", "dtype", "shape", "_flow_of", "_dir_of", "_from_a", "_from_b")
+
+    def __init__(self, name: str, column: np.ndarray, ft: FlowTable):
+        self.name, self.dtype, self.shape = name, column.dtype, column.shape
+        field = {"hi": "hi", "lo": "lo", "rt": "port"}[name[-2:]]
+        a, b = getattr(ft, "a_" + field), getattr(ft, "b_" + field)
+        self._flow_of, self._dir_of = ft.flow_of, ft.dir_of
+        # the value of a packet going a -> b (direction 0), and of one going b -> a
+        self._from_a, self._from_b = (a, b) if name.startswith(("src", "sport")) else (b, a)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        f = self._flow_of[idx]
+        d = self._dir_of[idx]
+        if np.ndim(f) == 0:
+            return self.dtype.type(0) if f < 0 else (self._from_a if d == 0 else self._from_b)[f]
+        g = np.maximum(f, 0)
+        out = np.where(d == 0, self._from_a[g], self._from_b[g]).astype(self.dtype, copy=False)
+        out[f < 0] = 0
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _read_endpoints_from_the_flows(cap: Capture, ft: FlowTable) -> None:
+    """36 bytes a packet (360 MB on 10 M packets) that repeat the flow's endpoints in every
+    packet: let go once the flows are built, read from the flow table instead (EndpointColumn)
+    for an analysis that is only made into its document (issue 15)."""
+    pk = cap.packets
+    if pk is not ft.packets or len(ft.flow_of) != len(pk.ts_ns):
+        return
+    for name in ENDPOINT_COLUMNS:
+        column = getattr(pk, name)
+        if isinstance(column, np.ndarray):
+            setattr(pk, name, EndpointColumn(name, column, ft))
 
 
 def _keep_what_is_read_after_classify(cl: Classification) -> None:

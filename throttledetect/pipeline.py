@@ -128,7 +128,7 @@ class EndpointColumn:
 
     def __init__(self, name: str, column: np.ndarray, ft: FlowTable):
         self.name, self.dtype, self.shape = name, column.dtype, column.shape
-        field = {"hi": "hi", "lo": "lo", "rt": "port"}[name[-2:]]
+        field = {"src_hi": "hi", "dst_hi": "hi", "src_lo": "lo", "dst_lo": "lo", "sport": "port", "dport": "port"}[name]
         a, b = getattr(ft, "a_" + field), getattr(ft, "b_" + field)
         self._flow_of, self._dir_of = ft.flow_of, ft.dir_of
         # the value of a packet going a -> b (direction 0), and of one going b -> a

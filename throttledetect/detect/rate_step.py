@@ -51,9 +51,8 @@ def _step_down(ctx: DetectContext, i: int, d: int) -> dict | None:
     t0 = min(float(inb.t[0]), float(out.t[0]) if out.n else np.inf)
     t1 = max(float(inb.t[-1]), float(out.t[-1]) if out.n else -np.inf)
     t_bin, r_in = inb.rate_series(BIN_S, t0, t1)
-    _, r_out = out.rate_series(BIN_S, t0, t1) if out.n else (t_bin, np.zeros(len(t_bin)))
-    if len(r_out) != len(r_in):
-        r_out = np.zeros(len(r_in))
+    # the same bins both ways (same start, end and width), or none sent
+    r_out = out.rate_series(BIN_S, t0, t1)[1] if out.n else np.zeros(len(t_bin))
     active = (r_in > 0) | (r_out > 0)
     if np.count_nonzero(active) < 2 * MIN_BINS:
         return None

@@ -98,7 +98,6 @@ class DetectionReport:
     calls: list = field(default_factory=list)       # per flow: the id of its call attempt (its call or control
                                                     # flows), None for a flow of no reported attempt
 
-
     def verdict(self, i: int) -> str:
         return self.verdicts[i][0]
 

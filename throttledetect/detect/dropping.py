@@ -54,7 +54,7 @@ def no_signal(kind: str, ctx: DetectContext, i: int, d: int, test: str) -> Detec
     what the rate shows meanwhile (rate_step: a lasting step down, told, never decided on)."""
     from throttledetect.detect.rate_step import describe, step_down
     reason = no_signal_reason(ctx, i, d)
-    step = step_down(ctx, i, d) if int(ctx.ft.proto[i]) == 17 and ctx.packets(i, d).n else None
+    step = step_down(ctx, i, d) if int(ctx.ft.proto[i]) == 17 else None     # step_down asks for its packets
     if step is None:
         return Detection.inconclusive(kind, dir_name(d), reason, test=test)
     return Detection.inconclusive(kind, dir_name(d), f"{reason}; {describe(step)}", test=test, **step)

@@ -27,12 +27,22 @@ DEFAULT_EVERY_S = 2.0
 THROTTLING = ("shaping", "policing", "dropping", "blocking")
 
 
-def _warm_up() -> None:
-    """Import the pipeline while the first packets arrive, so the first look is not late by it."""
-    from throttledetect import pipeline  # noqa: F401
-    from throttledetect.classify import classify  # noqa: F401
-    from throttledetect.detect import run  # noqa: F401
-    from throttledetect.metrics import flow  # noqa: F401
+def _warm_up(settings: dict, say) -> None:
+    """Compile (or load) every loop the looks will run while the first packets arrive, so the first
+    look is not late by it (warm.py). On a machine where they were never compiled that takes
+    20-30 s, and is said as it starts (numba's compile event, not a timer: a slow machine loading
+    the cache is not compiling): the verdicts of those seconds come late (not lost: the spool
+    keeps every packet, and the first look reads them all)."""
+    from throttledetect.warm import warm_up
+    compiled = []
+
+    def compiling():
+        compiled.append(True)
+        say("throttledetect: live: compiling the packet decoder for this machine (first run only, 20-30 s on 2 "
+            "cores; `python -m throttledetect.warm` does it ahead); every packet is kept for the first look")
+    took = warm_up(settings, on_compile=compiling)
+    if compiled:
+        say(f"throttledetect: live: decoder ready after {took:.0f} s; looks start now")
 
 
 class _RecordFollower:
@@ -164,7 +174,7 @@ class LiveAnalysis:
         reader = threading.Thread(target=self._copy, args=(fd, spool), daemon=True)
         reader.start()
         try:
-            _warm_up()
+            _warm_up(self.settings, self.say)
             self._loop(spool)
         except KeyboardInterrupt:
             # as `analyze -` does: the capture tool got the same Ctrl-C and closes the pipe

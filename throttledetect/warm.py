@@ -1,0 +1,164 @@
+"""Compile the hot loops once, before a capture is waiting for them.
+
+The decoding and flow loops are compiled by numba on first use and cached on disk (jit.py). On a
+machine where they were never compiled, the first command pays for it: about 20 s on 2 cores.
+For a file that is a slow first run; for live verdicts it was worse: the first look at a call
+compiled for 19 s, so a fresh installation printed no verdict during a 16 s call at all (the
+shaped sample, fed at real pace, had its first and only verdicts at the end).
+
+warm_up() runs the analyze path (read, flows, classify, metrics, detectors, document) on a tiny
+capture made here, in pcap and in pcapng (tcpdump and dumpcap write one each), so every loop a
+capture will need is compiled, or loaded from the cache, before the capture arrives. `make venv`
+runs it once after installing (`python -m throttledetect.warm`), and live verdicts run it before
+their first look (live.py). With the cache warm it takes about a second: the cache loads that the
+first look would otherwise pay.
+"""
+from __future__ import annotations
+
+import struct
+import sys
+import tempfile
+import time
+
+_LOCAL = bytes([192, 168, 88, 2])
+_REMOTE = bytes([203, 0, 113, 10])
+
+
+def _checksum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _ipv4(src: bytes, dst: bytes, proto: int, l4: bytes) -> bytes:
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0, src, dst)
+    head = head[:10] + struct.pack("!H", _checksum(head)) + head[12:]
+    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + head + l4
+
+
+def _udp(src, dst, sport, dport, payload: bytes) -> bytes:
+    return _ipv4(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
+
+
+def _tcp(src, dst, sport, dport, seq, ack, flags, payload=b"", options=b"") -> bytes:
+    off = (20 + len(options)) // 4
+    head = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, 65535, 0, 0) + options
+    return _ipv4(src, dst, 6, head + payload)
+
+
+def tiny_call() -> list[tuple[float, bytes]]:
+    """(time, Ethernet frame) of a few seconds of a call: STUN, RTP both ways at 20 ms with RTCP
+    and losses inbound, a DNS answer and a TCP connection with options and data (every decoder the analyze path has)."""
+    frames = []
+    dns_q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x04call\x07example\x00\x00\x01\x00\x01"
+    dns_a = (struct.pack("!HHHHHH", 7, 0x8180, 1, 1, 0, 0) + b"\x04call\x07example\x00\x00\x01\x00\x01"
+             + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + _REMOTE)
+    frames.append((0.000, _udp(_LOCAL, bytes([192, 168, 88, 1]), 40000, 53, dns_q)))
+    frames.append((0.010, _udp(bytes([192, 168, 88, 1]), _LOCAL, 53, 40000, dns_a)))
+    txid = bytes(range(12))
+    frames.append((0.020, _udp(_LOCAL, _REMOTE, 50000, 3478, struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid)))
+    frames.append((0.060, _udp(_REMOTE, _LOCAL, 3478, 50000,
+                               struct.pack("!HHI", 0x0101, 12, 0x2112A442) + txid
+                               + struct.pack("!HHBBH4s", 0x0020, 8, 0, 1, 50000 ^ 0x2112, _LOCAL))))
+    for k in range(200):                      # 4 s of 20 ms frames each way
+        t = 0.1 + 0.02 * k
+        for src, dst, sp, dp, ssrc, lag in ((_LOCAL, _REMOTE, 50000, 3478, 0x1111, 0.0),
+                                            (_REMOTE, _LOCAL, 3478, 50000, 0x2222, 0.003)):
+            if ssrc == 0x2222 and k > 60 and k % 4 == 0:
+                continue                      # losses inbound: the loss and policing tests run
+            rtp = struct.pack("!BBHII", 0x80, 111, k, 960 * k, ssrc) + bytes(60 + (k % 7))
+            frames.append((t + lag, _udp(src, dst, sp, dp, rtp)))
+        if k % 50 == 25:
+            sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, 0x1111, 0, 0, 960 * k, k, 64 * k)
+            frames.append((t + 0.001, _udp(_LOCAL, _REMOTE, 50000, 3478, sr)))
+    opts = b"\x02\x04\x05\xb4\x04\x02\x08\x0a\0\0\0\1\0\0\0\0\x01\x03\x03\x07"
+    frames.append((0.200, _tcp(_LOCAL, _REMOTE, 41000, 443, 100, 0, 0x02, options=opts)))
+    frames.append((0.240, _tcp(_REMOTE, _LOCAL, 443, 41000, 500, 101, 0x12, options=opts)))
+    frames.append((0.241, _tcp(_LOCAL, _REMOTE, 41000, 443, 101, 501, 0x10)))
+    for k in range(20):
+        frames.append((0.3 + 0.05 * k, _tcp(_REMOTE, _LOCAL, 443, 41000, 501 + 1000 * k, 101, 0x18, bytes(1000))))
+        frames.append((0.34 + 0.05 * k, _tcp(_LOCAL, _REMOTE, 41000, 443, 101, 1501 + 1000 * k, 0x10)))
+    return sorted(frames, key=lambda f: f[0])
+
+
+def as_pcap(frames, t0: float = 1_700_000_000.0) -> bytes:
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for t, frame in frames:
+        us = int(round((t0 + t) * 1e6))
+        out.append(struct.pack("<IIII", us // 1_000_000, us % 1_000_000, len(frame), len(frame)) + frame)
+    return b"".join(out)
+
+
+def as_pcapng(frames, t0: float = 1_700_000_000.0) -> bytes:
+    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 65535) + struct.pack("<I", 20)
+    out = [shb, idb]
+    for t, frame in frames:
+        us = int(round((t0 + t) * 1e6))
+        pad = (-len(frame)) % 4
+        blen = 32 + len(frame) + pad
+        out.append(struct.pack("<IIIIIII", 6, blen, 0, us >> 32, us & 0xFFFFFFFF, len(frame), len(frame))
+                   + frame + bytes(pad) + struct.pack("<I", blen))
+    return b"".join(out)
+
+
+def _on_first_compile(callback):
+    """A context in which callback() is called once, when numba starts compiling a function (a
+    cache miss; loading compiled code from the cache is no compile)."""
+    import contextlib
+    from throttledetect.jit import JIT_ENABLED
+    if callback is None or not JIT_ENABLED:
+        return contextlib.nullcontext()
+    from numba.core import event
+
+    class FirstCompile(event.Listener):
+        fired = False
+
+        def on_start(self, ev):
+            if not self.fired:
+                self.fired = True
+                callback()
+
+        def on_end(self, ev):
+            pass
+    return event.install_listener("numba:compile", FirstCompile())
+
+
+def warm_up(settings: dict | None = None, on_compile=None) -> float:
+    """Run the analyze path on the tiny call, as pcap and as pcapng; returns the seconds it took
+    (about one with the compiled loops cached, 20-30 when they had to be compiled). on_compile()
+    is called once if something has to be compiled, before it is."""
+    start = time.monotonic()
+    with _on_first_compile(on_compile):
+        _analyze_tiny_call(settings or {})
+    return time.monotonic() - start
+
+
+def _analyze_tiny_call(settings: dict) -> None:
+    from throttledetect.pipeline import analyze_capture, to_document
+    from throttledetect.read import read_capture
+    frames = tiny_call()
+    for data in (as_pcap(frames), as_pcapng(frames)):
+        with tempfile.TemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            f.seek(0)
+            cap = read_capture(f, name="<warm-up>")
+            to_document([analyze_capture(cap, **settings)], include_metrics=True)
+            f.seek(0)
+            read_capture(f, name="<warm-up>", limit=len(data))     # as the live looks read
+
+
+def main() -> None:
+    took = warm_up(on_compile=lambda: print("throttledetect: compiling the packet decoder for this machine "
+                                            "(once; 20-30 s on 2 cores)", file=sys.stderr, flush=True))
+    from throttledetect.jit import CACHE
+    where = CACHE.path if CACHE.path else "memory only (no writable cache place: every run compiles)"
+    print(f"throttledetect: compiled loops ready in {took:.1f} s (cache: {where})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -69,6 +69,10 @@ def no_signal_reason(ctx: DetectContext, i: int, d: int) -> str:
         return "nothing arrives in this direction"
     if ctx.streams.rtp(i, d):
         return "no loss signal: RTP streams too short"
+    idx = ctx.streams.srtcp(i, d)
+    if idx is not None and not idx.covers_direction:
+        return (f"no loss signal: no RTP sequence numbers; the RTCP packets carry a counter ({idx.describe()}), "
+                f"but the other {1 - idx.byte_share:.0%} of the bytes, what a policer takes first, have none")
     cad = ctx.streams.cadence(i, d)
     if cad is not None and not cad.one_per_slot:
         return (f"no loss signal: no RTP sequence numbers (encrypted UDP), and the packets on its "
@@ -208,7 +212,8 @@ def _downlink(ctx: DetectContext, i: int) -> list:
         return [Detection.inconclusive(KIND, direction, f"too few packets to measure loss ({loss.n} expected)",
                                        test="loss", expected=loss.n, source=loss.source)]
     est = {"loss": loss.fraction, "expected": loss.n, "lost": loss.n_lost, "loss_source": loss.source}
-    what = {"rtp": "RTP sequence numbers", "tcp": "TCP sequence holes", "cadence": "empty voice slots"}.get(
+    what = {"rtp": "RTP sequence numbers", "tcp": "TCP sequence holes", "cadence": "empty voice slots",
+            "srtcp": "SRTCP index of its RTCP packets"}.get(
         loss.source, loss.source)
     reference = 0.0
     if loss.source == "cadence":
@@ -219,6 +224,8 @@ def _downlink(ctx: DetectContext, i: int) -> list:
             est["outbound_cadence_loss"] = reference
         cad = ctx.streams.cadence(i, d)
         est["cadence"] = cad.describe()
+    elif loss.source == "srtcp":
+        est["srtcp"] = ctx.streams.srtcp(i, d).describe()
     excess = loss.fraction - reference
     t0, t1 = float(loss.t[0]), float(loss.t[-1]) + 1e-9
     ctrl, used = control_loss(ctx, i, t0, t1)

@@ -510,7 +510,7 @@ def fit_and_test(ctx: DetectContext, loss, key) -> dict | None:
         p_align, basis, al, t, lost, size = min(tried, key=lambda x: x[0])
         p_align = min(1.0, p_align * len(bases))
         j_obs, z_align = al.statistic, al.estimates["z"]
-        reg = regularity_test(lost0, P.dispersion_window) if loss.source in ("rtp", "tcp") else None
+        reg = regularity_test(lost0, P.dispersion_window) if loss.source in ("rtp", "tcp", "srtcp") else None
         looks = {"alignment": p_align}
         if reg is not None:
             looks["regularity"] = reg.pvalue
@@ -604,7 +604,7 @@ def _detect_udp(ctx: DetectContext, i: int) -> list:
     scopes = [("flow", [i], fit_and_test(ctx, loss, ("flow", i)))]
     # the host's call flows that lost packets too (a flow that lost nothing met no empty bucket: a
     # policer on another flow alone; pooled, it would raise the rate by its own)
-    group = [j for j in ctx.host_group(i) if ctx.streams.loss_source(j, ctx.toward_local(j)) in ("rtp", "tcp")
+    group = [j for j in ctx.host_group(i) if ctx.streams.loss_source(j, ctx.toward_local(j)) in ("rtp", "tcp", "srtcp")
              and ctx.streams.loss(j, ctx.toward_local(j)).fraction >= GROUP_MIN_LOSS]
     if len(group) > 1:
         # one policer on the path to this host meters the call's flows together: each alone shows

@@ -10,8 +10,11 @@ metrics -> detect -> report). For one flow and one direction it answers, lazily 
 - ``tcp(i, d)``: the data segments of a TCP direction with holes and resends (``TcpSegments``);
 - ``cadence(i, d)``: the sending clock of a flow without readable RTP (``Cadence``): the frame
   interval of its periodic (voice) packets, their expected and received counts;
-- ``loss(i, d)``: the direction's loss signal (``LossUnits``): RTP sequence gaps, TCP holes, or
-  slots of the cadence left empty, whichever the flow has (in that order of trust);
+- ``srtcp(i, d)``: the SRTCP index of its RTCP packets, a counter in clear on encrypted calls
+  (``SrtcpIndex``);
+- ``loss(i, d)``: the direction's loss signal (``LossUnits``): RTP sequence gaps, TCP holes, the
+  SRTCP index of a direction that is (nearly) all RTCP, or slots of the cadence left empty,
+  whichever the flow has (in that order of trust);
 - ``delay(i, d)``: one-way delay against the sender's clock (RTP timestamps, or the cadence).
 
 Times are float seconds since the capture's first packet; sizes are link-layer frame bytes

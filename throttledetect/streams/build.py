@@ -12,6 +12,7 @@ from throttledetect.streams.cadence import Cadence, find_cadence
 from throttledetect.streams.loss import LossUnits, merge_loss
 from throttledetect.streams.packets import DirectionPackets
 from throttledetect.streams.rtp import RtpStream, build_rtp_streams
+from throttledetect.streams.srtcp import TRAILER, SrtcpIndex, find_srtcp_index, rtcp_mask
 from throttledetect.streams.tcp import TcpSegments, build_tcp_segments
 
 TCP, UDP = 6, 17
@@ -127,9 +128,28 @@ class Streams:
         cad = self.cadence(i, d)
         return cad is not None and cad.sound(self.cadence(i, 1 - d))
 
+    def srtcp(self, i: int, d: int) -> SrtcpIndex | None:
+        """The SRTCP index of a UDP direction's RTCP packets (streams/srtcp.py), or None."""
+        def build():
+            if int(self.ft.proto[i]) != UDP:
+                return None
+            p = self.packets(i, d)
+            pk = self.cap.packets
+            rows = p.rows
+            plen = pk.payload_len[rows].astype(np.int64)
+            whole = (pk.payload_off[rows] >= 0) & (plen == pk.payload_wirelen[rows].astype(np.int64))
+            first = pk.prefix[rows, :8]
+            m = whole & rtcp_mask(first, plen)
+            if np.count_nonzero(m) == 0:
+                return None
+            trailer = pages.gather(self.cap, pk.payload_off[rows[m]].astype(np.int64) + plen[m] - TRAILER, TRAILER)
+            return find_srtcp_index(p.t[m], p.size[m], first[m], trailer, p.t, p.size)
+        return self._cached(("srtcp", i, d), build)
+
     def loss(self, i: int, d: int) -> LossUnits | None:
         """The direction's loss signal: RTP sequence gaps (all streams), else TCP holes, else the
-        cadence's empty slots where the cadence is sound (cadence_sound); None when there is none."""
+        SRTCP index where the RTCP is (nearly) all the direction carries, else the cadence's empty
+        slots where the cadence is sound (cadence_sound); None when there is none."""
         def build():
             streams = [s for s in self.rtp(i, d) if s.n >= MIN_LOSS_STREAM]
             if streams:
@@ -137,6 +157,9 @@ class Streams:
             tcp = self.tcp(i, d)
             if tcp is not None:
                 return tcp.loss_units() if tcp.n >= MIN_LOSS_STREAM else None
+            idx = self.srtcp(i, d)
+            if idx is not None and idx.covers_direction:
+                return idx.loss_units()
             return self.cadence(i, d).loss_units() if self.cadence_sound(i, d) else None
         return self._cached(("loss", i, d), build)
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 import numpy as np
 
 # Where a loss signal comes from, most trusted first: RTP sequence numbers count every packet
-# sent; TCP holes count segments missing from the byte stream; a cadence counts the slots of a
-# periodic sender left empty (an estimate: see streams/cadence.py).
-SOURCES = ("rtp", "tcp", "cadence")
+# sent; TCP holes count segments missing from the byte stream; the SRTCP index counts the RTCP
+# packets of a direction that carries little else (streams/srtcp.py); a cadence counts the slots
+# of a periodic sender left empty (an estimate: see streams/cadence.py).
+SOURCES = ("rtp", "tcp", "srtcp", "cadence")
 
 
 @dataclass(eq=False)

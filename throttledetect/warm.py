@@ -15,6 +15,7 @@ first look would otherwise pay.
 """
 from __future__ import annotations
 
+import contextlib
 import struct
 import sys
 import tempfile
@@ -24,7 +25,8 @@ _LOCAL = bytes([192, 168, 88, 2])
 _REMOTE = bytes([203, 0, 113, 10])
 
 
-def _checksum(b: bytes) -> int:
+def internet_checksum(b: bytes) -> int:
+    """RFC 1071's ones' complement sum (IPv4 header checksum); the tests build packets with it too."""
     if len(b) % 2:
         b += b"\0"
     s = sum(struct.unpack(f"!{len(b) // 2}H", b))
@@ -35,7 +37,7 @@ def _checksum(b: bytes) -> int:
 
 def _ipv4(src: bytes, dst: bytes, proto: int, l4: bytes) -> bytes:
     head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0, src, dst)
-    head = head[:10] + struct.pack("!H", _checksum(head)) + head[12:]
+    head = head[:10] + struct.pack("!H", internet_checksum(head)) + head[12:]
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + head + l4
 
 
@@ -108,7 +110,6 @@ def as_pcapng(frames, t0: float = 1_700_000_000.0) -> bytes:
 def _on_first_compile(callback):
     """A context in which callback() is called once, when numba starts compiling a function (a
     cache miss; loading compiled code from the cache is no compile)."""
-    import contextlib
     from throttledetect.jit import JIT_ENABLED
     if callback is None or not JIT_ENABLED:
         return contextlib.nullcontext()

@@ -18,6 +18,7 @@ from throttledetect.classify.calls import summarize_calls
 from throttledetect.classify.labels import CALL_LABELS, is_call
 from throttledetect.flows import build_flows
 from throttledetect.read import read_capture
+from throttledetect.warm import internet_checksum
 from throttledetect.wire import apps
 from throttledetect.wire.stun import parse_stun
 from throttledetect.write import write_pcap
@@ -30,13 +31,7 @@ T0 = 1_700_000_000 * 10**9
 # Packet building
 
 
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+_csum = internet_checksum
 
 
 def _ip(a: str) -> bytes:

@@ -161,7 +161,8 @@ def test_real_calls_carry_the_index_where_their_suite_puts_it(name, local, place
 
 def test_drops_from_an_onset_on_a_direction_that_is_its_rtcp_are_found_by_the_index(tmp_path):
     """The far end's RTCP is all that arrives, and a fifth of it is dropped from 15 s: the analysis
-    finds the step on the SRTCP index, and says what it rests on; the same call untouched is none."""
+    finds the step on the SRTCP index, and says what it rests on. The same call untouched is not
+    cleared: a far end whose media were all taken would leave the same RTCP alone."""
     from throttledetect.pipeline import analyze_capture, to_document
     rng = np.random.default_rng(5)
     verdicts = {}
@@ -173,4 +174,5 @@ def test_drops_from_an_onset_on_a_direction_that_is_its_rtcp_are_found_by_the_in
     dropping = next(d for d in verdicts["dropped"]["detections"] if d["kind"] == "dropping")
     assert verdicts["dropped"]["verdict"] == "dropping" and dropping["decision"] == "detected"
     assert "SRTCP index" in dropping["evidence"] and dropping["estimates"]["loss_source"] == "srtcp"
-    assert verdicts["clean"]["verdict"] == "none"
+    assert verdicts["clean"]["verdict"] == "inconclusive"
+    assert "counts the RTCP only" in verdicts["clean"]["verdict_reason"]

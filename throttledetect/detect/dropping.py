@@ -88,12 +88,17 @@ def no_signal_reason(ctx: DetectContext, i: int, d: int) -> str:
 
 
 def uncovered_reason(ctx: DetectContext, i: int, d: int) -> str | None:
-    """Why a loss test that found nothing on a voice cadence cannot clear the direction: the
+    """Why a loss test that found nothing on the SRTCP index never clears a direction (it counts
+    the RTCP, and what else was sent may all have been taken), or on a voice cadence cannot: the
     cadence counts the voice packets only, and the larger packets (video, data, on the same
     5-tuple) carry most of the bytes without a loss signal of their own. A policer takes a rate,
     so it drops the large packets first and can leave every voice slot filled. None when the
     loss signal is not a cadence, or the voice carries at least half the bytes."""
     lu = ctx.streams.loss(i, d)
+    if lu is not None and lu.source == "srtcp":
+        return (f"the RTCP's own counter shows nothing ({ctx.streams.srtcp(i, d).describe()}), but it counts the "
+                "RTCP only: media that a policer or a block took whole would leave a direction of RTCP alone, as a "
+                "far end that sends no media does, so nothing lost on it clears nothing")
     if lu is None or lu.source != "cadence":
         return None
     cad = ctx.streams.cadence(i, d)

@@ -442,6 +442,16 @@ def queue_packets(ctx: DetectContext, i: int, d: int, rate_Bps: float, packet_by
     return depth if binds else 0.0
 
 
+def _re_timed(ctx: DetectContext, i: int, d: int):
+    """(shaping's spacing reading, are the arrivals spaced at a binding cap with a lasting backlog,
+    significantly, with sizes varying so that a cap and a clock differ): a queue re-timed them."""
+    from throttledetect.detect.shaping import binding_cap, spacing_test
+    S = ctx.config.shaping
+    sp = spacing_test(ctx.packets(i, d), S)
+    return sp, bool(sp is not None and sp["p"] < ctx.alpha and sp["size_cv"] >= 0.1
+                    and sp["backlog_s"] >= S.min_backlog_s and binding_cap(sp, S)[0])
+
+
 def _from_regularity(ctx: DetectContext, i: int, d: int, loss, reg) -> Detection:
     """Policing on a loss signal that is an estimate (a voice cadence's empty slots): a bucket is
     not fitted to estimated times and sizes (the estimate's errors follow the sender's load and
@@ -454,17 +464,13 @@ def _from_regularity(ctx: DetectContext, i: int, d: int, loss, reg) -> Detection
     packets when they come. When the arrivals are spaced at a binding cap with a lasting backlog
     (shaping's spacing reading, significant, sizes varying so that a cap and a clock differ), the
     check fails."""
-    from throttledetect.detect.shaping import binding_cap, spacing_test
     direction = dir_name(d)
     if reg is None:
         return Detection.inconclusive(KIND, direction, "losses counted from the voice cadence are too few to "
                                       "show a bucket's regular drops", test="regularity", loss=loss.fraction)
     disp, p = reg.statistic, reg.pvalue
     cad = ctx.streams.cadence(i, d)
-    S = ctx.config.shaping
-    sp = spacing_test(ctx.packets(i, d), S)
-    re_timed = bool(sp is not None and sp["p"] < ctx.alpha and sp["size_cv"] >= 0.1
-                    and sp["backlog_s"] >= S.min_backlog_s and binding_cap(sp, S)[0])
+    sp, re_timed = _re_timed(ctx, i, d)
     return Detection(kind=KIND, direction=direction, decision="not_detected", test="regularity", statistic=disp,
                      pvalue=p, effect=None, checks={"arrivals_on_the_sender_clock": not re_timed},
                      estimates={"loss": loss.fraction, "loss_source": loss.source,
@@ -633,6 +639,13 @@ def _detect_udp(ctx: DetectContext, i: int) -> list:
     full = queue_at_losses(ctx, i, d, loss, f["rate"] / 8.0, f["unit_size"])
     if full is not None:
         checks["losses_without_a_full_queue"] = not (full["p"] < ctx.alpha and full["packets"] >= P.min_queue_packets)
+    sp = None
+    if loss.source == "srtcp":
+        # RTCP has no sender clock to show a queue by its delay; a queue still shows in the arrivals
+        # it re-times (size / rate apart), as on a voice cadence (_from_regularity): its tail drops
+        # fit a bucket as well as a policer's drops do (a shaper's, on Snapchat's looped call)
+        sp, re_timed = _re_timed(ctx, i, d)
+        checks["arrivals_on_the_sender_clock"] = not re_timed
     est = {"rate_bps": f["rate"], "rate_fit_bps": f["rate_fit"], "burst_bytes": f["burst"],
            "rate_range_bps": [f["r_lo"], f["r_hi"]],
            "rate_identifiable": bool(f["identifiable"]), "loss": loss.fraction, "lost": nl, "expected": loss.n,
@@ -665,6 +678,9 @@ def _detect_udp(ctx: DetectContext, i: int) -> list:
         ev += (f"; but the frames just before the losses waited {full['rise_ms']:.0f} ms longer than the median "
                f"(p={full['p']:.2g}, {full['packets']:.1f} packets at that rate): the losses come when a queue is "
                "full, as a shaper's or a congested link's tail drops do")
+    if sp is not None and not checks["arrivals_on_the_sender_clock"]:
+        ev += (f"; but the arrivals are spaced at {fmt_rate(sp['cap'])} by a queue that never empties (a shaper's "
+               "tail drops fit a bucket as well)")
     if not f["identifiable"]:
         est["rate_note"] = "the bucket refills between bursts: the rate is bounded from below only"
     return [Detection(kind=KIND, direction=direction, decision="not_detected", test=f["test"], statistic=f["j_obs"],

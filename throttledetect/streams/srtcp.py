@@ -17,7 +17,10 @@ never sees: a policer takes the large packets first, and the index then shows no
 the direction lost 4 % (Snapchat's looped call policed: its QUIC packets, a third of the bytes
 beside the RTCP, were all the policer took, and the index would have cleared the flow). So the
 index is the direction's loss signal only where the direction is its RTCP: its packets carry
-MIN_BYTE_SHARE of the direction's bytes over their span; elsewhere it is only described.
+MIN_BYTE_SHARE of the direction's bytes over their span; elsewhere it is only described. Even
+there it shows losses but clears nothing (detect/dropping.uncovered_reason): a far end that
+sends no media and a far end whose media a policer or a block took whole both leave a direction
+of RTCP alone (3 of Snapchat's policed loops, their QUIC packets all taken, read `none`).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from throttledetect.read import read_capture
 from throttledetect.streams import build_streams
 from throttledetect.streams.srtcp import TRAILER, find_srtcp_index, rtcp_mask
 
-LOCAL, REMOTE = warm._LOCAL, warm._REMOTE
+LOCAL, REMOTE = warm.LOCAL_ADDR, warm.REMOTE_ADDR
 
 
 def srtcp(index: int, ssrc: int = 0x5EED, place: int = 4, rng=None, size: int = 48) -> bytes:
@@ -94,12 +94,12 @@ def _call(tmp_path, inbound_extra: int = 0, lost=(40, 41, 90, 150, 151, 152)):
         t = 0.1 * k
         for j in range(5):
             rtp = struct.pack("!BBHII", 0x80, 111, 5 * k + j, 960 * (5 * k + j), 0x1111) + bytes(80)
-            frames.append((t + 0.02 * j, warm._udp(LOCAL, REMOTE, 50000, 3478, rtp)))
+            frames.append((t + 0.02 * j, warm.udp_frame(LOCAL, REMOTE, 50000, 3478, rtp)))
         if k not in lost:
-            frames.append((rtcp_t[k], warm._udp(REMOTE, LOCAL, 3478, 50000,
+            frames.append((rtcp_t[k], warm.udp_frame(REMOTE, LOCAL, 3478, 50000,
                                                  srtcp(k, ssrc=0x2222, size=int(rtcp_size[k])))))
         if inbound_extra and rng.random() < 0.2:
-            frames.append((t + rng.uniform(0, 0.1), warm._udp(REMOTE, LOCAL, 3478, 50000,
+            frames.append((t + rng.uniform(0, 0.1), warm.udp_frame(REMOTE, LOCAL, 3478, 50000,
                                                              b"\x40" + bytes(inbound_extra - 1))))
     path = tmp_path / "call.pcap"
     path.write_bytes(warm.as_pcap(sorted(frames, key=lambda f: f[0])))

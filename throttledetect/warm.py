@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 
-_LOCAL = bytes([192, 168, 88, 2])
-_REMOTE = bytes([203, 0, 113, 10])
+LOCAL_ADDR = bytes([192, 168, 88, 2])
+REMOTE_ADDR = bytes([203, 0, 113, 10])
 
 
 def internet_checksum(b: bytes) -> int:
@@ -41,7 +41,8 @@ def _ipv4(src: bytes, dst: bytes, proto: int, l4: bytes) -> bytes:
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + head + l4
 
 
-def _udp(src, dst, sport, dport, payload: bytes) -> bytes:
+def udp_frame(src, dst, sport, dport, payload: bytes) -> bytes:
+    """An Ethernet frame of an IPv4 UDP datagram (UDP checksum 0: none)."""
     return _ipv4(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
 
 
@@ -53,36 +54,39 @@ def _tcp(src, dst, sport, dport, seq, ack, flags, payload=b"", options=b"") -> b
 
 def tiny_call() -> list[tuple[float, bytes]]:
     """(time, Ethernet frame) of a few seconds of a call: STUN, RTP both ways at 20 ms with RTCP
-    and losses inbound, a DNS answer and a TCP connection with options and data (every decoder the analyze path has)."""
+    and losses inbound, a DNS answer and a TCP connection with options and data (every decoder
+    the analyze path has)."""
     frames = []
     dns_q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x04call\x07example\x00\x00\x01\x00\x01"
     dns_a = (struct.pack("!HHHHHH", 7, 0x8180, 1, 1, 0, 0) + b"\x04call\x07example\x00\x00\x01\x00\x01"
-             + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + _REMOTE)
-    frames.append((0.000, _udp(_LOCAL, bytes([192, 168, 88, 1]), 40000, 53, dns_q)))
-    frames.append((0.010, _udp(bytes([192, 168, 88, 1]), _LOCAL, 53, 40000, dns_a)))
+             + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + REMOTE_ADDR)
+    frames.append((0.000, udp_frame(LOCAL_ADDR, bytes([192, 168, 88, 1]), 40000, 53, dns_q)))
+    frames.append((0.010, udp_frame(bytes([192, 168, 88, 1]), LOCAL_ADDR, 53, 40000, dns_a)))
     txid = bytes(range(12))
-    frames.append((0.020, _udp(_LOCAL, _REMOTE, 50000, 3478, struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid)))
-    frames.append((0.060, _udp(_REMOTE, _LOCAL, 3478, 50000,
-                               struct.pack("!HHI", 0x0101, 12, 0x2112A442) + txid
-                               + struct.pack("!HHBBH4s", 0x0020, 8, 0, 1, 50000 ^ 0x2112, _LOCAL))))
+    binding = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid
+    frames.append((0.020, udp_frame(LOCAL_ADDR, REMOTE_ADDR, 50000, 3478, binding)))
+    frames.append((0.060, udp_frame(REMOTE_ADDR, LOCAL_ADDR, 3478, 50000,
+                                    struct.pack("!HHI", 0x0101, 12, 0x2112A442) + txid
+                                    + struct.pack("!HHBBH4s", 0x0020, 8, 0, 1, 50000 ^ 0x2112, LOCAL_ADDR))))
     for k in range(200):                      # 4 s of 20 ms frames each way
         t = 0.1 + 0.02 * k
-        for src, dst, sp, dp, ssrc, lag in ((_LOCAL, _REMOTE, 50000, 3478, 0x1111, 0.0),
-                                            (_REMOTE, _LOCAL, 3478, 50000, 0x2222, 0.003)):
+        for src, dst, sp, dp, ssrc, lag in ((LOCAL_ADDR, REMOTE_ADDR, 50000, 3478, 0x1111, 0.0),
+                                            (REMOTE_ADDR, LOCAL_ADDR, 3478, 50000, 0x2222, 0.003)):
             if ssrc == 0x2222 and k > 60 and k % 4 == 0:
                 continue                      # losses inbound: the loss and policing tests run
             rtp = struct.pack("!BBHII", 0x80, 111, k, 960 * k, ssrc) + bytes(60 + (k % 7))
-            frames.append((t + lag, _udp(src, dst, sp, dp, rtp)))
+            frames.append((t + lag, udp_frame(src, dst, sp, dp, rtp)))
         if k % 50 == 25:
             sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, 0x1111, 0, 0, 960 * k, k, 64 * k)
-            frames.append((t + 0.001, _udp(_LOCAL, _REMOTE, 50000, 3478, sr)))
+            frames.append((t + 0.001, udp_frame(LOCAL_ADDR, REMOTE_ADDR, 50000, 3478, sr)))
     opts = b"\x02\x04\x05\xb4\x04\x02\x08\x0a\0\0\0\1\0\0\0\0\x01\x03\x03\x07"
-    frames.append((0.200, _tcp(_LOCAL, _REMOTE, 41000, 443, 100, 0, 0x02, options=opts)))
-    frames.append((0.240, _tcp(_REMOTE, _LOCAL, 443, 41000, 500, 101, 0x12, options=opts)))
-    frames.append((0.241, _tcp(_LOCAL, _REMOTE, 41000, 443, 101, 501, 0x10)))
+    frames.append((0.200, _tcp(LOCAL_ADDR, REMOTE_ADDR, 41000, 443, 100, 0, 0x02, options=opts)))
+    frames.append((0.240, _tcp(REMOTE_ADDR, LOCAL_ADDR, 443, 41000, 500, 101, 0x12, options=opts)))
+    frames.append((0.241, _tcp(LOCAL_ADDR, REMOTE_ADDR, 41000, 443, 101, 501, 0x10)))
     for k in range(20):
-        frames.append((0.3 + 0.05 * k, _tcp(_REMOTE, _LOCAL, 443, 41000, 501 + 1000 * k, 101, 0x18, bytes(1000))))
-        frames.append((0.34 + 0.05 * k, _tcp(_LOCAL, _REMOTE, 41000, 443, 101, 1501 + 1000 * k, 0x10)))
+        data = _tcp(REMOTE_ADDR, LOCAL_ADDR, 443, 41000, 501 + 1000 * k, 101, 0x18, bytes(1000))
+        frames.append((0.3 + 0.05 * k, data))
+        frames.append((0.34 + 0.05 * k, _tcp(LOCAL_ADDR, REMOTE_ADDR, 41000, 443, 101, 1501 + 1000 * k, 0x10)))
     return sorted(frames, key=lambda f: f[0])
 
 

@@ -93,7 +93,7 @@ def uncovered_reason(ctx: DetectContext, i: int, d: int) -> str | None:
     cadence counts the voice packets only, and the larger packets (video, data, on the same
     5-tuple) carry most of the bytes without a loss signal of their own. A policer takes a rate,
     so it drops the large packets first and can leave every voice slot filled. None when the
-    loss signal is not a cadence, or the voice carries at least half the bytes."""
+    loss signal is RTP's or TCP's, or a cadence whose voice carries at least half the bytes."""
     lu = ctx.streams.loss(i, d)
     if lu is not None and lu.source == "srtcp":
         return (f"the RTCP's own counter shows nothing ({ctx.streams.srtcp(i, d).describe()}), but it counts the "

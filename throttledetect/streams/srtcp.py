@@ -38,7 +38,7 @@ MIN_BYTE_SHARE = 0.95          # of the direction's bytes over the index's span
 
 def rtcp_mask(first: np.ndarray, payload_len: np.ndarray) -> np.ndarray:
     """Packets that start like RTCP (version 2, packet type 200-207) and are long enough to hold an
-    SRTCP trailer; first = each packet's first 2 bytes (uint8[n, 2])."""
+    SRTCP trailer; first = each packet's first bytes (uint8[n, 2 or more])."""
     return (((first[:, 0] & 0xC0) == 0x80) & (first[:, 1] >= 200) & (first[:, 1] <= 207)
             & (payload_len >= 8 + TRAILER))
 
@@ -86,17 +86,14 @@ class SrtcpIndex:
                 expected = np.arange(u[0], u[-1] + 1)
                 parts.append(LossUnits(t=np.interp(expected, u, tt[first]), lost=~np.isin(expected, u),
                                        size=np.interp(expected, u, ss[first]), source="srtcp"))
-        merged = merge_loss(parts)
-        if merged is not None:
-            merged.source = "srtcp"
-        return merged
+        return merge_loss(parts)
 
 
-def find_srtcp_index(t, size, first8: np.ndarray, trailer: np.ndarray, dir_bytes_t=None,
-                     dir_bytes_size=None) -> SrtcpIndex | None:
+def find_srtcp_index(t, size, first8: np.ndarray, trailer: np.ndarray, dir_t=None,
+                     dir_size=None) -> SrtcpIndex | None:
     """The SRTCP index of a direction's RTCP packets (their times, frame sizes, first 8 and last
-    TRAILER bytes), or None when no place holds one. dir_bytes_t/size: every packet of the
-    direction, for the byte share."""
+    TRAILER bytes), or None when no place holds one. dir_t, dir_size: every packet of the
+    direction (times, frame sizes), for the share of its bytes the RTCP carries."""
     if len(t) < MIN_PACKETS:
         return None
     ssrc = ((first8[:, 4].astype(np.int64) << 24) | (first8[:, 5].astype(np.int64) << 16)
@@ -121,8 +118,8 @@ def find_srtcp_index(t, size, first8: np.ndarray, trailer: np.ndarray, dir_bytes
     t = np.asarray(t, dtype=np.float64)
     size = np.asarray(size, dtype=np.float64)
     share = 1.0
-    if dir_bytes_t is not None:
-        span = (dir_bytes_t >= t[0]) & (dir_bytes_t <= t[-1])
-        total = float(np.asarray(dir_bytes_size)[span].sum())
+    if dir_t is not None:
+        span = (dir_t >= t[0]) & (dir_t <= t[-1])
+        total = float(np.asarray(dir_size)[span].sum())
         share = float(size.sum()) / total if total > 0 else 0.0
     return SrtcpIndex(place=place, t=t, size=size, ssrc=ssrc, index=index, byte_share=min(share, 1.0))

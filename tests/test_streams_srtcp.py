@@ -101,9 +101,8 @@ def _call(tmp_path, inbound_extra: int = 0, lost=(40, 41, 90, 150, 151, 152)):
         if inbound_extra and rng.random() < 0.2:
             frames.append((t + rng.uniform(0, 0.1), warm.udp_frame(REMOTE, LOCAL, 3478, 50000,
                                                              b"\x40" + bytes(inbound_extra - 1))))
-    path = tmp_path / "call.pcap"
-    path.write_bytes(warm.as_pcap(sorted(frames, key=lambda f: f[0])))
-    cap = read_capture(str(path))
+    pcap, _ = warm.write_tiny_call(str(tmp_path), sorted(frames, key=lambda f: f[0]))
+    cap = read_capture(pcap)
     ft = build_flows(cap)
     i = int(np.argmax(ft.packets_ab + ft.packets_ba))
     st = build_streams(cap, ft)
@@ -168,7 +167,7 @@ def test_drops_from_an_onset_on_a_direction_that_is_its_rtcp_are_found_by_the_in
     verdicts = {}
     for name, lost in (("dropped", tuple(k for k in range(150, 301) if rng.random() < 0.2)), ("clean", ())):
         _call(tmp_path, lost=lost)
-        doc = to_document([analyze_capture(str(tmp_path / "call.pcap"), test="all")])
+        doc = to_document([analyze_capture(str(tmp_path / "tiny.pcap"), test="all")])
         (flow,) = [f for f in doc["flows"] if f.get("tested")]
         verdicts[name] = flow
     dropping = next(d for d in verdicts["dropped"]["detections"] if d["kind"] == "dropping")

@@ -36,13 +36,10 @@ def _run(args, env, **kw):
 
 def _as_pcapng(src: Path, dest: Path) -> Path:
     from scapy.utils import RawPcapReader
-    frames = []
-    t0 = None
-    for data, meta in RawPcapReader(str(src)):
-        t = meta.sec + meta.usec / 1e6
-        t0 = t if t0 is None else t0
-        frames.append((t - t0, data))
-    dest.write_bytes(warm.as_pcapng(frames, t0=t0))
+
+    from throttledetect.write import write_pcapng
+    packets = [(0, meta.sec * 1_000_000 + meta.usec, data) for data, meta in RawPcapReader(str(src))]
+    write_pcapng(dest, packets, [(1, None)])
     return dest
 
 
@@ -50,12 +47,9 @@ def test_tiny_call_reads_back_as_a_call_with_losses(tmp_path):
     """The warm-up's capture is one every stage takes: a call flow, tested, with RTP losses (so the
     loss and policing tests run, and their loops compile), in pcap and in pcapng alike."""
     from throttledetect.pipeline import analyze_capture, to_document
-    frames = warm.tiny_call()
     docs = []
-    for name, data in (("tiny.pcap", warm.as_pcap(frames)), ("tiny.pcapng", warm.as_pcapng(frames))):
-        path = tmp_path / name
-        path.write_bytes(data)
-        docs.append(to_document([analyze_capture(str(path))], include_metrics=True))
+    for path in warm.write_tiny_call(str(tmp_path)):
+        docs.append(to_document([analyze_capture(path)], include_metrics=True))
     for doc in docs:
         tested = [f for f in doc["flows"] if f.get("tested")]
         assert tested, [f["protocol"] for f in doc["flows"]]

@@ -16,6 +16,7 @@ first look would otherwise pay.
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import sys
 import tempfile
@@ -90,25 +91,19 @@ def tiny_call() -> list[tuple[float, bytes]]:
     return sorted(frames, key=lambda f: f[0])
 
 
-def as_pcap(frames, t0: float = 1_700_000_000.0) -> bytes:
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    for t, frame in frames:
-        us = int(round((t0 + t) * 1e6))
-        out.append(struct.pack("<IIII", us // 1_000_000, us % 1_000_000, len(frame), len(frame)) + frame)
-    return b"".join(out)
+T0_NS = 1_700_000_000 * 10**9
 
 
-def as_pcapng(frames, t0: float = 1_700_000_000.0) -> bytes:
-    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
-    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 65535) + struct.pack("<I", 20)
-    out = [shb, idb]
-    for t, frame in frames:
-        us = int(round((t0 + t) * 1e6))
-        pad = (-len(frame)) % 4
-        blen = 32 + len(frame) + pad
-        out.append(struct.pack("<IIIIIII", 6, blen, 0, us >> 32, us & 0xFFFFFFFF, len(frame), len(frame))
-                   + frame + bytes(pad) + struct.pack("<I", blen))
-    return b"".join(out)
+def write_tiny_call(folder, frames=None) -> tuple[str, str]:
+    """The tiny call (or the given (time, frame) list) written into folder as a pcap and a pcapng
+    (write.py's writers); returns both paths."""
+    from throttledetect.write import write_pcap, write_pcapng
+    frames = tiny_call() if frames is None else frames
+    ts_ns = [T0_NS + int(round(t * 1e9)) for t, _ in frames]
+    pcap, pcapng = os.path.join(folder, "tiny.pcap"), os.path.join(folder, "tiny.pcapng")
+    write_pcap(pcap, [f for _, f in frames], ts_ns)
+    write_pcapng(pcapng, [(0, ns // 1000, f) for ns, (_, f) in zip(ts_ns, frames)], [(1, None)])
+    return pcap, pcapng
 
 
 def _on_first_compile(callback):
@@ -145,16 +140,11 @@ def warm_up(settings: dict | None = None, on_compile=None) -> float:
 def _analyze_tiny_call(settings: dict) -> None:
     from throttledetect.pipeline import analyze_capture, to_document
     from throttledetect.read import read_capture
-    frames = tiny_call()
-    for data in (as_pcap(frames), as_pcapng(frames)):
-        with tempfile.TemporaryFile() as f:
-            f.write(data)
-            f.flush()
-            f.seek(0)
-            cap = read_capture(f, name="<warm-up>")
-            to_document([analyze_capture(cap, **settings)], include_metrics=True)
-            f.seek(0)
-            read_capture(f, name="<warm-up>", limit=len(data))     # as the live looks read
+    with tempfile.TemporaryDirectory(prefix="throttledetect-warm-") as folder:
+        for path in write_tiny_call(folder):
+            to_document([analyze_capture(read_capture(path, name="<warm-up>"), **settings)], include_metrics=True)
+            with open(path, "rb") as f:
+                read_capture(f, name="<warm-up>", limit=os.path.getsize(path))     # as the live looks read
 
 
 def main() -> None:

@@ -36,6 +36,11 @@ MIN_PACKETS = 20
 MIN_BYTE_SHARE = 0.95          # of the direction's bytes over the index's span
 
 
+def _be32(b: np.ndarray) -> np.ndarray:
+    """Each row's 4 bytes as a big-endian unsigned integer (int64)."""
+    return np.ascontiguousarray(b, dtype=np.uint8).view(">u4")[:, 0].astype(np.int64)
+
+
 def rtcp_mask(first: np.ndarray, payload_len: np.ndarray) -> np.ndarray:
     """Packets that start like RTCP (version 2, packet type 200-207) and are long enough to hold an
     SRTCP trailer; first = each packet's first bytes (uint8[n, 2 or more])."""
@@ -96,8 +101,7 @@ def find_srtcp_index(t, size, first8: np.ndarray, trailer: np.ndarray, dir_t=Non
     direction (times, frame sizes), for the share of its bytes the RTCP carries."""
     if len(t) < MIN_PACKETS:
         return None
-    ssrc = ((first8[:, 4].astype(np.int64) << 24) | (first8[:, 5].astype(np.int64) << 16)
-            | (first8[:, 6].astype(np.int64) << 8) | first8[:, 7].astype(np.int64))
+    ssrc = _be32(first8[:, 4:8])
     o = np.lexsort((np.arange(len(t)), ssrc))         # by sender, arrival order within
     same = ssrc[o][1:] == ssrc[o][:-1]
     if not same.any():
@@ -105,9 +109,7 @@ def find_srtcp_index(t, size, first8: np.ndarray, trailer: np.ndarray, dir_t=Non
     best = None
     for place in PLACES:
         at = TRAILER - place
-        raw = ((trailer[:, at].astype(np.int64) << 24) | (trailer[:, at + 1].astype(np.int64) << 16)
-               | (trailer[:, at + 2].astype(np.int64) << 8) | trailer[:, at + 3].astype(np.int64))
-        index = raw & 0x7FFFFFFF
+        index = _be32(trailer[:, at:at + 4]) & 0x7FFFFFFF
         step = np.diff(index[o])[same]
         share = float(np.mean((step >= 1) & (step <= MAX_STEP)))
         if share >= MIN_RUN_SHARE and (best is None or share > best[0]):
